@@ -1,0 +1,295 @@
+"""CIFAR ResNets and plain nets of depth 6n+2 (He et al. 2015, Sec. 4.2).
+
+Layer names follow akamaster/pytorch_resnet_cifar10 (`conv1, bn1, layer{1,2,3}.{i}.conv1/bn1/conv2/bn2,
+linear`), so its checkpoints load with `strict=True`. Every 3x3 conv is followed by a *norm slot*
+(`bn1`/`bn2`): a BatchNorm, a GroupNorm, or `NoNorm` (an identity), so the quantity of Fig. 7 (a 3x3
+layer's output after normalisation, before ReLU or addition) always has a module to observe.
+
+Each block carries identity probe points for the Recorder:
+    probe_branch  end of the residual branch F(x), before the addition (after the branch scale, if any)
+    probe_skip    the skip path (identity / option A / option B), before the addition (ResNets only)
+    probe_sum     branch + skip, before the block's ReLU (plain nets: the branch itself)
+    probe_out     the block's output, after its ReLU
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("batch", "layer", "group", "none")
+SHORTCUTS = ("A", "B")
+BRANCH_INITS = (None, "skipinit", "rezero", "fixup")
+GROUPS = 8  # GroupNorm groups for norm="group" (2/4/8 channels per group in the 16/32/64 stages)
+
+
+class Probe(nn.Identity):
+    """An identity module that marks a measurement point; the Recorder hooks it."""
+
+
+class NoNorm(nn.Identity):
+    """The norm slot of a net built with norm="none": passes the conv output through."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a resviz model is, for the records table and for refusing mismatched checkpoints."""
+
+    arch: str  # "resnet" | "plain"
+    depth: int  # 6n+2
+    norm: str
+    shortcut: str  # "A" | "B" | "none" for plain nets
+    branch_init: str | None
+    width: int
+    num_classes: int
+
+
+def check_depth(depth: int) -> int:
+    """Return n for depth = 6n+2, or raise naming valid depths."""
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"depth={depth!r} must be 6n+2 with n >= 1, e.g. 8, 14, 20, 32, 44, 56, 110 or 1202")
+    return (depth - 2) // 6
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "layer":  # over C*H*W of each example, per-channel affine (Ba et al. 2016 for convs)
+        return nn.GroupNorm(1, channels)
+    if norm == "group":
+        return nn.GroupNorm(min(GROUPS, channels), channels)
+    if norm == "none":
+        return NoNorm()
+    raise ValueError(f"norm={norm!r} is unknown; use one of {', '.join(NORMS)}")
+
+
+class ShortcutA(nn.Module):
+    """Option A: parameter-free. Subsample by 2 and zero-pad the new channels, half on each side
+    (akamaster's `F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes//4, planes//4))`)."""
+
+    def __init__(self, planes: int):
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C + 2*pad, H/2, W/2)
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad), "constant", 0.0)
+
+    def extra_repr(self) -> str:
+        return f"pad_channels={self.pad}"
+
+
+class BasicBlock(nn.Module):
+    """conv-norm-ReLU-conv-norm (+ skip) then ReLU, with probe points."""
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        *,
+        plain: bool,
+        shortcut: str,
+        norm: str,
+        branch_init: str | None,
+    ):
+        super().__init__()
+        self.plain = plain
+        self.branch_init = branch_init
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = make_norm(norm, planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = make_norm(norm, planes)
+        if not plain:
+            if stride != 1 or in_planes != planes:
+                if shortcut == "A":
+                    self.shortcut = ShortcutA(planes)
+                else:
+                    self.shortcut = nn.Sequential(
+                        nn.Conv2d(in_planes, planes, 1, stride, bias=False), make_norm(norm, planes)
+                    )
+            else:
+                self.shortcut = nn.Sequential()
+            self.probe_skip = Probe()
+        if branch_init in ("skipinit", "rezero"):
+            self.branch_scale = nn.Parameter(torch.zeros(()))
+        elif branch_init == "fixup":
+            self.branch_scale = nn.Parameter(torch.ones(()))
+            self.fixup_bias1a = nn.Parameter(torch.zeros(()))
+            self.fixup_bias1b = nn.Parameter(torch.zeros(()))
+            self.fixup_bias2a = nn.Parameter(torch.zeros(()))
+            self.fixup_bias2b = nn.Parameter(torch.zeros(()))
+        self.probe_branch = Probe()
+        self.probe_sum = Probe()
+        self.probe_out = Probe()
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.branch_init == "fixup":
+            out = F.relu(self.bn1(self.conv1(x + self.fixup_bias1a)) + self.fixup_bias1b)
+            return self.bn2(self.conv2(out + self.fixup_bias2a)) * self.branch_scale + self.fixup_bias2b
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        if self.branch_init is not None:
+            out = out * self.branch_scale
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C, H', W')
+        branch = self.probe_branch(self.branch(x))
+        if self.plain:
+            out = self.probe_sum(branch)
+        else:
+            out = self.probe_sum(branch + self.probe_skip(self.shortcut(x)))
+        if self.branch_init != "rezero":  # ReZero: x_{l+1} = x_l + a F(x_l), nothing after the sum
+            out = F.relu(out)
+        return self.probe_out(out)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        n = check_depth(spec.depth)
+        w = spec.width
+        self.conv1 = nn.Conv2d(3, w, 3, 1, 1, bias=False)
+        self.bn1 = make_norm(spec.norm, w)
+        in_planes = w
+        for stage, (planes, stride) in enumerate([(w, 1), (2 * w, 2), (4 * w, 2)], start=1):
+            blocks = []
+            for i in range(n):
+                blocks.append(
+                    BasicBlock(
+                        in_planes,
+                        planes,
+                        stride if i == 0 else 1,
+                        plain=spec.arch == "plain",
+                        shortcut=spec.shortcut,
+                        norm=spec.norm,
+                        branch_init=spec.branch_init,
+                    )
+                )
+                in_planes = planes
+            setattr(self, f"layer{stage}", nn.Sequential(*blocks))
+        self.linear = nn.Linear(4 * w, spec.num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():  # akamaster / He init: kaiming_normal_ (fan_in, gain sqrt 2)
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+        if self.spec.branch_init == "fixup":
+            num_blocks = 3 * check_depth(self.spec.depth)
+            for _, _, _, block in iter_blocks(self):
+                # Zhang et al. 2019: m = 2 layers per branch -> scale the first by L^(-1/(2m-2)) = L^(-1/2)
+                block.conv1.weight.data.mul_(num_blocks ** -0.5)
+                nn.init.zeros_(block.conv2.weight)
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 32, 32) -> (B, num_classes)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(out.mean((2, 3)))  # global average pool over H, W
+
+
+def cifar_resnet(
+    depth: int,
+    *,
+    plain: bool = False,
+    shortcut: str = "A",
+    norm: str = "batch",
+    branch_init: str | None = None,
+    width: int = 16,
+    num_classes: int = 10,
+) -> CifarResNet:
+    """He et al.'s CIFAR net of depth 6n+2: a ResNet, or with plain=True the same net without shortcuts.
+
+    shortcut: "A" (parameter-free, the paper's CIFAR choice) or "B" (1x1 conv + norm projection).
+    norm: "batch" | "layer" (over C,H,W per example) | "group" (8 groups) | "none".
+    branch_init: None | "skipinit" (x + a F(x), a=0, then ReLU) | "rezero" (x + a F(x), a=0, no ReLU after)
+                 | "fixup" (Zhang et al. 2019; needs norm="none").
+    """
+    check_depth(depth)
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} is unknown; use one of {', '.join(NORMS)}")
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut={shortcut!r} is unknown; use 'A' (zero-padded identity) or 'B' (1x1 projection)")
+    if branch_init not in BRANCH_INITS:
+        raise ValueError(f"branch_init={branch_init!r} is unknown; use None, 'skipinit', 'rezero' or 'fixup'")
+    if branch_init is not None and plain:
+        raise ValueError(
+            f"branch_init={branch_init!r} scales a residual branch against its skip path; "
+            "a plain net has no skip path: use plain=False"
+        )
+    if branch_init == "fixup" and norm != "none":
+        raise ValueError(
+            f"branch_init='fixup' with norm={norm!r} makes no sense: Fixup replaces normalisation "
+            "(its rescaling would be undone by the norm layers); use norm='none'"
+        )
+    if not isinstance(width, int) or width < 4 or width % 4:
+        raise ValueError(f"width={width!r} must be a positive multiple of 4 (option A pads width/4 channels per side)")
+    spec = ModelSpec(
+        arch="plain" if plain else "resnet",
+        depth=depth,
+        norm=norm,
+        shortcut="none" if plain else shortcut,
+        branch_init=branch_init,
+        width=width,
+        num_classes=num_classes,
+    )
+    return CifarResNet(spec)
+
+
+def iter_blocks(model: nn.Module):
+    """Yield (stage, index, dotted name, block) for every BasicBlock of a resviz model, in depth order."""
+    for stage in (1, 2, 3):
+        layer = getattr(model, f"layer{stage}", None)
+        if layer is None:
+            continue
+        for i, block in enumerate(layer):
+            yield stage, i, f"layer{stage}.{i}", block
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_macs(depth: int, width: int = 16) -> int:
+    """Multiply-accumulates of one forward pass at 32x32 (option A): the performance brief's formula."""
+    n = check_depth(depth)
+    per_conv = 9 * width * width * 32 * 32  # every 3x3 conv after the stem costs the same, but the strided ones
+    return per_conv * (6 * n - 1) + 27 * width * 32 * 32 + 4 * width * 10
+
+
+def describe(model: nn.Module) -> str:
+    spec: ModelSpec = model.spec
+    extra = f", branch_init={spec.branch_init}" if spec.branch_init else ""
+    return (
+        f"{spec.arch}-{spec.depth} (norm={spec.norm}, shortcut={spec.shortcut}{extra}): "
+        f"{count_parameters(model):,} parameters"
+    )
+
+
+def is_resviz_model(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "spec", None), ModelSpec)
+
+
+__all__ = [
+    "BRANCH_INITS",
+    "NORMS",
+    "SHORTCUTS",
+    "BasicBlock",
+    "CifarResNet",
+    "ModelSpec",
+    "NoNorm",
+    "Probe",
+    "ShortcutA",
+    "check_depth",
+    "cifar_resnet",
+    "count_parameters",
+    "describe",
+    "forward_macs",
+    "is_resviz_model",
+    "iter_blocks",
+    "make_norm",
+]
+

@@ -1,0 +1,152 @@
+"""The tidy tables' columns and dtypes, declared once.
+
+`stats` is the long table the Recorder produces: one row per (run, step, layer, metric).
+`metrics` is the per-step training log a run writes beside it (loss, errors, lr, time).
+Every other module builds, reads and checks frames through this file.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+# column -> kind ("str", "int", "float"); order is the order of the frame's columns.
+STATS_COLUMNS: dict[str, str] = {
+    "run_id": "str",  # folder name of the run ("" for an ad-hoc Recorder)
+    "arch": "str",  # "resnet" | "plain" | the class name of a foreign model
+    "depth": "int",  # 6n+2 for resviz models, -1 when unknown
+    "norm": "str",  # "batch" | "layer" | "group" | "none" | "unknown"
+    "shortcut": "str",  # "A" | "B" | "none" (plain) | "unknown"
+    "seed": "int",
+    "step": "int",  # optimiser steps taken before this measurement
+    "epoch": "float",  # step * batch_size / train-set size (NaN when unknown)
+    "layer": "str",  # dotted module path, e.g. "layer2.3.bn1"
+    "layer_index": "int",  # position of the layer along depth, from 0 (per metric family)
+    "stage": "int",  # 0 = stem, 1..3 = stages, 4 = head; -1 when unknown
+    "block": "int",  # index of the block inside its stage, -1 for stem/head
+    "metric": "str",  # one of METRICS
+    "value": "float",  # float64; NaN and inf are kept
+}
+
+# Optional columns: present only when asked for (Recorder(per_channel=True)).
+OPTIONAL_COLUMNS: dict[str, str] = {
+    "channel": "int",  # channel index for per-channel rows, -1 for pooled rows
+}
+
+METRICS: dict[str, str] = {
+    "response_std": "std of a norm layer's output (after BN, before ReLU/addition), He et al. Fig. 7",
+    "branch_std": "std of the residual branch F(x) at its end, before the addition",
+    "skip_std": "std of the skip path (identity or projection), before the addition",
+    "sum_std": "std of branch + skip, before the block's ReLU",
+    "branch_ratio": "||F(x)|| / ||skip||, per block",
+    "grad_norm": "L2 norm of a parameter's gradient after backward()",
+    "act_grad_norm": "L2 norm of the loss gradient w.r.t. a block's output",
+    "channel_sq_mean": "mean over channels of (mean over N,H,W)^2, Brock et al. 2021",
+    "channel_var": "mean over channels of the variance over N,H,W, Brock et al. 2021",
+    "branch_scale": "learnable scalar multiplying the residual branch (SkipInit / ReZero / Fixup)",
+    "response_channel_std": "std over N,H,W of one channel of a norm layer's output (per_channel=True)",
+}
+
+# The per-step training log (runs/<id>/metrics.parquet).
+TRAIN_COLUMNS: dict[str, str] = {
+    "run_id": "str",
+    "step": "int",  # optimiser steps done
+    "epoch": "float",
+    "loss": "float",  # mean training loss over the steps since the last log row
+    "train_error": "float",  # fraction of training images misclassified since the last log row
+    "test_error": "float",  # fraction of the test split misclassified (NaN when not evaluated)
+    "test_loss": "float",
+    "lr": "float",
+    "seconds": "float",  # wall-clock seconds of training so far (excludes evaluation)
+    "images_per_s": "float",
+}
+
+_CANONICAL = {"str": "category", "int": "int64", "float": "float64"}
+
+
+def _matches(series: pd.Series, kind: str) -> bool:
+    dtype = series.dtype
+    if kind == "str":
+        return (
+            isinstance(dtype, pd.CategoricalDtype)
+            or pd.api.types.is_string_dtype(dtype)
+            or pd.api.types.is_object_dtype(dtype)
+        )
+    if kind == "int":
+        return pd.api.types.is_integer_dtype(dtype)
+    return pd.api.types.is_float_dtype(dtype)
+
+
+def _check(df: pd.DataFrame, columns: dict[str, str], optional: dict[str, str], name: str) -> pd.DataFrame:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{name} table must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name} table is missing column(s) {missing}; expected {list(columns)}")
+    wrong = [
+        f"{c} is {df[c].dtype}, expected {kind}"
+        for c, kind in {**columns, **optional}.items()
+        if c in df.columns and not _matches(df[c], kind)
+    ]
+    if wrong:
+        raise ValueError(f"{name} table has mistyped column(s): {'; '.join(wrong)}")
+    return df
+
+
+def validate(df: pd.DataFrame) -> pd.DataFrame:
+    """Check a stats table: every column present with its kind of dtype and known metric names.
+
+    Returns the frame unchanged so it can be chained; raises ValueError naming what is wrong.
+    """
+    _check(df, STATS_COLUMNS, OPTIONAL_COLUMNS, "stats")
+    if len(df):
+        unknown = sorted(set(map(str, pd.unique(df["metric"]))) - set(METRICS))
+        if unknown:
+            raise ValueError(f"stats table has unknown metric(s) {unknown}; valid: {sorted(METRICS)}")
+    return df
+
+
+def validate_train(df: pd.DataFrame) -> pd.DataFrame:
+    """Check a per-step training log (metrics.parquet)."""
+    return _check(df, TRAIN_COLUMNS, {}, "training-metrics")
+
+
+def _coerce(df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    out = df.copy()
+    for c, kind in columns.items():
+        if c not in out.columns:
+            continue
+        if kind == "str":
+            out[c] = out[c].astype(str).astype("category")
+        else:
+            out[c] = out[c].astype(_CANONICAL[kind])
+    return out
+
+
+def coerce(df: pd.DataFrame) -> pd.DataFrame:
+    """Cast a stats table to the canonical dtypes (categories for strings, int64, float64)."""
+    return validate(_coerce(df, {**STATS_COLUMNS, **OPTIONAL_COLUMNS}))
+
+
+def coerce_train(df: pd.DataFrame) -> pd.DataFrame:
+    return validate_train(_coerce(df, TRAIN_COLUMNS))
+
+
+def empty(per_channel: bool = False) -> pd.DataFrame:
+    """An empty stats table with the right columns and dtypes."""
+    cols = {**STATS_COLUMNS, **(OPTIONAL_COLUMNS if per_channel else {})}
+    return pd.DataFrame({c: pd.Series([], dtype=_CANONICAL[k]) for c, k in cols.items()})
+
+
+def empty_train() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype=_CANONICAL[k]) for c, k in TRAIN_COLUMNS.items()})
+
+
+def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate stats tables of several runs, keeping the canonical dtypes."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return empty()
+    per_channel = any("channel" in f.columns for f in frames)
+    if per_channel:
+        frames = [f if "channel" in f.columns else f.assign(channel=-1) for f in frames]
+    plain = [f.astype({c: str for c in STATS_COLUMNS if STATS_COLUMNS[c] == "str"}) for f in frames]
+    return coerce(pd.concat(plain, ignore_index=True))

@@ -1,0 +1,45 @@
+"""Shared fixtures: where ../shared lives, the devices to run on, small thread counts for the 2-core CI."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RESVIZ_SHARED", ROOT.parent / "shared"))
+AKAMASTER = SHARED / "pretrained" / "akamaster"
+CIFAR_JPEG = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """Device-parametrised tests run on the CPU, and on CUDA too when present."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def akamaster_dir() -> Path:
+    if not AKAMASTER.is_dir():
+        pytest.skip(f"akamaster checkpoints not found at {AKAMASTER}")
+    return AKAMASTER
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg_tree(tmp_path_factory) -> Path:
+    """The real CIFAR-10 JPEG copy, unpacked once per session into a temporary folder."""
+    if not CIFAR_JPEG.is_file():
+        pytest.skip(f"CIFAR-10 JPEG copy not found at {CIFAR_JPEG}")
+    import tarfile
+
+    dest = tmp_path_factory.mktemp("cifar10-jpeg")
+    with tarfile.open(CIFAR_JPEG) as tar:
+        tar.extractall(dest, filter="data")
+    roots = [p.parent for p in dest.rglob("train") if p.is_dir() and (p.parent / "test").is_dir()]
+    assert roots, f"no train/ and test/ folders inside {CIFAR_JPEG}"
+    return roots[0]
