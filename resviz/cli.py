@@ -30,6 +30,169 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
 COMMANDS: list[CommandAdder] = []
 
 
+# ---------------------------------------------------------------------------------------------
+# train / sweep / demo (resviz.train, resviz.sweep, resviz.demo)
+# ---------------------------------------------------------------------------------------------
+def _config_help() -> dict[str, str]:
+    """Help text of every TrainConfig field, read from the field comments (one source of truth)."""
+    import inspect
+    import re
+
+    from resviz.train import TrainConfig
+
+    helps = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+= (.+?)\s+# (.+)$", line)
+        if m:
+            helps[m.group(1)] = f"{m.group(3)} (default: {m.group(2)})"
+    return helps
+
+
+def _add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    import dataclasses
+
+    from resviz.train import TrainConfig
+
+    helps = _config_help()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(TrainConfig, f.name)
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                           help=helps.get(f.name))
+        elif f.name in ("milestones", "record_metrics"):
+            p.add_argument(flag, dest=f.name, default=None, help=(helps.get(f.name) or "") + "; comma-separated")
+        else:
+            p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=helps.get(f.name))
+
+
+def _read_config_file(path: str) -> dict:
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = p.read_text()
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"config file {path} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: "
+                         f"{str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of TrainConfig keys to values")
+    return data
+
+
+def _config_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()):
+    """TrainConfig from --config (if any) overlaid with the flags given on the command line."""
+    import dataclasses
+
+    from resviz.train import TrainConfig
+
+    values = _read_config_file(args.config) if getattr(args, "config", None) else {}
+    TrainConfig.from_dict(values)  # unknown keys and wrong types in the file are refused by name
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        given = getattr(args, f.name, None)
+        if given is None:
+            continue
+        default = getattr(TrainConfig, f.name)
+        if f.name in ("milestones", "record_metrics"):
+            given = [v.strip() for v in given.split(",") if v.strip()]
+            if f.name == "milestones":
+                given = [_number(v, int, f.name) for v in given]
+        elif f.name == "branch_init":
+            given = None if given in ("", "none", "None") else given
+        elif f.name == "train_subset":
+            given = None if given in ("", "none", "None") else _number(given, int, f.name)
+        elif isinstance(default, bool):
+            pass
+        elif isinstance(default, int):
+            given = _number(given, int, f.name)
+        elif isinstance(default, float):
+            given = _number(given, float, f.name)
+        values[f.name] = given
+    return TrainConfig.from_dict(values).validate()
+
+
+def _number(text: str, kind: type, name: str):
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"--{name.replace('_', '-')}={text!r} must be {what}") from None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from resviz.train import train
+
+    config = _config_from_args(args)
+    result = train(config, args.out, run_id=args.run_id)
+    print(f"{result.run_id}: {result.status} at step {result.step}, train error {100 * result.train_error:.2f} %, "
+          f"test error {100 * result.test_error:.2f} % -> {result.folder}")
+    return 0 if result.status == "done" else 3
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one plain or residual net while recording per-layer statistics",
+                       description="Train one run into OUT/<run id>/ (He et al.'s CIFAR recipe by default). "
+                       "Running the same command again resumes a cut run; a finished run is not trained again.")
+    p.add_argument("--config", help="YAML or JSON file of TrainConfig keys; command-line flags override it")
+    p.add_argument("--out", default="runs", help="folder that holds run folders (default: runs)")
+    p.add_argument("--run-id", default=None, help="name of the run folder (default: derived from the config)")
+    _add_config_options(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _csv(text: str | None, kind: type = str) -> tuple:
+    if text is None:
+        return (None,)
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"empty list {text!r}: give comma-separated values")
+    return tuple(_number(t, kind, "list") if kind is not str else t for t in items)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from resviz.sweep import format_summary, grid, run_sweep
+
+    base = _config_from_args(args, skip=("depth", "arch", "norm", "shortcut", "seed", "branch_init"))
+    configs = grid(base, depths=_csv(args.depths, int), archs=_csv(args.arch), norms=_csv(args.norm),
+                   shortcuts=_csv(args.shortcut), seeds=_csv(args.seeds, int), branch_inits=_csv(args.branch_init))
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers={args.workers} must be at least 1")
+    print(f"sweep: {len(configs)} runs into {args.out}")
+    table = run_sweep(configs, args.out, workers=args.workers or 1, progress=base.progress)
+    print(format_summary(table))
+    return 0 if table["status"].isin(["done", "diverged"]).all() else 3
+
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="train a grid of runs (depth x arch x norm x shortcut x seed)",
+                       description="Train every combination into OUT/<run id>/. Finished runs are skipped, cut "
+                       "ones resumed, failed ones retried; a summary table prints at the end.")
+    p.add_argument("--depths", default=None, help="comma-separated depths 6n+2, e.g. 20,32,44,56")
+    p.add_argument("--arch", default=None, help="comma-separated: plain,resnet")
+    p.add_argument("--norm", default=None, help="comma-separated: batch,layer,group,none")
+    p.add_argument("--shortcut", default=None, help="comma-separated: A,B")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1")
+    p.add_argument("--branch-init", default=None, help="comma-separated: none,skipinit,rezero,fixup")
+    p.add_argument("--workers", type=int, default=None, help="runs at once, one process each (default 1)")
+    p.add_argument("--config", help="YAML or JSON file of TrainConfig keys shared by every run")
+    p.add_argument("--out", default="runs", help="folder that holds the run folders (default: runs)")
+    _add_config_options(p, skip=("depth", "arch", "norm", "shortcut", "seed", "branch_init"))
+    p.set_defaults(func=_cmd_sweep)
+
+
+COMMANDS.extend([add_train, add_sweep])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resviz",

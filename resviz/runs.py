@@ -1,0 +1,210 @@
+"""Run folders on disk: atomic writes, status, and loading many runs at once.
+
+    runs/<run_id>/config.json      the TrainConfig (+ versions), written once
+                  status.json      running | done | diverged | failed | interrupted, with a reason
+                  metrics.parquet  per-step training log (schema.TRAIN_COLUMNS)
+                  stats.parquet    the Recorder's tidy table (schema.STATS_COLUMNS)
+                  checkpoint.pt    model, optimiser, step, RNG: what a resume needs
+
+Every file is written to a temporary name in the same folder, flushed to disk, then `os.replace`d,
+so a reader (or a run killed with SIGKILL mid-write) sees the old file or the new one, never half.
+"""
+from __future__ import annotations
+
+import glob as globlib
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from resviz import schema
+
+STATUSES = ("running", "done", "diverged", "failed", "interrupted")
+FINISHED = ("done", "diverged")  # a sweep does not run these again
+META_COLUMNS = ("arch", "depth", "norm", "shortcut", "seed")
+
+
+# ------------------------------------------------------------------------------ atomic writes
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def atomic_write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> Path:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_torch_save(path: str | os.PathLike, obj) -> Path:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------------------ status
+def write_status(folder: str | os.PathLike, status: str, reason: str = "", **extra) -> dict:
+    if status not in STATUSES:
+        raise ValueError(f"status={status!r} is unknown; use one of {', '.join(STATUSES)}")
+    record = {"status": status, "reason": reason, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    atomic_write_json(Path(folder) / "status.json", record)
+    return record
+
+
+def read_status(folder: str | os.PathLike) -> dict:
+    """The run's status record; a folder with a config but no status is reported as 'running' at step 0."""
+    folder = Path(folder)
+    try:
+        return read_json(folder / "status.json")
+    except FileNotFoundError:
+        return {"status": "running", "reason": "no status.json yet", "step": 0}
+    except json.JSONDecodeError as err:  # cannot happen with atomic writes, but never trust a file blindly
+        return {"status": "failed", "reason": f"unreadable status.json: {err}"}
+
+
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / "config.json").is_file()
+
+
+# ------------------------------------------------------------------------------ loading many runs
+@dataclass(frozen=True)
+class RunSet:
+    """Runs loaded together: frames concatenated over runs, one status row per run."""
+
+    metrics: pd.DataFrame  # schema.TRAIN_COLUMNS + META_COLUMNS
+    stats: pd.DataFrame  # schema.STATS_COLUMNS
+    status: pd.DataFrame  # run_id, status, reason, step, steps, folder + META_COLUMNS + dataset
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+
+def find_runs(path_or_glob: str | os.PathLike | list) -> list[Path]:
+    """Run folders named by a folder, a folder of run folders (searched recursively), a glob, or a list."""
+    if isinstance(path_or_glob, (list, tuple)):
+        return sorted({f for p in path_or_glob for f in find_runs(p)})
+    text = str(path_or_glob)
+    if any(ch in text for ch in "*?["):
+        candidates = [Path(p) for p in sorted(globlib.glob(text, recursive=True))]
+    else:
+        candidates = [Path(text)]
+        if not candidates[0].exists():
+            raise FileNotFoundError(f"no run folder at {text}: pass a run folder, a folder of runs, or a glob")
+    found = []
+    for c in candidates:
+        if is_run_folder(c):
+            found.append(c)
+        elif c.is_dir():
+            found.extend(sorted(p.parent for p in c.rglob("config.json")))
+    return sorted(set(found))
+
+
+def _meta(config: dict) -> dict:
+    return {
+        "arch": config.get("arch", "resnet"),
+        "depth": int(config.get("depth", -1)),
+        "norm": config.get("norm", "unknown"),
+        "shortcut": "none" if config.get("arch") == "plain" else config.get("shortcut", "unknown"),
+        "seed": int(config.get("seed", -1)),
+    }
+
+
+def load_run(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(metrics, stats, status row) of one run folder; missing tables come back empty."""
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    run_id = config.get("run_id", folder.name)
+    meta = _meta(config)
+    try:
+        metrics = pd.read_parquet(folder / "metrics.parquet")
+    except FileNotFoundError:
+        metrics = schema.empty_train()
+    metrics = metrics.assign(**{k: v for k, v in meta.items()})
+    try:
+        stats = pd.read_parquet(folder / "stats.parquet")
+    except FileNotFoundError:
+        stats = schema.empty()
+    status = read_status(folder)
+    row = {
+        "run_id": run_id,
+        "status": status.get("status", "running"),
+        "reason": status.get("reason", ""),
+        "step": int(status.get("step", 0) or 0),
+        "steps": int(config.get("steps", -1)),
+        "dataset": config.get("dataset", ""),
+        "folder": str(folder),
+        **meta,
+    }
+    return metrics, stats, row
+
+
+def load(path_or_glob: str | os.PathLike | list) -> RunSet:
+    """Load every run under a folder, glob or list: metrics and stats concatenated, with their status."""
+    folders = find_runs(path_or_glob)
+    metrics, stats, rows = [], [], []
+    for folder in folders:
+        m, s, row = load_run(folder)
+        metrics.append(m)
+        stats.append(s)
+        rows.append(row)
+    if metrics and any(len(m) for m in metrics):
+        all_metrics = pd.concat([m for m in metrics if len(m)], ignore_index=True)
+        all_metrics = schema.coerce_train(all_metrics)
+    else:
+        all_metrics = schema.empty_train().assign(**{k: pd.Series([], dtype=object) for k in META_COLUMNS})
+    status_cols = ["run_id", "status", "reason", "step", "steps", "dataset", "folder", *META_COLUMNS]
+    return RunSet(
+        metrics=all_metrics,
+        stats=schema.concat(stats),
+        status=pd.DataFrame(rows, columns=status_cols),
+    )
+
+
+def summary(runset: RunSet) -> pd.DataFrame:
+    """One row per run: status, final train/test error and seconds, for the end of a sweep."""
+    rows = []
+    for _, r in runset.status.iterrows():
+        m = runset.metrics[runset.metrics["run_id"].astype(str) == r["run_id"]]
+        last = m.iloc[-1] if len(m) else None
+        tested = m.dropna(subset=["test_error"]) if len(m) else m
+        rows.append(
+            {
+                "run": r["run_id"],
+                "status": r["status"],
+                "step": r["step"],
+                "train_error": float(last["train_error"]) if last is not None else float("nan"),
+                "test_error": float(tested["test_error"].iloc[-1]) if len(tested) else float("nan"),
+                "seconds": float(last["seconds"]) if last is not None else float("nan"),
+                "reason": r["reason"],
+            }
+        )
+    return pd.DataFrame(rows, columns=["run", "status", "step", "train_error", "test_error", "seconds", "reason"])

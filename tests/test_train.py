@@ -1,0 +1,265 @@
+"""Training runs: recipe, run folders, resume after SIGKILL, divergence, reproducibility, bad input."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from resviz import runs, schema
+from resviz.cli import main
+from resviz.train import TrainConfig, learning_rate, train
+
+# a seconds-long run on the built-in digits: ResNet-8 at width 8
+TINY = TrainConfig(dataset="digits", depth=8, width=8, steps=30, batch_size=32, log_every=10, eval_every=10,
+                   checkpoint_every=10, record_every=5, eval_batch_size=400, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def tiny(data_root, **changes) -> TrainConfig:
+    return dataclasses.replace(TINY, root=data_root, **changes)
+
+
+def cli(*args: str, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resviz.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_paper_recipe_defaults():
+    c = TrainConfig()
+    assert (c.lr, c.momentum, c.weight_decay, c.batch_size, c.steps) == (0.1, 0.9, 1e-4, 128, 64_000)
+    assert c.scaled_milestones == (32_000, 48_000)
+    assert c.augment and c.warmup == "auto"
+    assert not c.warmup_enabled and dataclasses.replace(c, depth=110).warmup_enabled
+    assert c.steps // c.record_every >= 1_000  # a full run records at least 1,000 points
+
+
+def test_milestones_scale_with_steps():
+    c = TrainConfig(steps=2000)
+    assert c.scaled_milestones == (1000, 1500)
+    assert [learning_rate(c, s, None) for s in (0, 999, 1000, 1499, 1500, 1999)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_warmup_lr_until_released():
+    c = TrainConfig(depth=110)
+    assert learning_rate(c, 0, 400) == 0.01 and learning_rate(c, 399, 400) == 0.01
+    assert learning_rate(c, 400, 400) == 0.1
+    assert learning_rate(c, 50, 40) == 0.1  # released early when training error fell below 80 %
+
+
+def test_run_folder_and_tables(tmp_path, data_root):
+    result = train(tiny(data_root), tmp_path)
+    folder = tmp_path / TINY.run_id
+    assert result.status == "done" and result.step == 30 and result.folder == folder
+    for name in ("config.json", "status.json", "metrics.parquet", "stats.parquet", "checkpoint.pt"):
+        assert (folder / name).is_file(), name
+    assert not list(folder.glob("*.tmp")), "temporary files left behind"
+    assert runs.read_status(folder)["status"] == "done"
+    metrics = schema.validate_train(pd.read_parquet(folder / "metrics.parquet"))
+    assert metrics["step"].tolist() == [10, 20, 30]
+    assert metrics["test_error"].notna().all() and (metrics["train_error"].between(0, 1)).all()
+    stats = schema.validate(pd.read_parquet(folder / "stats.parquet"))
+    assert sorted(stats["step"].unique()) == [0, 5, 10, 15, 20, 25]
+    assert {"response_std", "branch_std", "skip_std", "grad_norm"} <= set(stats["metric"].astype(str))
+    assert (stats["run_id"].astype(str) == TINY.run_id).all()
+
+    rs = runs.load(tmp_path)
+    assert len(rs) == 1 and rs.status["status"].tolist() == ["done"]
+    assert len(rs.metrics) == 3 and len(rs.stats) == len(stats)
+    assert rs.metrics["arch"].unique().tolist() == ["resnet"] and int(rs.metrics["depth"].iloc[0]) == 8
+
+
+def test_same_seed_same_loss_curve(tmp_path, data_root):
+    a = train(tiny(data_root), tmp_path / "a")
+    b = train(tiny(data_root), tmp_path / "b")
+    la = pd.read_parquet(a.folder / "metrics.parquet")["loss"]
+    lb = pd.read_parquet(b.folder / "metrics.parquet")["loss"]
+    assert la.tolist() == lb.tolist()
+    c = train(tiny(data_root, seed=1), tmp_path / "c")
+    assert pd.read_parquet(c.folder / "metrics.parquet")["loss"].tolist() != la.tolist()
+
+
+def test_finished_run_is_not_trained_again(tmp_path, data_root):
+    train(tiny(data_root), tmp_path)
+    folder = tmp_path / TINY.run_id
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again = train(tiny(data_root), tmp_path)
+    assert again.status == "done"
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_root):
+    args = ["train", "--dataset", "digits", "--root", data_root, "--depth", "8", "--width", "8",
+            "--steps", "80", "--batch-size", "32", "--log-every", "10", "--checkpoint-every", "10",
+            "--eval-every", "40", "--record-every", "5", "--no-progress"]
+    full = cli(*args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "resviz.cli", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    folder = out / TINY.run_id
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:  # kill once a checkpoint beyond step 0 exists
+        status = runs.read_status(folder) if folder.exists() else {}
+        if status.get("step", 0) >= 20 + (os.getpid() % 3) * 10:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if runs.read_status(folder)["status"] == "done":
+        pytest.skip("the run finished before it could be killed")
+    resumed = cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    a = runs.load(tmp_path / "full" / TINY.run_id)
+    b = runs.load(folder)
+    assert b.status["status"].tolist() == ["done"] and b.status["step"].tolist() == [80]
+    assert len(b.stats) == len(a.stats) and len(b.metrics) == len(a.metrics)
+    assert b.metrics["step"].tolist() == a.metrics["step"].tolist()
+    schema.validate(b.stats)
+    key = ["step", "layer", "metric"]
+    merged = a.stats.astype({"layer": str, "metric": str}).merge(
+        b.stats.astype({"layer": str, "metric": str}), on=key, suffixes=("_a", "_b"))
+    assert len(merged) == len(a.stats)  # the same (step, layer, metric) rows, none twice
+
+
+def test_divergence_is_recorded_not_raised(tmp_path, data_root):
+    result = train(tiny(data_root, norm="none", lr=50.0, steps=40), tmp_path)
+    assert result.status == "diverged"
+    status = runs.read_status(result.folder)
+    assert status["status"] == "diverged" and "loss became" in status["reason"]
+    assert status["step"] <= 40
+    metrics = pd.read_parquet(result.folder / "metrics.parquet")
+    assert not math.isfinite(metrics["loss"].iloc[-1])  # the non-finite row is kept, never dropped
+    assert all(math.isfinite(v) for v in metrics["loss"].iloc[:-1])
+    assert (result.folder / "stats.parquet").is_file()
+
+
+def test_sweep_skips_finished_runs(tmp_path, data_root):
+    from resviz.sweep import grid, run_sweep
+
+    configs = grid(tiny(data_root, steps=10, checkpoint_every=10), depths=(8,), archs=("plain", "resnet"))
+    assert [c.arch for c in configs] == ["plain", "resnet"]
+    first = run_sweep(configs, tmp_path, progress=False)
+    assert first["status"].tolist() == ["done", "done"]
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    second = run_sweep(configs, tmp_path, progress=False)
+    assert second["status"].tolist() == ["done", "done"]
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
+
+
+def test_cli_train_and_sweep_summary(tmp_path, data_root):
+    r = cli("sweep", "--dataset", "digits", "--root", data_root, "--depths", "8", "--arch", "plain,resnet",
+            "--width", "8", "--steps", "10", "--batch-size", "32", "--log-every", "5", "--checkpoint-every", "10",
+            "--eval-every", "10", "--no-progress", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "digits-plain8-batch-w8-s0" in r.stdout and "digits-resnet8-batch-scA-w8-s0" in r.stdout
+    assert "test_error" in r.stdout and "done" in r.stdout
+
+
+def test_config_file(tmp_path, data_root):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"dataset: digits\nroot: {data_root}\ndepth: 8\nwidth: 8\nsteps: 10\nbatch_size: 32\n"
+                   "log_every: 5\ncheckpoint_every: 10\neval_every: 10\nprogress: false\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 0
+    config = json.loads((tmp_path / "r" / "digits-resnet8-batch-scA-w8-s0" / "config.json").read_text())
+    assert config["steps"] == 10 and config["batch_size"] == 32
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--depth", "21"], r"depth=21 must be 6n\+2"),
+        (["--norm", "instance"], r"norm='instance' is unknown"),
+        (["--shortcut", "C"], r"shortcut='C' is unknown"),
+        (["--dataset", "mnist"], r"mnist"),
+        (["--steps", "0"], r"steps=0 must be a positive integer"),
+        (["--steps", "ten"], r"--steps='ten' must be an integer"),
+        (["--batch-size", "5000"], r"batch_size=5000 is larger than the training set \(1437 images\)"),
+    ],
+)
+def test_bad_train_input(tmp_path, data_root, capsys, args, message):
+    base = ["train", "--dataset", "digits", "--root", data_root, "--steps", "10", "--out", str(tmp_path)]
+    code = main(base + args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("resviz: error: ") and len(err.strip().splitlines()) == 1
+    import re
+
+    assert re.search(message, err), err
+
+
+def test_bad_config_files(tmp_path, capsys):
+    unknown = tmp_path / "a.json"
+    unknown.write_text('{"depth": 8, "learning_rate": 0.1}')
+    assert main(["train", "--config", str(unknown)]) == 2
+    assert "unknown config key(s) ['learning_rate']" in capsys.readouterr().err
+    wrong = tmp_path / "b.yaml"
+    wrong.write_text("depth: eight\n")
+    assert main(["train", "--config", str(wrong)]) == 2
+    assert "config key 'depth' must be an integer, got 'eight'" in capsys.readouterr().err
+
+
+def test_refuses_resume_with_other_config(tmp_path, data_root, capsys):
+    train(tiny(data_root, steps=10), tmp_path)
+    code = main(["train", "--dataset", "digits", "--root", data_root, "--depth", "8", "--width", "8",
+                 "--steps", "20", "--batch-size", "32", "--log-every", "10", "--checkpoint-every", "10",
+                 "--eval-every", "10", "--record-every", "5", "--eval-batch-size", "400", "--no-progress",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "with a different config (steps: 10 -> 20)" in err
+
+
+def test_unwritable_out(tmp_path, data_root, capsys):
+    if os.geteuid() == 0:
+        target = "/proc/resviz-runs"  # root may write anywhere a mode allows; /proc refuses everyone
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = str(locked)
+    code = main(["train", "--dataset", "digits", "--root", data_root, "--depth", "8", "--steps", "10",
+                 "--batch-size", "32", "--no-progress", "--out", target])
+    err = capsys.readouterr().err
+    assert code == 2 and "choose a writable --out" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(capsys):
+    assert main(["train", "--device", "cuda", "--dataset", "digits"]) == 2
+    assert "CUDA is not available on this machine; use --device cpu" in capsys.readouterr().err
+
+
+def test_ctrl_c_checkpoints_and_marks_interrupted(tmp_path, data_root):
+    args = ["train", "--dataset", "digits", "--root", data_root, "--depth", "8", "--width", "8",
+            "--steps", "100000", "--batch-size", "32", "--log-every", "10", "--checkpoint-every", "1000",
+            "--no-progress", "--out", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "resviz.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    folder = tmp_path / "digits-resnet8-batch-scA-w8-s0"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (folder / "metrics.parquet").exists():
+        if runs.read_status(folder).get("status") == "running" and (folder / "config.json").exists():
+            time.sleep(1.0)
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    status = runs.read_status(folder)
+    assert status["status"] == "interrupted" and status["step"] > 0
+    assert torch.load(folder / "checkpoint.pt", weights_only=False)["step"] == status["step"]
