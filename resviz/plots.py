@@ -1,0 +1,497 @@
+"""Figures from the tidy tables: pure functions `(frame, **options) -> go.Figure`; no I/O, no display.
+
+Every figure colours a run the same way (`run_color`: plain nets warm, ResNets cool, darker when deeper),
+names the layer in its hover text, and picks a training step (default: each run's last). A selection
+with no rows raises ValueError naming what is present, which the dashboard shows as its message.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+from plotly.subplots import make_subplots
+
+RUN_COLUMNS = ("run_id", "arch", "depth", "norm", "shortcut", "seed")
+
+# y-axis titles, with units ("a.u." = the activations' own units: inputs are normalised images).
+AXIS_TITLES: dict[str, str] = {
+    "response_std": "response std (a.u.)",
+    "branch_std": "branch std (a.u.)",
+    "skip_std": "skip std (a.u.)",
+    "sum_std": "branch + skip std (a.u.)",
+    "branch_ratio": "‖F(x)‖ / ‖skip‖ (ratio)",
+    "grad_norm": "‖∂L/∂W‖₂ (loss per weight unit)",
+    "act_grad_norm": "‖∂L/∂x‖₂ at block output (loss per a.u.)",
+    "channel_sq_mean": "mean over channels of (channel mean)² (a.u.²)",
+    "channel_var": "mean channel variance (a.u.²)",
+    "branch_scale": "branch scale α (ratio)",
+    "response_channel_std": "per-channel response std (a.u.)",
+}
+TITLES: dict[str, str] = {
+    "response_std": "Response std of each 3×3 layer (after norm, before ReLU/addition)",
+    "branch_std": "Residual branch std per block",
+    "skip_std": "Skip path std per block",
+    "sum_std": "Std of branch + skip per block",
+    "branch_ratio": "Branch-to-skip ratio per block",
+    "grad_norm": "Gradient norm per parameter",
+    "act_grad_norm": "Gradient norm w.r.t. each block's output",
+    "channel_sq_mean": "Squared channel mean per block (signal propagation)",
+    "channel_var": "Channel variance per block (signal propagation)",
+    "branch_scale": "Branch scale per block",
+    "response_channel_std": "Per-channel response std",
+}
+LOG_METRICS = frozenset({"grad_norm", "act_grad_norm", "branch_ratio", "channel_sq_mean", "channel_var"})
+STEP_AXIS = "iteration (optimiser steps)"
+FIG7_CAPTION = (
+    "Reference, He et al. 2015 Fig. 7: ResNet responses are smaller than plain-net responses, "
+    "and smaller the deeper the ResNet."
+)
+# Depths that get evenly spaced shades; others fall between them on a log scale.
+_SHADE_DEPTHS = (8, 14, 20, 32, 44, 56, 110, 1202)
+# Hue moves along with lightness so neighbouring depths stay apart: plain light orange -> dark red,
+# ResNet teal -> blue -> deep purple.
+_SCALES = {
+    "plain": ["#fdb863", "#f28e2b", "#e66101", "#d7301f", "#a50f15", "#5c0011"],
+    "resnet": ["#66c2a5", "#1f9bb5", "#2166ac", "#3f3f9f", "#6a3d9a", "#2d0a5e"],
+}
+_OTHER_SCALE = "Purples"
+_HEIGHT = 500
+
+
+def x_title(metric: str) -> str:
+    """x-axis title of a depth profile: layers for responses and gradients, blocks for block metrics."""
+    if metric in ("response_std", "response_channel_std"):
+        return "layer index (0 = stem conv)"
+    if metric == "grad_norm":
+        return "parameter index along depth (0 = stem)"
+    return "block index along depth (0 = first block)"
+
+
+def arch_name(arch: str) -> str:
+    return {"resnet": "ResNet", "plain": "plain"}.get(str(arch), str(arch))
+
+
+def run_color(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", seed: int = 0) -> str:
+    """The colour of a run in every figure: plain warm, ResNet cool, darker when deeper.
+
+    Depends only on the run itself (not on the other runs drawn), so figures agree. Runs that differ
+    only in norm, shortcut or seed get a small deterministic shift of shade.
+    """
+    d = max(int(depth), 1)
+    logs = np.log(_SHADE_DEPTHS)
+    rank = float(np.interp(math.log(d), logs, np.arange(len(_SHADE_DEPTHS)))) / (len(_SHADE_DEPTHS) - 1)
+    shade = rank  # 0 (depth 8) .. 1 (depth 1202)
+    default = str(norm) == "batch" and str(shortcut) in ("A", "none") and int(seed) == 0
+    if not default:
+        h = hashlib.sha1(f"{norm}|{shortcut}|{seed}".encode()).digest()
+        shade += (h[0] / 255 - 0.5) * 0.12
+    shade = min(max(shade, 0.0), 1.0)
+    scale = _SCALES.get(str(arch))
+    if scale is None:
+        return sample_colorscale(_OTHER_SCALE, [0.4 + 0.5 * shade])[0]
+    return sample_colorscale(scale, [shade])[0]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run as drawn: its metadata, legend label and colour."""
+
+    run_id: str
+    arch: str
+    depth: int
+    norm: str
+    shortcut: str
+    seed: int
+    label: str
+    color: str
+
+    @property
+    def key(self) -> tuple:
+        return (self.run_id, self.arch, self.depth, self.norm, self.shortcut, self.seed)
+
+
+def _meta(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, with defaults for metadata columns a frame lacks."""
+    cols = [c for c in RUN_COLUMNS if c in frame.columns]
+    if "run_id" not in cols and "arch" not in cols:
+        raise ValueError(f"table has neither run_id nor arch columns; expected {list(RUN_COLUMNS)}")
+    uniq = frame[cols].drop_duplicates().astype({c: object for c in cols if c not in ("depth", "seed")})
+    defaults = {"run_id": "", "arch": "unknown", "depth": -1, "norm": "unknown", "shortcut": "unknown", "seed": 0}
+    for c in RUN_COLUMNS:
+        if c not in uniq.columns:
+            uniq[c] = defaults[c]
+    uniq = uniq[list(RUN_COLUMNS)].astype({"run_id": str, "arch": str, "norm": str, "shortcut": str})
+    return uniq.astype({"depth": np.int64, "seed": np.int64}).reset_index(drop=True)
+
+
+def run_label(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", seed: int = 0) -> str:
+    """Legend label of a run, e.g. "ResNet-56" or "plain-20 (norm=layer, seed=1)"; defaults are left out."""
+    base = f"{arch_name(arch)}-{depth}" if int(depth) > 0 else arch_name(arch)
+    extra = [f"norm={norm}"] if str(norm) != "batch" else []
+    if str(arch) != "plain" and str(shortcut) != "A":
+        extra.append(f"shortcut={shortcut}")
+    if int(seed) != 0:
+        extra.append(f"seed={seed}")
+    return base + (f" ({', '.join(extra)})" if extra else "")
+
+
+def runs_of(frame: pd.DataFrame) -> list[Run]:
+    """The runs in a frame, plain before ResNet then by depth; labels from `run_label` (run_id added on a clash)."""
+    meta = _meta(frame)
+    meta = meta.assign(_o=meta["arch"].map({"plain": 0, "resnet": 1}).fillna(2))
+    meta = meta.sort_values(["_o", "depth", "norm", "shortcut", "seed", "run_id"], kind="stable")
+    meta["label"] = [run_label(r.arch, r.depth, r.norm, r.shortcut, r.seed) for r in meta.itertuples(index=False)]
+    dup = meta["label"].duplicated(keep=False) & (meta["run_id"] != "")
+    meta.loc[dup, "label"] = meta.loc[dup, "label"] + " [" + meta.loc[dup, "run_id"] + "]"
+    return [
+        Run(r.run_id, r.arch, int(r.depth), r.norm, r.shortcut, int(r.seed), r.label,
+            run_color(r.arch, r.depth, r.norm, r.shortcut, r.seed))
+        for r in meta.itertuples(index=False)
+    ]
+
+
+def pick_step(steps: np.ndarray, step: int | None) -> int:
+    """The recorded step shown for `step`: the last one at or before it (the first if none), or the last."""
+    if step is None:
+        return int(steps[-1])
+    i = int(np.searchsorted(steps, step, side="right")) - 1
+    return int(steps[max(i, 0)])
+
+
+def _filter(frame: pd.DataFrame, runs, arch, depth) -> pd.DataFrame:
+    mask = np.ones(len(frame), dtype=bool)
+    if runs is not None:
+        mask &= frame["run_id"].astype(str).isin([runs] if isinstance(runs, str) else list(runs)).to_numpy()
+    if arch is not None and "arch" in frame.columns:
+        mask &= frame["arch"].astype(str).isin([arch] if isinstance(arch, str) else list(arch)).to_numpy()
+    if depth is not None and "depth" in frame.columns:
+        mask &= frame["depth"].isin([depth] if isinstance(depth, (int, np.integer)) else list(depth)).to_numpy()
+    return frame[mask]
+
+
+def _describe_filter(runs, arch, depth) -> str:
+    parts = [f"{k}={v!r}" for k, v in (("runs", runs), ("arch", arch), ("depth", depth)) if v is not None]
+    return f" with {', '.join(parts)}" if parts else ""
+
+
+def metric_rows(stats: pd.DataFrame, metric: str, *, runs=None, arch=None, depth=None) -> pd.DataFrame:
+    """The pooled rows of one metric for the selected runs; ValueError naming what exists when none."""
+    missing = [c for c in ("metric", "value", "step", "layer", "layer_index") if c not in stats.columns]
+    if missing:
+        raise ValueError(f"stats table is missing column(s) {missing}; pass the tidy table from runs.load or Recorder.frame()")
+    rows = stats[(stats["metric"] == metric).to_numpy()]
+    if "channel" in rows.columns:
+        rows = rows[(rows["channel"] == -1).to_numpy()]
+    rows = _filter(rows, runs, arch, depth)
+    if rows.empty:
+        present = sorted(map(str, pd.unique(stats["metric"]))) if len(stats) else []
+        raise ValueError(
+            f"no {metric!r} rows{_describe_filter(runs, arch, depth)}; metrics present: {present or 'none (empty table)'}"
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One run's values of one metric along depth at one step, in layer_index order."""
+
+    run: Run
+    step: int
+    layer_index: np.ndarray  # (L,) int
+    layer: np.ndarray  # (L,) str
+    value: np.ndarray  # (L,) float
+
+
+def _by_run(rows: pd.DataFrame) -> list[tuple[Run, pd.DataFrame]]:
+    """Split rows by run, in runs_of order."""
+    runs = runs_of(rows)
+    by_key = {r.key: r for r in runs}
+    order = {r.key: i for i, r in enumerate(runs)}
+    meta_cols = [c for c in RUN_COLUMNS if c in rows.columns]
+    out = []
+    for _, g in rows.groupby(meta_cols, observed=True, sort=False):
+        m = _meta(g.iloc[:1]).iloc[0]
+        key = (m.run_id, m.arch, int(m.depth), m.norm, m.shortcut, int(m.seed))
+        out.append((by_key[key], g))
+    return sorted(out, key=lambda t: order[t[0].key])
+
+
+def profiles(stats: pd.DataFrame, metric: str, *, step=None, runs=None, arch=None, depth=None) -> list[Profile]:
+    """Per-run depth profiles of `metric` at `step` (default: each run's last recorded step)."""
+    rows = metric_rows(stats, metric, runs=runs, arch=arch, depth=depth)
+    out = []
+    for run, g in _by_run(rows):
+        s = pick_step(np.unique(g["step"].to_numpy()), step)
+        at = g[(g["step"] == s).to_numpy()].sort_values("layer_index", kind="stable")
+        out.append(Profile(run, s, at["layer_index"].to_numpy(np.int64), at["layer"].astype(str).to_numpy(),
+                           at["value"].to_numpy(np.float64)))
+    return out
+
+
+def sorted_view(p: Profile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rank from 1, values descending, layer_index, layer) of Fig. 7's bottom panel; NaN last."""
+    order = np.argsort(np.where(np.isnan(p.value), np.inf, -p.value), kind="stable")
+    return np.arange(1, len(order) + 1), p.value[order], p.layer_index[order], p.layer[order]
+
+
+def hover(metric: str) -> str:
+    """Hover template naming the layer; customdata = (layer name, layer index, step)."""
+    return (
+        "<b>%{customdata[0]}</b><br>index %{customdata[1]} · step %{customdata[2]}<br>"
+        f"{metric} = %{{y:.4g}}<extra>%{{fullData.name}}</extra>"
+    )
+
+
+def customdata(layer: np.ndarray, layer_index: np.ndarray, step: int) -> np.ndarray:
+    out = np.empty((len(layer), 3), dtype=object)  # (L, 3)
+    out[:, 0], out[:, 1], out[:, 2] = layer, layer_index, step
+    return out
+
+
+def _step_text(chosen: list[int], step) -> str:
+    if len(set(chosen)) == 1:
+        return f"step {chosen[0]}"
+    return "each run's last step" if step is None else f"step ≤ {step} per run"
+
+
+def _base_layout(fig: go.Figure, title: str, x: str | None = None, y: str | None = None,
+                 log_y: bool | None = None) -> go.Figure:
+    fig.update_layout(
+        template="plotly_white", title=dict(text=title), height=_HEIGHT, hovermode="closest",
+        legend=dict(title=dict(text="run")), margin=dict(t=70, b=60),
+    )
+    if x is not None:
+        fig.update_xaxes(title_text=x)
+    if y is not None:
+        fig.update_yaxes(title_text=y)
+    if log_y is not None:
+        fig.update_yaxes(type="log" if log_y else "linear")
+    return fig
+
+
+def plot_profile(
+    stats: pd.DataFrame, metric: str, *, step: int | None = None, sort: bool = False, log_y: bool | None = None,
+    runs=None, arch=None, depth=None, title: str | None = None,
+) -> go.Figure:
+    """Any metric against depth, one trace per run; `sort=True` draws values in descending order (Fig. 7, bottom)."""
+    profs = profiles(stats, metric, step=step, runs=runs, arch=arch, depth=depth)
+    log_y = metric in LOG_METRICS if log_y is None else log_y
+    fig = go.Figure()
+    multi = len({p.step for p in profs}) > 1
+    for p in profs:
+        if sort:
+            x, y, li, names = sorted_view(p)
+        else:
+            x, y, li, names = p.layer_index, p.value, p.layer_index, p.layer
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="lines+markers", marker=dict(size=4), line=dict(color=p.run.color, width=2),
+            name=p.run.label + (f" @ {p.step}" if multi else ""), legendgroup=p.run.label,
+            customdata=customdata(names, li, p.step), hovertemplate=hover(metric),
+        ))
+    when = _step_text([p.step for p in profs], step)
+    text = title or f"{TITLES.get(metric, metric)}{' (sorted)' if sort else ''} — {when}"
+    xt = f"rank (sorted by {metric}, descending)" if sort else x_title(metric)
+    return _base_layout(fig, text, xt, AXIS_TITLES.get(metric, metric), log_y)
+
+
+def plot_response_std(stats: pd.DataFrame, *, step: int | None = None, sort: bool = False, **filters) -> go.Figure:
+    """He et al. Fig. 7: std of every 3×3 layer's response against layer index (or sorted), one trace per run."""
+    fig = plot_profile(stats, "response_std", step=step, sort=sort, log_y=False, **filters)
+    fig.add_annotation(text=FIG7_CAPTION, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left",
+                       yanchor="top", showarrow=False, font=dict(size=11, color="#555"))
+    fig.update_layout(margin=dict(b=100))
+    return fig
+
+
+def plot_gradient_flow(stats: pd.DataFrame, metric: str = "grad_norm", *, step: int | None = None, **filters) -> go.Figure:
+    """`grad_norm` (per parameter) or `act_grad_norm` (per block output) against depth, log scale."""
+    if metric not in ("grad_norm", "act_grad_norm"):
+        raise ValueError(f"metric={metric!r} is not a gradient metric; use 'grad_norm' or 'act_grad_norm'")
+    return plot_profile(stats, metric, step=step, log_y=True, **filters)
+
+
+def _paired(stats, metrics, panels, step, filters, title, log_rows) -> go.Figure:
+    """One row per entry of `panels` ((subtitle, y title, [(metric, dash), ...])), one colour per run."""
+    found = {}
+    for m in metrics:
+        try:
+            found[m] = profiles(stats, m, step=step, **filters)
+        except ValueError:
+            continue
+    if not found:
+        present = sorted(map(str, pd.unique(stats["metric"]))) if len(stats) else []
+        raise ValueError(f"no rows for any of {list(metrics)}{_describe_filter(**filters)}; "
+                         f"metrics present: {present or 'none (empty table)'}")
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=[t for t, _, _ in panels])
+    chosen = []
+    in_legend: set[str] = set()
+    for row, (_, ytitle, members) in enumerate(panels, start=1):
+        for metric, dash in members:
+            for p in found.get(metric, []):
+                chosen.append(p.step)
+                fig.add_trace(go.Scatter(
+                    x=p.layer_index, y=p.value, mode="lines+markers", marker=dict(size=3),
+                    line=dict(color=p.run.color, dash=dash, width=2), name=p.run.label,
+                    legendgroup=p.run.label, showlegend=p.run.label not in in_legend,
+                    customdata=customdata(p.layer, p.layer_index, p.step), hovertemplate=hover(metric),
+                ), row=row, col=1)
+                in_legend.add(p.run.label)
+        fig.update_yaxes(title_text=ytitle, type="log" if row in log_rows else "linear", row=row, col=1)
+    fig = _base_layout(fig, f"{title} — {_step_text(chosen, step)}")
+    fig.update_xaxes(title_text=x_title(next(iter(found))), row=len(panels), col=1)
+    fig.update_layout(height=_HEIGHT + 150)
+    return fig
+
+
+def plot_branch_skip(stats: pd.DataFrame, *, step: int | None = None, **filters) -> go.Figure:
+    """Per block: branch std (solid) and skip std (dotted) on top, branch/skip ratio (log) below."""
+    panels = [
+        ("branch std (solid) and skip std (dotted)", "std (a.u.)", [("branch_std", "solid"), ("skip_std", "dot")]),
+        ("branch-to-skip ratio", AXIS_TITLES["branch_ratio"], [("branch_ratio", "solid")]),
+    ]
+    return _paired(stats, ("branch_std", "skip_std", "branch_ratio"), panels, step,
+                   _filters(filters), "Residual branch vs skip path", {2})
+
+
+def plot_signal_propagation(stats: pd.DataFrame, *, step: int | None = None, **filters) -> go.Figure:
+    """Signal propagation plot (Brock et al. 2021): squared channel mean and channel variance per block, log."""
+    panels = [
+        ("squared channel mean", AXIS_TITLES["channel_sq_mean"], [("channel_sq_mean", "solid")]),
+        ("channel variance", AXIS_TITLES["channel_var"], [("channel_var", "solid")]),
+    ]
+    return _paired(stats, ("channel_sq_mean", "channel_var"), panels, step, _filters(filters),
+                   "Signal propagation", {1, 2})
+
+
+def _filters(filters: dict) -> dict:
+    bad = set(filters) - {"runs", "arch", "depth"}
+    if bad:
+        raise TypeError(f"unknown option(s) {sorted(bad)}; filters are runs=, arch=, depth=")
+    return {k: filters.get(k) for k in ("runs", "arch", "depth")}
+
+
+def plot_heatmap(
+    stats: pd.DataFrame, metric: str, *, run: str | None = None, log_z: bool | None = None, step: int | None = None,
+) -> go.Figure:
+    """The whole training at a glance: layer (y) × step (x) heatmap of one run's `metric`.
+
+    Readable at any depth: y ticks mark the stages rather than every layer; hover names the layer.
+    `step` draws a vertical line at that step.
+    """
+    rows = metric_rows(stats, metric)
+    ids = sorted(map(str, pd.unique(rows["run_id"].astype(str)))) if "run_id" in rows.columns else [""]
+    if run is None:
+        if len(ids) > 1:
+            raise ValueError(f"{len(ids)} runs have {metric!r} rows; choose one with run=, one of {ids}")
+        run = ids[0]
+    rows = rows[(rows["run_id"].astype(str) == run).to_numpy()] if "run_id" in rows.columns else rows
+    if rows.empty:
+        raise ValueError(f"run={run!r} has no {metric!r} rows; runs with it: {ids}")
+    (info,) = runs_of(rows)[:1]
+    steps, s_inv = np.unique(rows["step"].to_numpy(), return_inverse=True)
+    idx, l_inv = np.unique(rows["layer_index"].to_numpy(), return_inverse=True)
+    z = np.full((len(idx), len(steps)), np.nan)  # (L, S)
+    z[l_inv, s_inv] = rows["value"].to_numpy(np.float64)
+    names = np.empty(len(idx), dtype=object)
+    names[l_inv] = rows["layer"].astype(str).to_numpy()
+    log_z = metric in LOG_METRICS if log_z is None else log_z
+    shown = np.log10(np.where(z > 0, z, np.nan)) if log_z else z
+    colorbar = dict(title=dict(text=AXIS_TITLES.get(metric, metric).split(" (")[0] + (" (log)" if log_z else "")))
+    if log_z and np.isfinite(shown).any():
+        lo, hi = math.floor(np.nanmin(shown)), math.ceil(np.nanmax(shown))
+        ticks = list(range(lo, hi + 1))
+        colorbar.update(tickvals=ticks, ticktext=[f"1e{t}" for t in ticks])
+    fig = go.Figure(go.Heatmap(
+        x=steps, y=idx, z=shown, customdata=np.broadcast_to(names[:, None], z.shape),
+        colorscale="Viridis", colorbar=colorbar,
+        hovertemplate=f"<b>%{{customdata}}</b><br>index %{{y}} · step %{{x}}<br>{metric} = %{{text}}<extra></extra>",
+        text=np.vectorize(lambda v: f"{v:.4g}")(z),
+    ))
+    stage = np.full(len(idx), -1)
+    if "stage" in rows.columns:
+        stage[l_inv] = rows["stage"].to_numpy()
+    starts = [i for i in range(len(idx)) if i == 0 or stage[i] != stage[i - 1]]
+    ends = starts[1:] + [len(idx)]
+    names_of = {0: "stem", 4: "head"}
+    fig.update_yaxes(
+        tickvals=[(idx[a] + idx[b - 1]) / 2 for a, b in zip(starts, ends)],
+        ticktext=[names_of.get(int(stage[a]), f"stage {stage[a]}") if stage[a] >= 0 else f"{idx[a]}–{idx[b - 1]}"
+                  for a, b in zip(starts, ends)],
+    )
+    for a in starts[1:]:
+        fig.add_hline(y=idx[a] - 0.5, line=dict(color="white", width=1))
+    if step is not None:
+        fig.add_vline(x=pick_step(steps, step), line=dict(color="white", dash="dash", width=1))
+    title = f"{TITLES.get(metric, metric)} over training — {info.label}"
+    fig = _base_layout(fig, title, STEP_AXIS, x_title(metric), False)
+    fig.update_layout(height=_HEIGHT + 100, legend=dict(title=None))
+    return fig
+
+
+def plot_training_curves(
+    metrics: pd.DataFrame, *, step: int | None = None, runs=None, arch=None, depth=None,
+) -> go.Figure:
+    """He et al. Fig. 6: training error dashed, test error bold, against iterations, one colour per run.
+
+    `step` draws a vertical line there. Test error is drawn where it was evaluated (NaN rows skipped).
+    """
+    need = [c for c in ("step", "train_error", "test_error") if c not in metrics.columns]
+    if need:
+        raise ValueError(f"training table is missing column(s) {need}; pass RunSet.metrics (metrics.parquet rows)")
+    rows = _filter(metrics, runs, arch, depth)
+    if rows.empty:
+        raise ValueError(f"no training rows{_describe_filter(runs, arch, depth)}; the runs have not logged a step yet")
+    fig = go.Figure()
+    for run, g in _by_run(rows):
+        g = g.sort_values("step", kind="stable")
+        x = g["step"].to_numpy()
+        train = 100 * g["train_error"].to_numpy(np.float64)
+        test = 100 * g["test_error"].to_numpy(np.float64)
+        ok = ~np.isnan(test)
+        hov = "%{x} iterations<br>%{y:.2f} %<extra>%{fullData.name}</extra>"
+        fig.add_trace(go.Scatter(x=x, y=train, mode="lines", name=f"{run.label} train", legendgroup=run.label,
+                                 line=dict(color=run.color, dash="dash", width=1.5), hovertemplate=hov))
+        if ok.any():
+            fig.add_trace(go.Scatter(x=x[ok], y=test[ok], mode="lines", name=f"{run.label} test",
+                                     legendgroup=run.label, line=dict(color=run.color, width=3.5),
+                                     hovertemplate=hov))
+    if step is not None:
+        fig.add_vline(x=step, line=dict(color="#888", dash="dot", width=1))
+    title = "Training (dashed) and test (bold) error"
+    return _base_layout(fig, title, STEP_AXIS, "error (%)", False)
+
+
+def standard_figures(
+    stats: pd.DataFrame, metrics: pd.DataFrame | None = None, *, step: int | None = None,
+) -> tuple[dict[str, go.Figure], dict[str, str]]:
+    """The report's figures for whatever the tables hold: (name -> figure, name -> why it was skipped)."""
+    makers = {
+        "training_curves": (lambda: plot_training_curves(metrics, step=step)) if metrics is not None else None,
+        "response_std": lambda: plot_response_std(stats, step=step),
+        "response_std_sorted": lambda: plot_response_std(stats, step=step, sort=True),
+        "grad_norm": lambda: plot_gradient_flow(stats, "grad_norm", step=step),
+        "act_grad_norm": lambda: plot_gradient_flow(stats, "act_grad_norm", step=step),
+        "branch_skip": lambda: plot_branch_skip(stats, step=step),
+        "signal_propagation": lambda: plot_signal_propagation(stats, step=step),
+    }
+    figs: dict[str, go.Figure] = {}
+    skipped: dict[str, str] = {}
+    for name, make in makers.items():
+        if make is None:
+            skipped[name] = "no training table"
+            continue
+        try:
+            figs[name] = make()
+        except ValueError as err:
+            skipped[name] = str(err)
+    if "response_std" in figs:
+        ids = sorted(map(str, pd.unique(metric_rows(stats, "response_std")["run_id"].astype(str))))
+        for rid in ids:
+            figs[f"heatmap_response_std_{rid or 'run'}"] = plot_heatmap(stats, "response_std", run=rid, step=step)
+    return figs, skipped

@@ -1,0 +1,238 @@
+"""plots.py: trace counts, values against the table, axis titles and types, sorted view, styles, colours."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from plotly.colors import unlabel_rgb
+
+from resviz import plots, synthetic
+from resviz.synthetic import SyntheticRun
+
+RUNS = [("plain", 20), ("resnet", 20), ("resnet", 56)]
+
+
+@pytest.fixture(scope="module")
+def stats() -> pd.DataFrame:
+    return synthetic.stats_frame(RUNS, steps=(0, 100, 200))
+
+
+@pytest.fixture(scope="module")
+def train() -> pd.DataFrame:
+    return synthetic.train_frame(RUNS, steps=tuple(range(0, 1001, 50)), eval_every=200)
+
+
+def expected(stats, run_id, metric, step):
+    """The independent answer: the table's rows at that step, in layer_index order."""
+    rows = stats[(stats["run_id"] == run_id) & (stats["metric"] == metric) & (stats["step"] == step)]
+    rows = rows.sort_values("layer_index")
+    return rows["layer_index"].to_numpy(), rows["value"].to_numpy(), rows["layer"].astype(str).to_numpy()
+
+
+def trace(fig, label):
+    (t,) = [t for t in fig.data if t.name == label]
+    return t
+
+
+def test_synthetic_layout_matches_a_resviz_model():
+    from resviz.models import cifar_resnet
+
+    model = cifar_resnet(20)
+    norms = [n for n, m in model.named_modules() if n.endswith(("bn1", "bn2"))]
+    assert synthetic.layers(20, "response")["layer"].tolist() == norms  # 19 = depth - 1 layers
+    params = [n for n, _ in model.named_parameters()]
+    assert synthetic.layers(20, "param")["layer"].tolist() == params
+    assert len(synthetic.layers(1202, "block")) == 600
+
+
+def test_response_std_one_trace_per_run_with_the_tables_values(stats):
+    fig = plots.plot_response_std(stats)
+    assert [t.name for t in fig.data] == ["plain-20", "ResNet-20", "ResNet-56"]
+    for label, rid in [("plain-20", "plain20-batch-s0"), ("ResNet-56", "resnet56-batch-s0")]:
+        x, y, names = expected(stats, rid, "response_std", 200)  # default step: the last
+        t = trace(fig, label)
+        np.testing.assert_array_equal(t.x, x)
+        np.testing.assert_array_equal(t.y, y)
+        assert [c[0] for c in t.customdata] == list(names)  # hover names the layer
+        assert "%{customdata[0]}" in t.hovertemplate
+    assert len(trace(fig, "ResNet-56").x) == 55  # depth - 1 norm layers
+    assert fig.layout.xaxis.title.text == "layer index (0 = stem conv)"
+    assert fig.layout.yaxis.title.text == "response std (a.u.)"
+    assert "step 200" in fig.layout.title.text
+    (note,) = fig.layout.annotations
+    assert "He et al." in note.text and "smaller the deeper" in note.text
+
+
+def test_sorted_view_is_descending_and_keeps_layer_names(stats):
+    fig = plots.plot_response_std(stats, sort=True, step=100)
+    for t in fig.data:
+        y = np.asarray(t.y)
+        assert np.all(np.diff(y) <= 0)
+        np.testing.assert_array_equal(t.x, np.arange(1, len(y) + 1))
+    t = trace(fig, "ResNet-20")
+    x, y, names = expected(stats, "resnet20-batch-s0", "response_std", 100)
+    lookup = dict(zip(names, y))
+    assert all(lookup[c[0]] == v for c, v in zip(t.customdata, t.y))  # each value still names its layer
+    assert sorted(y, reverse=True) == list(t.y)
+    assert fig.layout.xaxis.title.text.startswith("rank")
+    assert "(sorted)" in fig.layout.title.text
+
+
+def test_step_picks_last_recorded_at_or_before(stats):
+    fig = plots.plot_response_std(stats, step=150)
+    _, y, _ = expected(stats, "resnet20-batch-s0", "response_std", 100)
+    np.testing.assert_array_equal(trace(fig, "ResNet-20").y, y)
+    assert "step 100" in fig.layout.title.text
+    first = plots.plot_response_std(stats, step=-5)  # before the first record: the first
+    _, y0, _ = expected(stats, "resnet20-batch-s0", "response_std", 0)
+    np.testing.assert_array_equal(trace(first, "ResNet-20").y, y0)
+
+
+def test_runs_at_different_steps_are_labelled_with_their_step():
+    a = synthetic.stats_frame([("resnet", 20)], steps=(0, 100), metrics=("response_std",))
+    b = synthetic.stats_frame([("plain", 20)], steps=(0, 300), metrics=("response_std",))
+    fig = plots.plot_response_std(pd.concat([a, b], ignore_index=True))
+    assert sorted(t.name for t in fig.data) == ["ResNet-20 @ 100", "plain-20 @ 300"]
+    assert "each run's last step" in fig.layout.title.text
+
+
+def test_nan_values_are_kept_in_place(stats):
+    bad = stats.copy()
+    hit = (bad["run_id"] == "resnet20-batch-s0") & (bad["metric"] == "response_std") & (bad["step"] == 200) \
+        & (bad["layer_index"] == 5)
+    bad.loc[hit, "value"] = np.nan
+    t = trace(plots.plot_response_std(bad), "ResNet-20")
+    assert np.isnan(t.y[5]) and len(t.y) == 19
+    s = trace(plots.plot_response_std(bad, sort=True), "ResNet-20")
+    assert np.isnan(s.y[-1]) and np.all(np.diff(s.y[:-1]) <= 0)
+
+
+def test_filters_and_no_rows_error(stats):
+    fig = plots.plot_response_std(stats, arch="resnet", depth=56)
+    assert [t.name for t in fig.data] == ["ResNet-56"]
+    with pytest.raises(ValueError, match=r"no 'response_std' rows with arch='plain', depth=56; metrics present: \["):
+        plots.plot_response_std(stats, arch="plain", depth=56)
+    only_grad = stats[stats["metric"] == "grad_norm"]
+    with pytest.raises(ValueError, match="no 'branch_std' rows; metrics present: \\['grad_norm'\\]"):
+        plots.plot_profile(only_grad, "branch_std")
+    with pytest.raises(ValueError, match="empty table"):
+        plots.plot_response_std(stats.iloc[:0])
+    with pytest.raises(ValueError, match="missing column"):
+        plots.plot_response_std(stats.drop(columns=["layer_index"]))
+
+
+def test_training_curves_fig6_convention(train):
+    fig = plots.plot_training_curves(train, step=400)
+    assert len(fig.data) == 6  # train + test per run
+    for t in fig.data:
+        if t.name.endswith(" train"):
+            assert t.line.dash == "dash"
+        else:
+            assert t.name.endswith(" test") and t.line.dash in (None, "solid")
+            assert t.line.width > trace(fig, t.name.replace(" test", " train")).line.width
+    rows = train[train["run_id"] == "resnet56-batch-s0"]
+    np.testing.assert_allclose(trace(fig, "ResNet-56 train").y, 100 * rows["train_error"].to_numpy())
+    tested = rows.dropna(subset=["test_error"])
+    np.testing.assert_array_equal(trace(fig, "ResNet-56 test").x, tested["step"].to_numpy())  # NaN rows skipped
+    assert fig.layout.xaxis.title.text == "iteration (optimiser steps)"
+    assert fig.layout.yaxis.title.text == "error (%)"
+    assert [s.x0 for s in fig.layout.shapes] == [400]
+    with pytest.raises(ValueError, match="missing column"):
+        plots.plot_training_curves(train.drop(columns=["test_error"]))
+
+
+def test_gradient_flow_is_log_scale(stats):
+    fig = plots.plot_gradient_flow(stats, "grad_norm")
+    assert fig.layout.yaxis.type == "log"
+    t = trace(fig, "ResNet-20")
+    assert t.customdata[0][0] == "conv1.weight" and t.customdata[-1][0] == "linear.bias"
+    act = plots.plot_gradient_flow(stats, "act_grad_norm", step=0)
+    assert act.layout.yaxis.type == "log" and len(trace(act, "ResNet-56").y) == 27
+    assert act.layout.xaxis.title.text.startswith("block index")
+    with pytest.raises(ValueError, match="not a gradient metric; use 'grad_norm' or 'act_grad_norm'"):
+        plots.plot_gradient_flow(stats, "response_std")
+
+
+def test_branch_skip_panels(stats):
+    fig = plots.plot_branch_skip(stats)
+    assert fig.layout.yaxis2.type == "log" and fig.layout.yaxis.type == "linear"
+    skip = [t for t in fig.data if "skip_std" in t.hovertemplate]
+    assert skip and all(t.line.dash == "dot" for t in skip)
+    assert all(t.yaxis == "y" for t in skip)
+    ratio = [t for t in fig.data if "branch_ratio" in t.hovertemplate]
+    assert {t.yaxis for t in ratio} == {"y2"} and len(ratio) == 2  # plain nets have no skip, no ratio
+    legend = [t.name for t in fig.data if t.showlegend is not False]
+    assert sorted(legend) == ["ResNet-20", "ResNet-56", "plain-20"]  # one entry per run
+    with pytest.raises(ValueError, match=r"no rows for any of \['branch_std', 'skip_std', 'branch_ratio'\]"):
+        plots.plot_branch_skip(stats[stats["metric"] == "grad_norm"])
+
+
+def test_signal_propagation_both_log(stats):
+    fig = plots.plot_signal_propagation(stats, arch="resnet")
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"
+    assert len(fig.data) == 4
+    assert fig.layout.yaxis2.title.text == plots.AXIS_TITLES["channel_var"]
+
+
+def test_heatmap_layer_by_step_readable_at_600_blocks():
+    stats = synthetic.stats_frame([("resnet", 1202)], steps=(0, 50, 100, 400), metrics=("branch_ratio",))
+    fig = plots.plot_heatmap(stats, "branch_ratio", step=60)
+    (h,) = fig.data
+    z = np.asarray(h.z)
+    assert z.shape == (600, 4)
+    rows = stats[stats["step"] == 400].sort_values("layer_index")
+    np.testing.assert_allclose(z[:, 3], np.log10(rows["value"].to_numpy()))  # log colour for a ratio
+    assert len(fig.layout.yaxis.tickvals) == 3  # one tick per stage, not 600 labels
+    assert list(fig.layout.yaxis.ticktext) == ["stage 1", "stage 2", "stage 3"]
+    assert h.customdata[599][0] == "layer3.199"
+    assert [s.x0 for s in fig.layout.shapes if s.line.dash == "dash"] == [50]
+    assert fig.layout.xaxis.title.text == "iteration (optimiser steps)"
+
+
+def test_heatmap_needs_a_run_when_several(stats):
+    with pytest.raises(ValueError, match="3 runs have 'response_std' rows; choose one with run="):
+        plots.plot_heatmap(stats, "response_std")
+    fig = plots.plot_heatmap(stats, "response_std", run="plain20-batch-s0")
+    assert np.asarray(fig.data[0].z).shape == (19, 3)
+    with pytest.raises(ValueError, match="run='nope' has no 'response_std' rows"):
+        plots.plot_heatmap(stats, "response_std", run="nope")
+
+
+def luminance(color: str) -> float:
+    r, g, b = unlabel_rgb(color)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_colours_consistent_warm_cool_and_darker_when_deeper(stats, train):
+    figs = [plots.plot_response_std(stats), plots.plot_gradient_flow(stats), plots.plot_training_curves(train),
+            plots.plot_response_std(stats, arch="resnet", depth=56)]
+    colour = {}
+    for fig in figs:
+        for t in fig.data:
+            label = t.name.replace(" train", "").replace(" test", "")
+            assert colour.setdefault(label, t.line.color) == t.line.color
+    plain, res20, res56 = (unlabel_rgb(colour[k]) for k in ("plain-20", "ResNet-20", "ResNet-56"))
+    assert plain[0] > plain[2] and res20[2] > res20[0] and res56[2] > res56[0]  # warm vs cool
+    assert luminance(colour["ResNet-56"]) < luminance(colour["ResNet-20"])
+    assert luminance(plots.run_color("plain", 110)) < luminance(plots.run_color("plain", 20))
+    assert plots.run_color("resnet", 56, seed=1) != plots.run_color("resnet", 56)
+
+
+def test_labels_tell_variants_apart():
+    runs = [SyntheticRun("resnet", 20), SyntheticRun("resnet", 20, seed=1), SyntheticRun("resnet", 20, norm="layer")]
+    fig = plots.plot_response_std(synthetic.stats_frame(runs, metrics=("response_std",)))
+    assert sorted(t.name for t in fig.data) == ["ResNet-20", "ResNet-20 (norm=layer)", "ResNet-20 (seed=1)"]
+    assert len({t.line.color for t in fig.data}) == 3
+
+
+def test_standard_figures(stats, train):
+    figs, skipped = plots.standard_figures(stats, train)
+    assert list(figs)[:7] == ["training_curves", "response_std", "response_std_sorted", "grad_norm",
+                              "act_grad_norm", "branch_skip", "signal_propagation"]
+    assert sorted(k for k in figs if k.startswith("heatmap_")) == [
+        "heatmap_response_std_plain20-batch-s0", "heatmap_response_std_resnet20-batch-s0",
+        "heatmap_response_std_resnet56-batch-s0"]
+    assert skipped == {}
+    figs, skipped = plots.standard_figures(stats[stats["metric"] == "response_std"], None)
+    assert set(skipped) == {"training_curves", "grad_norm", "act_grad_norm", "branch_skip", "signal_propagation"}
+    assert "no 'grad_norm' rows" in skipped["grad_norm"]
