@@ -238,6 +238,53 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 
 COMMANDS.append(add_report)
 
+# ---------------------------------------------------------------------------------------------
+# evaluate (resviz.evaluate, resviz.pretrained, resviz.datasets)
+# ---------------------------------------------------------------------------------------------
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from resviz import datasets
+    from resviz.evaluate import evaluate, load_model_for_eval
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size} must be a positive integer")
+    device = datasets.resolve_device(args.device)  # refuse --device cuda without CUDA before any loading
+    model, mean, std = load_model_for_eval(args.checkpoint)
+    data = datasets.load(args.dataset, root=args.root, progress=not args.json)
+    images, labels = data.split(args.split)
+    result = evaluate(
+        model, images, labels, mean=mean, std=std, batch_size=args.batch_size, device=device, progress=not args.json
+    )
+    if args.json:
+        print(json.dumps({"accuracy": round(result["accuracy"], 6), "loss": round(result["loss"], 6), "n": result["n"]}))
+    else:
+        print(
+            f"{args.checkpoint} on {data.name} {args.split} ({result['n']:,} images, {device}): "
+            f"top-1 accuracy {100 * result['accuracy']:.2f} %, loss {result['loss']:.4f}"
+        )
+    return 0
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="top-1 accuracy and loss of a checkpoint on a dataset split",
+        description="Top-1 accuracy and mean cross-entropy of a checkpoint on a dataset split.",
+    )
+    p.add_argument("--checkpoint", required=True, help="resnet20 .. resnet1202 (akamaster), or a .th file")
+    p.add_argument("--dataset", required=True, help="digits, cifar10, or imagefolder:PATH")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default: test)")
+    _device_arg(p)
+    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default 500)")
+    p.add_argument("--root", default="data", help="folder for datasets and their caches (default: data)")
+    p.add_argument("--json", action="store_true", help='print one line {"accuracy": ..., "loss": ..., "n": ...}')
+    p.set_defaults(func=_cmd_evaluate)
+
+
+COMMANDS.append(add_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resviz",

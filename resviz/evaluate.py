@@ -1,0 +1,74 @@
+"""Top-1 accuracy and mean cross-entropy of a model on a split, and the models `resviz evaluate` accepts."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resviz.datasets import DeviceLoader, resolve_device
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mean,
+    std,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict:
+    """{"accuracy": fraction correct, "loss": mean cross-entropy, "n": images} of `model` on uint8 images
+    (N, 3, 32, 32) normalised with mean/std (0..1 scale). Moves the model to `device`, runs it in eval mode
+    and restores its train/eval mode afterwards; one host sync, at the end."""
+    from tqdm.auto import tqdm
+
+    if len(labels) == 0:
+        raise ValueError("evaluate got 0 images; pass a non-empty split")
+    classes = num_classes(model)
+    top = int(labels.max())  # on the host, before any device work
+    if classes is not None and top >= classes:
+        raise ValueError(
+            f"labels go up to {top} but the model has {classes} outputs; evaluate it on a dataset with {classes} classes"
+        )
+    dev = resolve_device(device)
+    loader = DeviceLoader(images, labels, batch_size=batch_size, train=False, mean=mean, std=std, device=dev)
+    was_training = model.training
+    model.to(dev).eval()
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    loss = torch.zeros((), dtype=torch.float64, device=dev)
+    try:
+        for x, y in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+            logits = model(x).float()  # (B, classes)
+            correct += (logits.argmax(1) == y).sum()
+            loss += F.cross_entropy(logits, y, reduction="sum").double()
+    finally:
+        model.train(was_training)
+    n = len(labels)
+    acc, mean_loss = torch.stack([correct.double() / n, loss / n]).tolist()  # the one host sync
+    return {"accuracy": acc, "loss": mean_loss, "n": n}
+
+
+def load_model_for_eval(name_or_path: str | os.PathLike) -> tuple[nn.Module, tuple, tuple]:
+    """(model, mean, std) for `resviz evaluate --checkpoint`: an akamaster name or checkpoint file, with the
+    normalisation it was trained with. Extend here for other checkpoint kinds (e.g. run folders runs/<id>/)."""
+    from resviz.pretrained import AKAMASTER_MEAN, AKAMASTER_STD, pretrained
+
+    if os.path.isdir(name_or_path):
+        raise ValueError(
+            f"--checkpoint {name_or_path} is a folder; evaluate takes an akamaster name (resnet20..resnet1202) "
+            "or a .th checkpoint file"
+        )
+    return pretrained(name_or_path), AKAMASTER_MEAN, AKAMASTER_STD
+
+
+def num_classes(model: nn.Module) -> int | None:
+    spec = getattr(model, "spec", None)
+    return getattr(spec, "num_classes", None)
+
+
+__all__ = ["evaluate", "load_model_for_eval", "num_classes"]
