@@ -45,6 +45,19 @@ TITLES: dict[str, str] = {
     "branch_scale": "Branch scale per block",
     "response_channel_std": "Per-channel response std",
 }
+SHORT_TITLES: dict[str, str] = {
+    "response_std": "Response std per 3×3 layer",
+    "branch_std": "Branch std per block",
+    "skip_std": "Skip std per block",
+    "sum_std": "Branch + skip std per block",
+    "branch_ratio": "Branch/skip ratio per block",
+    "grad_norm": "Gradient norm per parameter",
+    "act_grad_norm": "Output-gradient norm per block",
+    "channel_sq_mean": "Squared channel mean per block",
+    "channel_var": "Channel variance per block",
+    "branch_scale": "Branch scale per block",
+    "response_channel_std": "Per-channel response std",
+}
 LOG_METRICS = frozenset({"grad_norm", "act_grad_norm", "branch_ratio", "channel_sq_mean", "channel_var"})
 STEP_AXIS = "iteration (optimiser steps)"
 FIG7_CAPTION = (
@@ -294,7 +307,7 @@ def plot_profile(
             customdata=customdata(names, li, p.step), hovertemplate=hover(metric),
         ))
     when = _step_text([p.step for p in profs], step)
-    text = title or f"{TITLES.get(metric, metric)}{' (sorted)' if sort else ''} — {when}"
+    text = title or f"{TITLES.get(metric, metric)} — {'sorted, ' if sort else ''}{when}"
     xt = f"rank (sorted by {metric}, descending)" if sort else x_title(metric)
     return _base_layout(fig, text, xt, AXIS_TITLES.get(metric, metric), log_y)
 

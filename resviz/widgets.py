@@ -22,7 +22,8 @@ from resviz.schema import METRICS
 
 ALL = "all"
 CONTINUOUS_MAX_POINTS = 1_000  # sliders redraw while dragging only when a view has fewer points than this
-_HOVER = "<b>%{customdata[0]}</b><br>index %{customdata[1]}<br>%{meta} = %{y:.4g}<extra>%{fullData.name}</extra>"
+# Hover names the layer: text = layer name, customdata = layer_index (numbers travel as binary buffers).
+_HOVER = "<b>%{text}</b><br>index %{customdata}<br>%{meta} = %{y:.4g}<extra>%{fullData.name}</extra>"
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,6 @@ class Series:
     layer_index: np.ndarray  # (L,) int
     layer: np.ndarray  # (L,) str
     values: np.ndarray  # (S, L) float, NaN where a layer was not recorded at a step
-    hover: np.ndarray  # (L, 2) object: layer name, layer index
 
     def row(self, step: int) -> int:
         """Row of the last recorded step at or before `step` (the first row if none)."""
@@ -43,7 +43,7 @@ class Series:
 
 
 def pivot(stats: pd.DataFrame) -> dict[str, list[Series]]:
-    """metric -> per-run Series, in plots.runs_of order. One pass over the table."""
+    """metric -> per-run Series, in plots.runs_of order: one sort of the whole table, then numpy slices."""
     if stats is None or len(stats) == 0:
         return {}
     missing = [c for c in ("metric", "value", "step", "layer", "layer_index") if c not in stats.columns]
@@ -52,34 +52,37 @@ def pivot(stats: pd.DataFrame) -> dict[str, list[Series]]:
     if "channel" in stats.columns:
         stats = stats[(stats["channel"] == -1).to_numpy()]
     meta_cols = [c for c in plots.RUN_COLUMNS if c in stats.columns]
-    firsts, groups = [], []
-    for _, g in stats.groupby([*meta_cols, "metric"], observed=True, sort=False):
-        firsts.append(g.iloc[:1])
-        groups.append(g)
-    if not groups:
-        return {}
-    runs = plots.runs_of(pd.concat(firsts, ignore_index=True))
+    run_code = stats.groupby(meta_cols, observed=True, sort=False).ngroup().to_numpy()  # (N,)
+    first_rows = np.unique(run_code, return_index=True)[1]
+    runs = plots.runs_of(stats.iloc[first_rows])
+    meta = plots._meta(stats.iloc[first_rows])  # row r describes run code r
     by_key = {r.key: r for r in runs}
-    order = {r.key: i for i, r in enumerate(runs)}
+    run_of = [by_key[(m.run_id, m.arch, int(m.depth), m.norm, m.shortcut, int(m.seed))] for m in meta.itertuples()]
+    metric_code, metric_names = pd.factorize(stats["metric"])
+    layer_code, layer_names = pd.factorize(stats["layer"])
+    layer_names = np.asarray(layer_names.astype(str), dtype=object)
+    step = stats["step"].to_numpy(np.int64)
+    li = stats["layer_index"].to_numpy(np.int64)
+    value = stats["value"].to_numpy(np.float64)
+    n_names = len(layer_names) + 1
+    group = run_code.astype(np.int64) * len(metric_names) + metric_code  # (N,) one code per (run, metric)
+    order = np.lexsort((li, step, group))
+    g_sorted = group[order]
+    bounds = np.r_[0, np.flatnonzero(np.diff(g_sorted)) + 1, len(order)]
     out: dict[str, list[Series]] = {}
-    for g in groups:
-        m = plots._meta(g.iloc[:1]).iloc[0]
-        run = by_key[(m.run_id, m.arch, int(m.depth), m.norm, m.shortcut, int(m.seed))]
-        metric = str(g["metric"].iloc[0])
-        steps, s_inv = np.unique(g["step"].to_numpy(), return_inverse=True)
-        codes, names = pd.factorize(g["layer"].astype(str), sort=False)
-        li = g["layer_index"].to_numpy(np.int64)
-        col_key = li * (len(names) + 1) + codes  # one column per (layer_index, layer), ordered by index
-        cols, c_inv = np.unique(col_key, return_inverse=True)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        idx = order[a:b]
+        g = int(g_sorted[a])
+        run, metric = run_of[g // len(metric_names)], str(metric_names[g % len(metric_names)])
+        steps, s_inv = np.unique(step[idx], return_inverse=True)
+        cols, c_inv = np.unique(li[idx] * n_names + layer_code[idx], return_inverse=True)  # by index, then name
         values = np.full((len(steps), len(cols)), np.nan)  # (S, L)
-        values[s_inv, c_inv] = g["value"].to_numpy(np.float64)
-        layer = np.asarray(names, dtype=object)[cols % (len(names) + 1)]
-        layer_index = cols // (len(names) + 1)
-        hover = np.empty((len(cols), 2), dtype=object)
-        hover[:, 0], hover[:, 1] = layer, layer_index
-        out.setdefault(metric, []).append(Series(run, metric, steps, layer_index, layer, values, hover))
+        values[s_inv, c_inv] = value[idx]
+        out.setdefault(metric, []).append(
+            Series(run, metric, steps, cols // n_names, layer_names[cols % n_names], values))
+    rank = {r.key: i for i, r in enumerate(runs)}
     for series in out.values():
-        series.sort(key=lambda s: order[s.run.key])
+        series.sort(key=lambda s: rank[s.run.key])
     return out
 
 
@@ -278,7 +281,7 @@ class Dashboard:
         arch = self.arch_dropdown.value
         what = "plain and ResNet" if arch == ALL else plots.arch_name(arch)
         sort = " (sorted)" if self.sort_toggle.value else ""
-        return f"{plots.TITLES.get(metric, metric)}{sort} — depth {self.depth_slider.value}, {what}, step {step}"
+        return f"{plots.SHORT_TITLES.get(metric, metric)}{sort} — depth {self.depth_slider.value}, {what}, step {step}"
 
     def _redraw(self) -> None:
         """Swap the traces' arrays for the current (depth, arch, metric) group, step and sort order."""
@@ -300,10 +303,10 @@ class Dashboard:
                 y = s.values[s.row(step)]  # (L,)
                 if sort:
                     order = np.argsort(np.where(np.isnan(y), np.inf, -y), kind="stable")
-                    x, y, hover = np.arange(1, len(y) + 1), y[order], s.hover[order]
+                    x, y, index, names = np.arange(1, len(y) + 1), y[order], s.layer_index[order], s.layer[order]
                 else:
-                    x, hover = s.layer_index, s.hover
-                trace.update(x=x, y=y, customdata=hover, name=s.run.label, line=dict(color=s.run.color, width=2),
+                    x, index, names = s.layer_index, s.layer_index, s.layer
+                trace.update(x=x, y=y, customdata=index, text=names, name=s.run.label, line=dict(color=s.run.color, width=2),
                              meta=metric, visible=True, hovertemplate=_HOVER)
             for trace in fig.data[len(group):]:
                 trace.update(x=[], y=[], visible=False)

@@ -75,7 +75,7 @@ def test_sorted_view_is_descending_and_keeps_layer_names(stats):
     assert all(lookup[c[0]] == v for c, v in zip(t.customdata, t.y))  # each value still names its layer
     assert sorted(y, reverse=True) == list(t.y)
     assert fig.layout.xaxis.title.text.startswith("rank")
-    assert "(sorted)" in fig.layout.title.text
+    assert fig.layout.title.text.endswith("— sorted, step 100")
 
 
 def test_step_picks_last_recorded_at_or_before(stats):

@@ -44,7 +44,8 @@ def test_sliders_drive_data_and_title(stats):
     d.step_slider.value = 100
     np.testing.assert_array_equal(shown(d)["plain-32"].y, expected(stats, "plain32-batch-s0", "response_std", 100))
     assert d.figure.layout.title.text.endswith("step 100")
-    assert shown(d)["plain-32"].customdata[3][0] == "layer1.1.bn1"  # hover names the layer
+    t = shown(d)["plain-32"]
+    assert t.text[3] == "layer1.1.bn1" and t.customdata[3] == 3 and "%{text}" in t.hovertemplate  # names the layer
 
     d.depth_slider.value = 56  # one run only: the spare trace is hidden, the step is kept
     assert list(shown(d)) == ["ResNet-56"] and len(d.figure.data) == 2
@@ -153,6 +154,10 @@ def test_refresh_picks_up_rows_of_a_run_still_training(tmp_path):
     d.step_slider.value = 0
     d.refresh_button.click()
     assert d.step_slider.value == 0  # a step chosen by hand is kept
+
+    for source in (runs.load(folder), str(tmp_path / "l*")):  # a RunSet and a glob work the same way
+        other = widgets.explore(source)
+        assert other.message.value == "" and other.step_slider.value == 200
 
 
 def test_export_button_writes_html_and_shows_paths(stats, tmp_path):
