@@ -99,7 +99,7 @@ def run_color(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", s
     logs = np.log(_SHADE_DEPTHS)
     rank = float(np.interp(math.log(d), logs, np.arange(len(_SHADE_DEPTHS)))) / (len(_SHADE_DEPTHS) - 1)
     shade = rank  # 0 (depth 8) .. 1 (depth 1202)
-    default = str(norm) == "batch" and str(shortcut) in ("A", "none") and int(seed) == 0
+    default = str(norm) == "batch" and str(shortcut) in ("A", "none") and int(seed) <= 0
     if not default:
         h = hashlib.sha1(f"{norm}|{shortcut}|{seed}".encode()).digest()
         shade += (h[0] / 255 - 0.5) * 0.12
@@ -148,7 +148,7 @@ def run_label(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", s
     extra = [f"norm={norm}"] if str(norm) != "batch" else []
     if str(arch) != "plain" and str(shortcut) != "A":
         extra.append(f"shortcut={shortcut}")
-    if int(seed) != 0:
+    if int(seed) > 0:  # 0 is the default, -1 unknown (an ad-hoc Recorder)
         extra.append(f"seed={seed}")
     return base + (f" ({', '.join(extra)})" if extra else "")
 
@@ -211,13 +211,45 @@ def metric_rows(stats: pd.DataFrame, metric: str, *, runs=None, arch=None, depth
 
 @dataclass(frozen=True)
 class Profile:
-    """One run's values of one metric along depth at one step, in layer_index order."""
+    """One run's values of one metric along depth at one step, in layer_index order.
+
+    `part` names one of several rows a metric has per layer_index (the Recorder's channel_var has the
+    block output and the branch at the same index): "" when there is one row per index.
+    """
 
     run: Run
     step: int
     layer_index: np.ndarray  # (L,) int
     layer: np.ndarray  # (L,) str
     value: np.ndarray  # (L,) float
+    part: str = ""
+    part_no: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.run.label + (f" · {self.part}" if self.part else "")
+
+
+DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+def split_parts(layer_index: np.ndarray, layer: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Positions of each part of a profile sorted by layer_index: the k-th row at an index belongs to part k.
+
+    A part is labelled by the last dotted segment its layers share (e.g. "out" for "layer1.0.probe_out"),
+    else "part k". One row per index gives one unnamed part.
+    """
+    n = len(layer_index)
+    if n == 0 or np.all(layer_index[1:] != layer_index[:-1]):
+        return [("", np.arange(n))]
+    starts = np.r_[True, layer_index[1:] != layer_index[:-1]]  # (n,) first row of each index
+    rank = np.arange(n) - np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    out = []
+    for k in range(int(rank.max()) + 1):
+        idx = np.flatnonzero(rank == k)
+        tails = {str(name).rsplit(".", 1)[-1] for name in layer[idx]}
+        out.append((tails.pop().removeprefix("probe_") if len(tails) == 1 else f"part {k + 1}", idx))
+    return out
 
 
 def _by_run(rows: pd.DataFrame) -> list[tuple[Run, pd.DataFrame]]:
@@ -241,8 +273,10 @@ def profiles(stats: pd.DataFrame, metric: str, *, step=None, runs=None, arch=Non
     for run, g in _by_run(rows):
         s = pick_step(np.unique(g["step"].to_numpy()), step)
         at = g[(g["step"] == s).to_numpy()].sort_values("layer_index", kind="stable")
-        out.append(Profile(run, s, at["layer_index"].to_numpy(np.int64), at["layer"].astype(str).to_numpy(),
-                           at["value"].to_numpy(np.float64)))
+        li, names = at["layer_index"].to_numpy(np.int64), at["layer"].astype(str).to_numpy()
+        value = at["value"].to_numpy(np.float64)
+        for k, (part, idx) in enumerate(split_parts(li, names)):
+            out.append(Profile(run, s, li[idx], names[idx], value[idx], part, k))
     return out
 
 
@@ -302,8 +336,9 @@ def plot_profile(
         else:
             x, y, li, names = p.layer_index, p.value, p.layer_index, p.layer
         fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines+markers", marker=dict(size=4), line=dict(color=p.run.color, width=2),
-            name=p.run.label + (f" @ {p.step}" if multi else ""), legendgroup=p.run.label,
+            x=x, y=y, mode="lines+markers", marker=dict(size=4),
+            line=dict(color=p.run.color, width=2, dash=DASHES[p.part_no % len(DASHES)]),
+            name=p.name + (f" @ {p.step}" if multi else ""), legendgroup=p.run.label,
             customdata=customdata(names, li, p.step), hovertemplate=hover(metric),
         ))
     when = _step_text([p.step for p in profs], step)
@@ -350,11 +385,12 @@ def _paired(stats, metrics, panels, step, filters, title, log_rows) -> go.Figure
                 chosen.append(p.step)
                 fig.add_trace(go.Scatter(
                     x=p.layer_index, y=p.value, mode="lines+markers", marker=dict(size=3),
-                    line=dict(color=p.run.color, dash=dash, width=2), name=p.run.label,
-                    legendgroup=p.run.label, showlegend=p.run.label not in in_legend,
+                    line=dict(color=p.run.color, dash=dash if p.part_no == 0 else DASHES[p.part_no % len(DASHES)],
+                              width=2),
+                    name=p.name, legendgroup=p.run.label, showlegend=p.name not in in_legend,
                     customdata=customdata(p.layer, p.layer_index, p.step), hovertemplate=hover(metric),
                 ), row=row, col=1)
-                in_legend.add(p.run.label)
+                in_legend.add(p.name)
         fig.update_yaxes(title_text=ytitle, type="log" if row in log_rows else "linear", row=row, col=1)
     fig = _base_layout(fig, f"{title} — {_step_text(chosen, step)}")
     fig.update_xaxes(title_text=x_title(next(iter(found))), row=len(panels), col=1)
@@ -391,11 +427,13 @@ def _filters(filters: dict) -> dict:
 
 def plot_heatmap(
     stats: pd.DataFrame, metric: str, *, run: str | None = None, log_z: bool | None = None, step: int | None = None,
+    part: str | None = None,
 ) -> go.Figure:
     """The whole training at a glance: layer (y) × step (x) heatmap of one run's `metric`.
 
     Readable at any depth: y ticks mark the stages rather than every layer; hover names the layer.
-    `step` draws a vertical line at that step.
+    `step` draws a vertical line at that step. A metric with several rows per layer index (channel_var:
+    block output and branch) shows one `part` (default: the first; see `split_parts`).
     """
     rows = metric_rows(stats, metric)
     ids = sorted(map(str, pd.unique(rows["run_id"].astype(str)))) if "run_id" in rows.columns else [""]
@@ -408,11 +446,25 @@ def plot_heatmap(
         raise ValueError(f"run={run!r} has no {metric!r} rows; runs with it: {ids}")
     (info,) = runs_of(rows)[:1]
     steps, s_inv = np.unique(rows["step"].to_numpy(), return_inverse=True)
-    idx, l_inv = np.unique(rows["layer_index"].to_numpy(), return_inverse=True)
-    z = np.full((len(idx), len(steps)), np.nan)  # (L, S)
-    z[l_inv, s_inv] = rows["value"].to_numpy(np.float64)
-    names = np.empty(len(idx), dtype=object)
-    names[l_inv] = rows["layer"].astype(str).to_numpy()
+    codes, uniq = pd.factorize(rows["layer"].astype(str))
+    n_names = len(uniq) + 1
+    cols, c_inv = np.unique(rows["layer_index"].to_numpy(np.int64) * n_names + codes, return_inverse=True)
+    z = np.full((len(cols), len(steps)), np.nan)  # (rows = (layer_index, layer) pairs, S)
+    z[c_inv, s_inv] = rows["value"].to_numpy(np.float64)
+    stage, block = np.full(len(cols), -1), np.full(len(cols), -1)
+    if "stage" in rows.columns:
+        stage[c_inv] = rows["stage"].to_numpy()
+    if "block" in rows.columns:
+        block[c_inv] = rows["block"].to_numpy()
+    parts = split_parts(cols // n_names, np.asarray(uniq, dtype=object)[cols % n_names])
+    labels = [label for label, _ in parts]
+    if part is None:
+        part = labels[0]
+    if part not in labels:
+        raise ValueError(f"part={part!r} is not a part of {metric!r}; choose one of {labels}")
+    keep = parts[labels.index(part)][1]
+    z, stage, block, cols = z[keep], stage[keep], block[keep], cols[keep]
+    idx, names = cols // n_names, np.asarray(uniq, dtype=object)[cols % n_names]
     log_z = metric in LOG_METRICS if log_z is None else log_z
     shown = np.log10(np.where(z > 0, z, np.nan)) if log_z else z
     colorbar = dict(title=dict(text=AXIS_TITLES.get(metric, metric).split(" (")[0] + (" (log)" if log_z else "")))
@@ -426,22 +478,23 @@ def plot_heatmap(
         hovertemplate=f"<b>%{{customdata}}</b><br>index %{{y}} · step %{{x}}<br>{metric} = %{{text}}<extra></extra>",
         text=np.vectorize(lambda v: f"{v:.4g}")(z),
     ))
-    stage = np.full(len(idx), -1)
-    if "stage" in rows.columns:
-        stage[l_inv] = rows["stage"].to_numpy()
     starts = [i for i in range(len(idx)) if i == 0 or stage[i] != stage[i - 1]]
     ends = starts[1:] + [len(idx)]
-    names_of = {0: "stem", 4: "head"}
-    fig.update_yaxes(
-        tickvals=[(idx[a] + idx[b - 1]) / 2 for a, b in zip(starts, ends)],
-        ticktext=[names_of.get(int(stage[a]), f"stage {stage[a]}") if stage[a] >= 0 else f"{idx[a]}–{idx[b - 1]}"
-                  for a, b in zip(starts, ends)],
-    )
+
+    def tick(a: int, b: int) -> str:
+        if stage[a] < 0:
+            return f"{idx[a]}–{idx[b - 1]}"
+        if stage[a] == 0:
+            return "stem"
+        return "head" if block[a] < 0 else f"stage {stage[a]}"
+
+    fig.update_yaxes(tickvals=[(idx[a] + idx[b - 1]) / 2 for a, b in zip(starts, ends)],
+                     ticktext=[tick(a, b) for a, b in zip(starts, ends)])
     for a in starts[1:]:
         fig.add_hline(y=idx[a] - 0.5, line=dict(color="white", width=1))
     if step is not None:
         fig.add_vline(x=pick_step(steps, step), line=dict(color="white", dash="dash", width=1))
-    title = f"{TITLES.get(metric, metric)} over training — {info.label}"
+    title = f"{TITLES.get(metric, metric)} over training — {info.label}" + (f" ({part})" if part else "")
     fig = _base_layout(fig, title, STEP_AXIS, x_title(metric), False)
     fig.update_layout(height=_HEIGHT + 100, legend=dict(title=None))
     return fig

@@ -64,6 +64,14 @@ def layers(depth: int, family: str) -> pd.DataFrame:
     return out
 
 
+# The Recorder's layer names for block metrics: "layerS.i" + suffix; channel_var has two rows per block.
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    "branch_std": (".probe_branch",), "skip_std": (".probe_skip",), "sum_std": (".probe_sum",),
+    "branch_ratio": ("",), "act_grad_norm": (".probe_out",), "channel_sq_mean": (".probe_out",),
+    "channel_var": (".probe_branch", ".probe_out"),
+}
+
+
 def _family(metric: str) -> str:
     return "response" if metric == "response_std" else "param" if metric == "grad_norm" else "block"
 
@@ -113,9 +121,18 @@ def stats_frame(
         for metric in metrics:
             if metric in ("skip_std", "branch_ratio") and run.arch == "plain":
                 continue  # plain nets have no skip path
-            lay = layers(run.depth, _family(metric))
+            base = layers(run.depth, _family(metric))
             rng = np.random.default_rng([run.depth, run.seed, len(metric), sum(map(ord, metric + run.arch))])
-            vals = _values(run, metric, len(lay), steps, rng)  # (S, L)
+            suffixes = SUFFIXES.get(metric, ("",))
+            # one row per (block, suffix), suffixes adjacent: the Recorder's order
+            lay = base.loc[base.index.repeat(len(suffixes))].reset_index(drop=True)
+            lay["layer"] = lay["layer"] + np.tile(np.asarray(suffixes, dtype=object), len(base))
+            chunks = []
+            for suffix in suffixes:  # the branch variance follows branch_std, the output variance skip/sum
+                like = "branch_std" if (metric, suffix) == ("channel_var", ".probe_branch") else metric
+                v = _values(run, like, len(base), steps, rng)
+                chunks.append(v ** 2 if like != metric else v)
+            vals = np.stack(chunks, axis=2).reshape(len(steps), -1)  # (S, L * parts), suffixes adjacent
             S, L = vals.shape
             parts.append(pd.DataFrame({
                 "run_id": run.id, "arch": run.arch, "depth": run.depth, "norm": run.norm,

@@ -36,6 +36,12 @@ class Series:
     layer_index: np.ndarray  # (L,) int
     layer: np.ndarray  # (L,) str
     values: np.ndarray  # (S, L) float, NaN where a layer was not recorded at a step
+    part: str = ""  # see plots.split_parts: "" unless the metric has several rows per layer index
+    part_no: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.run.label + (f" · {self.part}" if self.part else "")
 
     def row(self, step: int) -> int:
         """Row of the last recorded step at or before `step` (the first row if none)."""
@@ -78,11 +84,13 @@ def pivot(stats: pd.DataFrame) -> dict[str, list[Series]]:
         cols, c_inv = np.unique(li[idx] * n_names + layer_code[idx], return_inverse=True)  # by index, then name
         values = np.full((len(steps), len(cols)), np.nan)  # (S, L)
         values[s_inv, c_inv] = value[idx]
-        out.setdefault(metric, []).append(
-            Series(run, metric, steps, cols // n_names, layer_names[cols % n_names], values))
+        li_cols, names = cols // n_names, layer_names[cols % n_names]
+        for k, (part, pos) in enumerate(plots.split_parts(li_cols, names)):
+            out.setdefault(metric, []).append(
+                Series(run, metric, steps, li_cols[pos], names[pos], values[:, pos], part, k))
     rank = {r.key: i for i, r in enumerate(runs)}
     for series in out.values():
-        series.sort(key=lambda s: rank[s.run.key])
+        series.sort(key=lambda s: (rank[s.run.key], s.part_no))
     return out
 
 
@@ -306,7 +314,9 @@ class Dashboard:
                     x, y, index, names = np.arange(1, len(y) + 1), y[order], s.layer_index[order], s.layer[order]
                 else:
                     x, index, names = s.layer_index, s.layer_index, s.layer
-                trace.update(x=x, y=y, customdata=index, text=names, name=s.run.label, line=dict(color=s.run.color, width=2),
+                dash = plots.DASHES[s.part_no % len(plots.DASHES)]
+                trace.update(x=x, y=y, customdata=index, text=names, name=s.name,
+                             line=dict(color=s.run.color, width=2, dash=dash),
                              meta=metric, visible=True, hovertemplate=_HOVER)
             for trace in fig.data[len(group):]:
                 trace.update(x=[], y=[], visible=False)

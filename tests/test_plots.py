@@ -170,7 +170,10 @@ def test_branch_skip_panels(stats):
 def test_signal_propagation_both_log(stats):
     fig = plots.plot_signal_propagation(stats, arch="resnet")
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"
-    assert len(fig.data) == 4
+    assert len(fig.data) == 6  # per run: squared mean; variance of the branch and of the block output
+    names = sorted(t.name for t in fig.data if t.yaxis == "y2")
+    assert names == ["ResNet-20 · branch", "ResNet-20 · out", "ResNet-56 · branch", "ResNet-56 · out"]
+    assert {t.line.dash for t in fig.data if t.yaxis == "y2"} == {"solid", "dash"}
     assert fig.layout.yaxis2.title.text == plots.AXIS_TITLES["channel_var"]
 
 
@@ -236,3 +239,40 @@ def test_standard_figures(stats, train):
     figs, skipped = plots.standard_figures(stats[stats["metric"] == "response_std"], None)
     assert set(skipped) == {"training_curves", "grad_norm", "act_grad_norm", "branch_skip", "signal_propagation"}
     assert "no 'grad_norm' rows" in skipped["grad_norm"]
+
+
+def test_real_recorder_frame_resnet8_and_plain8():
+    """The Recorder's own table (ResNet-8 and plain-8, 2 steps, 8 random images) draws without surprises."""
+    torch = pytest.importorskip("torch")
+    probes = pytest.importorskip("resviz.probes")
+    from resviz.models import cifar_resnet
+
+    frames = []
+    for plain in (False, True):
+        torch.manual_seed(0)
+        model = cifar_resnet(8, plain=plain)
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+        with probes.Recorder(model, every=1, run_info={"run_id": f"{'p' if plain else 'r'}8"}) as rec:
+            for step in range(2):
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                rec.end_step(step)
+                model.zero_grad()
+        frames.append(rec.frame())
+    stats = pd.concat(frames, ignore_index=True)
+    figs, skipped = plots.standard_figures(stats)
+    assert set(skipped) == {"training_curves"}
+    fig7 = figs["response_std"]
+    assert sorted(t.name for t in fig7.data) == ["ResNet-8", "plain-8"]
+    assert all(list(t.x) == list(range(7)) for t in fig7.data)  # depth - 1 norm layers
+    spp = figs["signal_propagation"]
+    var = sorted(t.name for t in spp.data if t.yaxis == "y2")
+    assert var == ["ResNet-8 · branch", "ResNet-8 · out", "plain-8 · branch", "plain-8 · out"]
+    for t in spp.data:  # one point per block: the block output and the branch are separate lines
+        assert list(t.x) == [0, 1, 2]
+    rows = stats[(stats["run_id"] == "r8") & (stats["metric"] == "channel_var") & (stats["step"] == 1)]
+    out = rows[rows["layer"].astype(str).str.endswith("probe_out")].sort_values("layer_index")["value"]
+    np.testing.assert_array_equal(trace(spp, "ResNet-8 · out").y, out.to_numpy())
+    heat = plots.plot_heatmap(stats, "channel_var", run="r8", part="out")
+    assert np.asarray(heat.data[0].z).shape == (3, 2)
+    with pytest.raises(ValueError, match=r"part='x' is not a part of 'channel_var'; choose one of \['branch', 'out'\]"):
+        plots.plot_heatmap(stats, "channel_var", run="r8", part="x")

@@ -73,6 +73,14 @@ def test_sort_metric_and_arch_controls(stats):
     assert d.arch_dropdown.value == "all" and list(shown(d)) == ["ResNet-32"]
     assert d.figure.layout.xaxis.title.text.startswith("block index")
 
+    d.metric_dropdown.value = "channel_var"  # two rows per block (branch, output): two lines per run
+    assert list(shown(d)) == ["plain-32 · branch", "plain-32 · out", "ResNet-32 · branch", "ResNet-32 · out"]
+    t = shown(d)["ResNet-32 · out"]
+    assert list(t.x) == list(range(15)) and t.line.dash == "dash" and t.text[0] == "layer1.0.probe_out"
+    rows = stats[(stats["run_id"] == "resnet32-batch-s0") & (stats["metric"] == "channel_var") & (stats["step"] == 300)]
+    out = rows[rows["layer"].astype(str).str.endswith(".probe_out")].sort_values("layer_index")["value"]
+    np.testing.assert_array_equal(t.y, out.to_numpy())
+
 
 def test_display_delegates_to_the_vbox(stats):
     d = widgets.explore(stats)
