@@ -87,7 +87,7 @@ def load(spec: str, root: str | os.PathLike = "data", *, progress: bool = True) 
     if spec == "digits":
         return _cached(root / "resviz-digits.pt", "digits", _digits_fingerprint(), _build_digits)
     if spec == "cifar10":
-        folder = _cifar10_folder(root, progress)
+        folder = _cifar10_folder(root)
         return _cached(root / "resviz-cifar10.pt", "cifar10", _tree_fingerprint(folder), lambda: _build_cifar10(folder))
     if isinstance(spec, str) and spec.startswith("imagefolder:") and spec != "imagefolder:":
         tree = Path(spec.split(":", 1)[1]).expanduser()
@@ -127,7 +127,10 @@ def _cached(path: Path, name: str, fingerprint: str, build) -> Dataset:
         "std": std,
         "crc": {k: _crc(v) for k, v in tensors.items()},
     }
-    _atomic_save({"header": header, **tensors}, path)
+    try:
+        _atomic_save({"header": header, **tensors}, path)
+    except OSError as err:  # a read-only or full root: still usable, decoded again next time
+        warnings.warn(f"cannot write dataset cache {path} ({_first_line(err)}); pass a writable root", stacklevel=3)
     return Dataset(name=name, classes=list(classes), mean=mean, std=std, **tensors)
 
 
@@ -249,7 +252,7 @@ def _build_digits():
 # ---------------------------------------------------------------------------------------------
 
 
-def _cifar10_folder(root: Path, progress: bool) -> Path:
+def _cifar10_folder(root: Path) -> Path:
     """`root/cifar-10-batches-py`, extracted from the archive in `root` or downloaded when neither is there."""
     folder = root / CIFAR10_FOLDER
     names = (*CIFAR10_TRAIN, *CIFAR10_TEST, "batches.meta")
@@ -257,7 +260,7 @@ def _cifar10_folder(root: Path, progress: bool) -> Path:
         return folder
     archive = root / CIFAR10_ARCHIVE
     if not archive.is_file():
-        _download_cifar10(root, progress)
+        _download_cifar10(root)
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(root, filter="data")
@@ -273,7 +276,7 @@ def _cifar10_folder(root: Path, progress: bool) -> Path:
     return folder
 
 
-def _download_cifar10(root: Path, progress: bool) -> None:
+def _download_cifar10(root: Path) -> None:
     """torchvision's CIFAR10 download (URL + md5 of the archive); offline, say where to put the archive."""
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import download_url
@@ -512,12 +515,17 @@ class DeviceLoader:
             raise ValueError(f"labels {tuple(labels.shape)} must have one entry per image ({len(images)})")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+        self.drop_last = train if drop_last is None else drop_last
+        if self.drop_last and len(labels) < batch_size:
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the {len(labels)} images, so no full batch exists; "
+                "use a smaller batch_size or drop_last=False"
+            )
         self.device = resolve_device(device)
         self.images = images.to(self.device)  # (N, 3, H, W) uint8
         self.labels = labels.to(self.device, torch.int64)  # (N,)
         self.batch_size = batch_size
         self.train = train
-        self.drop_last = train if drop_last is None else drop_last
         self.channels_last = channels_last
         self.dtype = dtype
         mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -575,6 +583,8 @@ class DeviceLoader:
     def state_dict(self) -> dict:
         """Where the stream is: epochs done, next batch, generator states (all on the CPU)."""
         return {
+            "n": len(self.labels),
+            "batch_size": self.batch_size,
             "seed": self.seed,
             "epoch": self.epoch,
             "batch": self._batch,
@@ -583,6 +593,11 @@ class DeviceLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if (state["n"], state["batch_size"]) != (len(self.labels), self.batch_size):
+            raise ValueError(
+                f"loader state is for {state['n']} images in batches of {state['batch_size']}, this loader has "
+                f"{len(self.labels)} in batches of {self.batch_size}; resume with the same data and batch_size"
+            )
         self.seed = state["seed"]
         self.epoch = state["epoch"]
         self._batch = state["batch"]

@@ -58,6 +58,8 @@ def pretrained(
         state = read_checkpoint(local) if local else _download(key, progress)
         return build(state, depth=wanted, source=label)
     path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder; give a checkpoint file (.th) or a name")
     if not path.is_file():
         if path.suffix or os.sep in str(name_or_path):
             raise FileNotFoundError(f"checkpoint file {path} does not exist; give the path of a .th file or a name")

@@ -165,6 +165,12 @@ def test_loader_bad_input():
         DeviceLoader(images, labels, batch_size=0, train=True, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="device='tpu9' is not a device; use cpu, cuda, cuda:N or auto"):
         DeviceLoader(images, labels, batch_size=2, train=True, mean=MEAN, std=STD, device="tpu9")
+    with pytest.raises(ValueError, match="batch_size=16 is larger than the 8 images, so no full batch exists"):
+        DeviceLoader(images, labels, batch_size=16, train=True, mean=MEAN, std=STD)
+    assert len(DeviceLoader(images, labels, batch_size=16, train=True, mean=MEAN, std=STD, drop_last=False)) == 1
+    state = DeviceLoader(images, labels, batch_size=4, train=True, mean=MEAN, std=STD).state_dict()
+    with pytest.raises(ValueError, match="loader state is for 8 images in batches of 4, this loader has 8 in batches of 2"):
+        DeviceLoader(images, labels, batch_size=2, train=True, mean=MEAN, std=STD).load_state_dict(state)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available on this machine; use cpu or auto"):
             DeviceLoader(images, labels, batch_size=2, train=True, mean=MEAN, std=STD, device="cuda")
@@ -237,6 +243,14 @@ def test_cache_is_used_then_rebuilt_when_corrupted(tmp_path):
     assert torch.equal(fourth.test_images, first.test_images)
     assert load("digits", root=tmp_path) is not None and cache.stat().st_size > 5000
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp files left
+
+
+def test_unwritable_root_warns_and_still_loads(tmp_path):
+    root = tmp_path / "a-file"
+    root.write_text("a file where the cache folder should be")
+    with pytest.warns(UserWarning, match=r"cannot write dataset cache .*resviz-digits.pt .*pass a writable root"):
+        d = load("digits", root=root)
+    assert len(d.test_labels) == 360
 
 
 # ------------------------------------------------------------------------------ ImageFolder trees

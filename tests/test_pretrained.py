@@ -108,6 +108,8 @@ def test_bad_names_and_files(tmp_path):
         pretrained("resnet18")
     with pytest.raises(FileNotFoundError, match=r"checkpoint file .*missing.th does not exist"):
         pretrained(tmp_path / "missing.th")
+    with pytest.raises(ValueError, match=r"checkpoint .* is a folder; give a checkpoint file \(.th\) or a name"):
+        pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"'resnet20' is a ResNet-20, not depth=32"):
         pretrained("resnet20", depth=32)
 
