@@ -35,6 +35,9 @@ def measure(depth: int, seeds: int = 3, steps: int = 50, moves: int = 30) -> dic
     from resviz import synthetic, widgets
     from resviz.synthetic import SyntheticRun
 
+    t0 = time.perf_counter()  # the first FigureWidget of a process loads (and, in a kernel, sends) plotly.js
+    widgets.explore(synthetic.stats_frame([("resnet", 20)], steps=(0,), metrics=("response_std",)))
+    first_widget_s = time.perf_counter() - t0
     runs = [SyntheticRun(a, d, seed=s) for d in (20, depth) for a in ("plain", "resnet") for s in range(seeds)]
     t0 = time.perf_counter()
     stats = synthetic.stats_frame(runs, steps=tuple(range(0, 100 * steps, 100)))
