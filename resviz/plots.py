@@ -178,7 +178,7 @@ def pick_step(steps: np.ndarray, step: int | None) -> int:
 
 def _filter(frame: pd.DataFrame, runs, arch, depth) -> pd.DataFrame:
     mask = np.ones(len(frame), dtype=bool)
-    if runs is not None:
+    if runs is not None and "run_id" in frame.columns:
         mask &= frame["run_id"].astype(str).isin([runs] if isinstance(runs, str) else list(runs)).to_numpy()
     if arch is not None and "arch" in frame.columns:
         mask &= frame["arch"].astype(str).isin([arch] if isinstance(arch, str) else list(arch)).to_numpy()
@@ -198,8 +198,8 @@ def metric_rows(stats: pd.DataFrame, metric: str, *, runs=None, arch=None, depth
     if missing:
         raise ValueError(f"stats table is missing column(s) {missing}; pass the tidy table from runs.load or Recorder.frame()")
     rows = stats[(stats["metric"] == metric).to_numpy()]
-    if "channel" in rows.columns:
-        rows = rows[(rows["channel"] == -1).to_numpy()]
+    if "channel" in rows.columns and metric != "response_channel_std":
+        rows = rows[(rows["channel"] == -1).to_numpy()]  # pooled rows only
     rows = _filter(rows, runs, arch, depth)
     if rows.empty:
         present = sorted(map(str, pd.unique(stats["metric"]))) if len(stats) else []

@@ -240,8 +240,9 @@ class Dashboard:
         finally:
             self._busy = False
         self._redraw()
-        if note:
-            self._say(note)
+        summary = _status_summary(status)
+        if note or summary:
+            self._say("; ".join(t for t in (note, summary) if t))
 
     def _set_options(self, keep: dict) -> None:
         """Arch, depth and step options for the chosen metric, keeping the current choices where possible."""
@@ -287,7 +288,8 @@ class Dashboard:
     def title(self) -> str:
         metric, step = self.metric_dropdown.value, self.step_slider.value
         arch = self.arch_dropdown.value
-        what = "plain and ResNet" if arch == ALL else plots.arch_name(arch)
+        archs = dict.fromkeys(plots.arch_name(s.run.arch) for s in self._group)  # plain first
+        what = " and ".join(archs) if arch == ALL else plots.arch_name(arch)
         sort = " (sorted)" if self.sort_toggle.value else ""
         return f"{plots.SHORT_TITLES.get(metric, metric)}{sort} — depth {self.depth_slider.value}, {what}, step {step}"
 

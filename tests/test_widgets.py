@@ -49,6 +49,7 @@ def test_sliders_drive_data_and_title(stats):
 
     d.depth_slider.value = 56  # one run only: the spare trace is hidden, the step is kept
     assert list(shown(d)) == ["ResNet-56"] and len(d.figure.data) == 2
+    assert d.figure.layout.title.text.endswith("depth 56, ResNet, step 100")
     np.testing.assert_array_equal(shown(d)["ResNet-56"].y, expected(stats, "resnet56-batch-s0", "response_std", 100))
 
 
@@ -151,6 +152,7 @@ def test_refresh_picks_up_rows_of_a_run_still_training(tmp_path):
     folder = write_run(tmp_path, "live", "resnet", 20, "running", stats=full[full["step"] <= 100])
     d = widgets.explore(folder)
     assert [v for _, v in d.step_slider.options] == [0, 100] and d.step_slider.value == 100
+    assert "1 run(s): 1 running" in d.message.value
 
     runs.atomic_write_parquet(folder / "stats.parquet", full)  # the trainer flushed another step
     d.refresh_button.click()
@@ -165,7 +167,7 @@ def test_refresh_picks_up_rows_of_a_run_still_training(tmp_path):
 
     for source in (runs.load(folder), str(tmp_path / "l*")):  # a RunSet and a glob work the same way
         other = widgets.explore(source)
-        assert other.message.value == "" and other.step_slider.value == 200
+        assert "1 running" in other.message.value and other.step_slider.value == 200
 
 
 def test_export_button_writes_html_and_shows_paths(stats, tmp_path):
