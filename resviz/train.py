@@ -360,7 +360,6 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
             s = pd.read_parquet(folder / "stats.parquet")
             stats_frames = [s[s["step"] < start]]
 
-    runs.write_status(folder, "running", step=start, pid=os.getpid())
     train_model = _maybe_compile(model, config.compile)
     model.train()
     run_info = {"run_id": run_id, "seed": config.seed}
@@ -386,6 +385,7 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
 
     step = completed = start
     try:
+        runs.write_status(folder, "running", step=start, pid=os.getpid())
         with rec:
             rec.begin_step(start)
             for step in range(start, config.steps):

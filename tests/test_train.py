@@ -252,7 +252,7 @@ def test_ctrl_c_checkpoints_and_marks_interrupted(tmp_path, data_root):
     folder = tmp_path / "digits-resnet8-batch-scA-w8-s0"
     deadline = time.time() + 60
     while time.time() < deadline and not (folder / "metrics.parquet").exists():
-        if runs.read_status(folder).get("status") == "running" and (folder / "config.json").exists():
+        if (folder / "status.json").exists():  # the loop has started
             time.sleep(1.0)
             break
         time.sleep(0.05)
