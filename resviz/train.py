@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from resviz import datasets, runs, schema
+from resviz.evaluate import evaluate
 from resviz.models import check_depth, cifar_resnet
 
 PAPER_STEPS = 64_000  # He et al.: 64k iterations at batch 128 ...
@@ -175,17 +176,6 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------------ small pieces
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available on this machine; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device={device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-
-
 def learning_rate(config: TrainConfig, step: int, warmup_until: int | None) -> float:
     """Learning rate for iteration `step` (0-based): warm-up, then step decay at the scaled milestones."""
     if warmup_until is not None and step < warmup_until:
@@ -233,29 +223,6 @@ class BatchStream:
             self.generator.manual_seed(self.seed * 1_000_003 + 7_919 * (step + 1) + 1)
             x = datasets.augment(x, self.generator)
         return (x.float() - self.mean) / self.std, self.labels[idx]
-
-
-@torch.no_grad()
-def test_error(model, images, labels, mean, std, batch_size, device, channels_last=False, amp=False):
-    """(error fraction, mean loss) on a split; one host sync at the end."""
-    was_training = model.training
-    model.eval()
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-    wrong = torch.zeros((), device=device)
-    loss = torch.zeros((), device=device)
-    for i in range(0, len(images), batch_size):
-        x = (images[i:i + batch_size].to(device).float() - mean_t) / std_t
-        y = labels[i:i + batch_size].to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
-            out = model(x).float()
-        wrong += (out.argmax(1) != y).sum()
-        loss += F.cross_entropy(out, y, reduction="sum")
-    model.train(was_training)
-    n = len(images)
-    return (wrong / n).item(), (loss / n).item()  # SYNC: evaluation boundary
 
 
 def _autocast(device, amp: bool):
@@ -310,7 +277,7 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
     from resviz.probes import Recorder  # the recorder's module imports models; keep import order simple
 
     config.validate()
-    device = resolve_device(config.device)
+    device = datasets.resolve_device(config.device)
     folder = Path(out) / (run_id or config.run_id)
     if runs.is_run_folder(folder):
         prepare_folder(config, out, folder.name)  # refuses a different config, naming the fields
@@ -417,9 +384,11 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
                 seconds += now - t_interval
                 images_per_s = interval_images / max(now - t_interval, 1e-9)
                 if done % config.eval_every == 0 or done == config.steps:
-                    with rec.paused():
-                        last_test = test_error(model, data.test_images, data.test_labels, data.mean, data.std,
-                                               config.eval_batch_size, device, config.channels_last, config.amp)
+                    with rec.paused():  # SYNC: evaluation boundary (one host copy at its end)
+                        result = evaluate(model, data.test_images, data.test_labels, mean=data.mean,
+                                          std=data.std, batch_size=config.eval_batch_size, device=device,
+                                          progress=False)
+                    last_test = (1.0 - result["accuracy"], result["loss"])
                 row = {"run_id": run_id, "step": done, "epoch": stream.epoch_of(done), "loss": loss_mean,
                        "train_error": train_err, "test_error": last_test[0] if done % config.eval_every == 0
                        or done == config.steps else float("nan"),

@@ -240,7 +240,7 @@ def test_unwritable_out(tmp_path, data_root, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda(capsys):
     assert main(["train", "--device", "cuda", "--dataset", "digits"]) == 2
-    assert "CUDA is not available on this machine; use --device cpu" in capsys.readouterr().err
+    assert "CUDA is not available on this machine" in capsys.readouterr().err
 
 
 def test_ctrl_c_checkpoints_and_marks_interrupted(tmp_path, data_root):
