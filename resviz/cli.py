@@ -285,6 +285,137 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 COMMANDS.append(add_evaluate)
 
 
+# ---------------------------------------------------------------------------------------------
+# invariance (resviz.analysis.invariance)
+# ---------------------------------------------------------------------------------------------
+def _cmd_invariance(args: argparse.Namespace) -> int:
+    import json
+
+    from resviz.analysis.invariance import NORMS, TRANSFORMATIONS, invariance_flags, invariance_grid, measure_invariance
+
+    norms = _names(args.norms) if args.norms else NORMS
+    transformations = _names(args.transformations) if args.transformations else TRANSFORMATIONS
+    frame = measure_invariance(norms=norms, transformations=transformations, seed=args.seed)
+    if args.json:
+        print(json.dumps(invariance_flags(frame)))
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.width", 250, "display.max_columns", None):
+        print(invariance_grid(frame).to_string())
+    print("yes = invariant (change at float64 round-off); in brackets the largest change of the normalised "
+          "outputs; 128 digits cases, 32 units")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_invariance(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "invariance",
+        help="measure Ba et al.'s Table 1: what batch/weight/layer/RMS norm are invariant to",
+        description="Apply six weight and data transformations to one layer on the digits set and report, per "
+        "normalisation, whether its outputs change (Ba et al. 2016, Table 1), with the largest change.",
+    )
+    p.add_argument("--norms", default=None, help="comma-separated: batch,weight,layer,rms (default: all)")
+    p.add_argument("--transformations", default=None, help="comma-separated transformation names (default: all six)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, cases and transformations (default 0)")
+    p.add_argument("--json", action="store_true", help="print one line {norm: {transformation: true|false}}")
+    p.set_defaults(func=_cmd_invariance)
+
+
+COMMANDS.append(add_invariance)
+
+
+# ---------------------------------------------------------------------------------------------
+# lesion (resviz.analysis.lesion)
+# ---------------------------------------------------------------------------------------------
+def _cmd_lesion(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from resviz import datasets
+    from resviz.analysis.lesion import lesion_random, lesion_single, resolve_blocks, summarise_random
+    from resviz.evaluate import load_model_for_eval
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size} must be a positive integer")
+    if args.draws < 1:
+        raise ValueError(f"--draws {args.draws} must be at least 1")
+    device = datasets.resolve_device(args.device)
+    model, mean, std = load_model_for_eval(args.checkpoint)
+    blocks = resolve_blocks(model, _names(args.blocks)) if args.blocks else None  # bad index fails here
+    ks = [_number(k, int, "random-k") for k in _names(args.random_k)] if args.random_k else []
+    data = datasets.load(args.dataset, root=args.root, progress=not args.json)
+    images, labels = data.split(args.split)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit {args.limit} must be a positive number of images")
+        pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))[: args.limit]
+        images, labels = images[pick], labels[pick]
+    kw = dict(mean=mean, std=std, device=device, batch_size=args.batch_size)
+    single = lesion_single(model, images, labels, blocks=blocks, progress=not args.json, **kw)
+    random = (
+        lesion_random(model, images, labels, ks=ks, draws=args.draws, seed=args.seed, progress=not args.json, **kw)
+        if ks
+        else None
+    )
+    baseline = single.attrs["baseline_error"]
+    if args.json:
+        out = {
+            "checkpoint": str(args.checkpoint),
+            "n": int(len(labels)),
+            "baseline_error": baseline,
+            "single": single[["block", "position", "stage", "index", "downsample", "error", "delta"]].to_dict("records"),
+        }
+        if random is not None:
+            out["random"] = summarise_random(random).to_dict("records")
+        print(json.dumps(out, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+        return 0
+    print(f"{args.checkpoint} on {data.name} {args.split} ({len(labels):,} images): intact error "
+          f"{100 * baseline:.2f} %")
+    table = single.assign(error=100 * single["error"], delta=100 * single["delta"])
+    print(table[["position", "block", "downsample", "error", "delta"]].to_string(
+        index=False, float_format=lambda v: f"{v:.2f}", header=["#", "removed block", "downsampling", "error %",
+                                                                 "change (pp)"]))
+    if random is not None:
+        summary = summarise_random(random)
+        print("\nrandom removals (error %, mean +- std over draws):")
+        for row in summary.itertuples():
+            print(f"  k={row.k:3d}: {100 * row.mean_error:6.2f} +- {100 * row.std_error:.2f}  ({row.draws} draws)")
+    return 0
+
+
+def add_lesion(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "lesion",
+        help="remove blocks at test time and measure the error (Veit et al. 2016)",
+        description="Remove each residual block in turn (its output becomes its skip path) and measure the test "
+        "error; optionally remove k random blocks several times. Plain nets get the identity (option A at a "
+        "downsampling block) in place of the block.",
+    )
+    p.add_argument("--checkpoint", required=True, help="resnet20 .. resnet1202 (akamaster), or a .th file")
+    p.add_argument("--dataset", required=True, help="digits, cifar10, or imagefolder:PATH")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default: test)")
+    p.add_argument("--blocks", default=None, help="comma-separated block indices (0-based, depth order) or names "
+                   "like layer2.0 (default: every block)")
+    p.add_argument("--random-k", default=None, help="comma-separated numbers of blocks to remove at random, e.g. 1,2,4")
+    p.add_argument("--draws", type=int, default=5, help="random draws per k (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws and of --limit (default 0)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on this many random images of the split")
+    _device_arg(p)
+    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default 500)")
+    p.add_argument("--root", default="data", help="folder for datasets and their caches (default: data)")
+    p.add_argument("--json", action="store_true", help="print one JSON line: baseline, per-block and random results")
+    p.set_defaults(func=_cmd_lesion)
+
+
+COMMANDS.append(add_lesion)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resviz",

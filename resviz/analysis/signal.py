@@ -1,0 +1,261 @@
+"""Signal propagation at initialisation (Brock, De & Smith 2021) and the branch inits that tame it.
+
+`signal_propagation` hooks each block's probe points and records, per point, Brock et al.'s
+    channel_sq_mean = mean_c (mean_{N,H,W} x_c)^2        channel_var = mean_c var_{N,H,W} x_c
+as a tidy stats table (schema.STATS_COLUMNS; layer = "layer2.3.probe_out", layer_index = block position).
+Their sum is the pooled second moment E[x^2] of the point.
+
+What to expect in these post-activation blocks, x_{l+1} = relu(x_l + F(x_l)), F = conv-norm-relu-conv-norm
+(ours, a mean-field argument: many channels, F independent of x_l with zero mean):
+- no norm, He init: conv1 maps E[x^2] = q to Var 2q, the ReLU halves it to q, conv2 doubles it again:
+  Var F = 2q. Without the final ReLU the second moment would triple; the ReLU clips the negative part of
+  x + F. Exact bounds (F symmetric, uncorrelated with x >= 0): 1.5q <= E[relu(x + F)^2] <= 3q. Iterating
+  x -> relu(x + sqrt(2 E[x^2]) xi) settles at about 2.4x per block (`mean_field_second_moments`). Zero
+  padding trims the convs' fan-in at the border (`border_factor`: 0.92 / 0.84 / 0.71 for two convs on
+  32 / 16 / 8 pixel maps), which gives about 2.30 / 2.20 / 2.02x per block in stages 1 / 2 / 3. At an
+  option-A downsampling block half the channels are zero padding, whose output is relu(F) with E = c q,
+  so the block grows E[x^2] by about (2.2 + 0.9)/2 = 1.5-1.7x. A plain net keeps E[x^2] (times the border
+  factor) exactly: relu(F) has E = Var F / 2. (De & Smith's pre-activation x + F(x) doubles: 2^l.)
+- batch norm: F has unit variance per channel, so E[x^2] grows additively, by a little under 1 per block
+  (the ReLU clips less as x grows): linear in depth, while the branch variance stays at 1.
+- SkipInit / ReZero (branch scale 0) and Fixup (last conv zero): F = 0 at init, every block is the identity
+  (relu of a non-negative input); Fixup scales each first branch conv by L^(-1/2), L = number of blocks.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from resviz import schema
+from resviz.analysis.invariance import batch_stats_mode
+from resviz.analysis.lesion import eval_mode
+from resviz.models import check_depth, iter_blocks
+
+POINTS = ("probe_out", "probe_branch", "probe_sum", "probe_skip")
+MODES = ("train", "eval")
+
+
+def channel_stats(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, ...) -> (2,): [mean_c mean_{B,...}(x_c)^2, mean_c var_{B,...}(x_c)] (biased variance)."""
+    x = x.detach().float()
+    dims = [0, *range(2, x.ndim)]
+    mu = x.mean(dims)  # (C,)
+    var = x.var(dims, unbiased=False)  # (C,)
+    return torch.stack([(mu**2).mean(), var.mean()])
+
+
+@contextlib.contextmanager
+def signal_hooks(model: nn.Module, points: Sequence[str] = ("probe_out", "probe_branch")) -> Iterator[dict]:
+    """Hooks on every block's probe points; yields {(block name, point): (2,) device tensor} filled on forward."""
+    bad = [p for p in points if p not in POINTS]
+    if bad:
+        raise ValueError(f"point {bad[0]!r} is unknown; use {', '.join(POINTS)}")
+    store: dict[tuple[str, str], torch.Tensor] = {}
+    handles = []
+    try:
+        for _, _, name, block in iter_blocks(model):
+            for point in points:
+                probe = getattr(block, point, None)
+                if probe is None:  # plain nets have no skip path
+                    continue
+
+                def hook(_module, _inp, out, key=(name, point)):
+                    with torch.no_grad():
+                        store[key] = channel_stats(out)
+
+                handles.append(probe.register_forward_hook(hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _label(model: nn.Module) -> str:
+    spec = model.spec
+    extra = f"-{spec.branch_init}" if spec.branch_init else ""
+    return f"{spec.arch}{spec.depth}-{spec.norm}{extra}"
+
+
+def signal_propagation(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    points: Sequence[str] = ("probe_out", "probe_branch"),
+    mode: str = "train",
+    run_id: str | None = None,
+    seed: int = 0,
+    step: int = 0,
+) -> pd.DataFrame:
+    """One forward pass of `inputs` (B, C, H, W); Brock et al.'s metrics at each block's probe points.
+
+    mode "train": norms use batch statistics (running stats left untouched); "eval": running statistics.
+    run_id labels the rows (default e.g. "resnet20-none-fixup"). Returns a coerced stats table.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is unknown; use 'train' (batch statistics) or 'eval' (running statistics)")
+    if inputs.ndim != 4 or inputs.shape[0] < 2:
+        raise ValueError(f"inputs must be a batch (B >= 2, C, H, W), got shape {tuple(inputs.shape)}; use B >= 64")
+    device = next(model.parameters()).device
+    ctx = batch_stats_mode(model) if mode == "train" else eval_mode(model)
+    with ctx, signal_hooks(model, points) as store, torch.no_grad():
+        model(inputs.to(device))
+    keys = list(store)
+    values = torch.stack([store[k] for k in keys]).cpu().numpy() if keys else np.zeros((0, 2))  # one copy
+    spec = model.spec
+    positions = {name: (pos, stage, index) for pos, (stage, index, name, _) in enumerate(iter_blocks(model))}
+    rows = []
+    for (name, point), (sq_mean, var) in zip(keys, values):
+        pos, stage, index = positions[name]
+        for metric, value in (("channel_sq_mean", sq_mean), ("channel_var", var)):
+            rows.append(
+                dict(
+                    run_id=run_id if run_id is not None else _label(model),
+                    arch=spec.arch,
+                    depth=spec.depth,
+                    norm=spec.norm,
+                    shortcut=spec.shortcut,
+                    seed=seed,
+                    step=step,
+                    epoch=math.nan,
+                    layer=f"{name}.{point}",
+                    layer_index=pos,
+                    stage=stage,
+                    block=index,
+                    metric=metric,
+                    value=float(value),
+                )
+            )
+    frame = pd.DataFrame(rows, columns=list(schema.STATS_COLUMNS))
+    return schema.coerce(frame) if rows else schema.empty()
+
+
+def second_moments(frame: pd.DataFrame, point: str = "probe_out") -> pd.DataFrame:
+    """Per block: channel_sq_mean + channel_var (= E[x^2]) and channel_var at `point`, in depth order."""
+    sub = frame[frame["layer"].astype(str).str.endswith("." + point)]
+    wide = sub.pivot_table(index=["layer_index", "stage", "block"], columns="metric", values="value", observed=True)
+    wide = wide.reset_index().sort_values("layer_index")
+    wide["second_moment"] = wide["channel_sq_mean"] + wide["channel_var"]
+    return wide[["layer_index", "stage", "block", "second_moment", "channel_var"]].reset_index(drop=True)
+
+
+def growth_rates(frame: pd.DataFrame, point: str = "probe_out", value: str = "second_moment") -> pd.DataFrame:
+    """Per stage: `ratio` (geometric mean of value[i] / value[i-1] over the stage's non-downsampling blocks),
+    `slope` and `intercept` (least-squares line of value vs block index), `downsample_ratio` (first block of
+    the stage over the last block of the previous one; NaN for stage 1)."""
+    v = second_moments(frame, point)
+    rows = []
+    for stage, g in v.groupby("stage"):
+        y = g[value].to_numpy(dtype=float)
+        ratios = y[1:] / y[:-1]
+        slope, intercept = np.polyfit(g["block"], y, 1) if len(y) > 1 else (math.nan, math.nan)
+        prev = v[v["stage"] == stage - 1]
+        down = y[0] / prev[value].iloc[-1] if len(prev) else math.nan
+        rows.append(
+            dict(
+                stage=int(stage),
+                blocks=len(y),
+                ratio=float(np.exp(np.log(ratios).mean())) if len(ratios) else math.nan,
+                slope=float(slope),
+                intercept=float(intercept),
+                downsample_ratio=float(down),
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def border_factor(size: int, stride: int = 1) -> float:
+    """Mean fraction of a 3x3, padding-1 conv's taps that fall inside a size x size map (zero padding
+    shrinks the fan-in at the border): per dimension (3H - 2) / 3H, or (3H/2 - 1) / (3H/2) at stride 2."""
+    out = size // stride
+    per_dim = (3 * out - (2 if stride == 1 else 1)) / (3 * out)
+    return per_dim**2
+
+
+def mean_field_second_moments(
+    depth: int,
+    *,
+    norm: str = "none",
+    plain: bool = False,
+    image_size: int = 32,
+    samples: int = 200_000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """E[x^2] at each block output predicted by the mean-field map (module doc), for N(0, 1) input images.
+
+    Each element is one sample. Unnormalised: x -> relu(x + s xi) with s^2 = 2 c E[x^2], c the product of
+    the two convs' `border_factor`s (plain: x -> relu(s xi), i.e. E[x^2] -> c E[x^2] exactly); batch norm:
+    s = 1. At an option-A downsampling block half the elements (the zero-padded channels) become relu(s xi).
+    """
+    if norm not in ("none", "batch"):
+        raise ValueError(f"norm={norm!r}: the mean-field prediction covers 'none' and 'batch' only")
+    n = check_depth(depth)
+    rng = np.random.default_rng(seed)
+    # stem: relu(conv(x)), Var conv = 2 c (He, N(0, 1) input), or relu(bn(conv(x))) with Var 1
+    stem_var = 2.0 * border_factor(image_size) if norm == "none" else 1.0
+    x = np.maximum(rng.standard_normal(samples) * math.sqrt(stem_var), 0.0)
+    size = image_size
+    rows = []
+    for pos in range(3 * n):
+        stage, index = pos // n + 1, pos % n
+        down = index == 0 and stage > 1
+        c = border_factor(size, 2 if down else 1) * border_factor(size // 2 if down else size)
+        size = size // 2 if down else size
+        s = math.sqrt(2.0 * c * np.mean(x**2)) if norm == "none" else 1.0
+        f = s * rng.standard_normal(samples)
+        if plain:
+            x = np.maximum(f, 0.0)
+        else:
+            skip = x.copy()
+            if down:
+                skip[: samples // 2] = 0.0  # zero-padded channels
+            x = np.maximum(skip + f, 0.0)
+        rows.append(dict(layer_index=pos, stage=stage, block=index, second_moment=float(np.mean(x**2))))
+    return pd.DataFrame(rows)
+
+
+def branch_scales(model: nn.Module) -> dict[str, float]:
+    """{block name: value of its branch_scale} for SkipInit / ReZero / Fixup blocks (empty for others)."""
+    return {
+        name: float(block.branch_scale.detach())
+        for _, _, name, block in iter_blocks(model)
+        if isinstance(getattr(block, "branch_scale", None), torch.Tensor)
+    }
+
+
+def branch_init_scales(model: nn.Module) -> pd.DataFrame:
+    """Per block: std of conv1's weights over the He std sqrt(2 / fan_in) (Fixup: ~ L^-1/2), the largest
+    |conv2 weight| (Fixup: 0) and the branch scale (NaN when the block has none)."""
+    scales = branch_scales(model)
+    rows = []
+    for _, _, name, block in iter_blocks(model):
+        w1 = block.conv1.weight.detach()
+        fan_in = w1[0].numel()
+        rows.append(
+            dict(
+                block=name,
+                conv1_std_over_he=float(w1.std()) / math.sqrt(2.0 / fan_in),
+                conv2_abs_max=float(block.conv2.weight.detach().abs().max()),
+                branch_scale=scales.get(name, math.nan),
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+__all__ = [
+    "POINTS",
+    "branch_init_scales",
+    "branch_scales",
+    "channel_stats",
+    "growth_rates",
+    "border_factor",
+    "mean_field_second_moments",
+    "second_moments",
+    "signal_hooks",
+    "signal_propagation",
+]
