@@ -59,7 +59,7 @@ def main() -> None:
     print(
         f"{args.tarball.name}: {n:,} images, cache {size / 2**20:.0f} MiB, untar {untar:.1f} s (not counted); "
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
-        f"median of {args.rounds}"
+        f"load average {os.getloadavg()[0]:.1f}; median of {args.rounds}"
     )
     print(f"{'load':<34} {'seconds':>8} {'min..max':>14} {'images/s':>10}")
     for name, t in (("cold (decode + stats + write cache)", cold), ("warm (fingerprint + read cache)", warm)):

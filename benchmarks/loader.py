@@ -54,13 +54,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def throughput(make_batches, device: torch.device, min_seconds: float) -> float:
-    """Images/s over whole epochs (at least one, and at least `min_seconds`), every batch on `device` and
-    reduced there (so nothing is skipped); the clock stops after a device sync."""
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of this process plus the given child processes, from /proc."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def _worker_pids(loader) -> list[int]:
+    it = getattr(loader, "_iterator", None)  # persistent workers live on the DataLoader's iterator
+    return [w.pid for w in getattr(it, "_workers", [])]
+
+
+def throughput(make_batches, device: torch.device, min_seconds: float, loader=None) -> tuple[float, float]:
+    """(images/s, CPU µs per image) over whole epochs (at least one, and at least `min_seconds`), every batch on
+    `device` and reduced there (so nothing is skipped); the clock stops after a device sync. CPU time counts
+    this process and the DataLoader's workers: unlike images/s it barely changes when others load the machine."""
     sink = torch.zeros((), device=device)
     images = 0
     _sync(device)
-    start = time.perf_counter()
+    pids = _worker_pids(loader) if loader is not None else []
+    cpu0, start = _cpu_seconds(pids), time.perf_counter()
     while True:
         for x, y in make_batches():
             x = x.to(device, non_blocking=True)
@@ -69,7 +87,7 @@ def throughput(make_batches, device: torch.device, min_seconds: float) -> float:
         _sync(device)
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
-            return images / elapsed
+            return images / elapsed, (_cpu_seconds(pids) - cpu0) / images * 1e6
 
 
 def main() -> None:
@@ -98,9 +116,9 @@ def main() -> None:
         mean, std = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
     n = len(labels)
 
-    variants: dict[str, callable] = {}
+    variants: dict[str, tuple] = {}  # name -> (make an epoch's iterator, DataLoader or None)
     ours = DeviceLoader(images, labels, batch_size=args.batch_size, train=True, mean=mean, std=std, device=device)
-    variants["resviz DeviceLoader"] = lambda: iter(ours)
+    variants["resviz DeviceLoader"] = (lambda: iter(ours), None)
     pil = PILImages(images, labels, mean, std)
     loaders = []
     for w in [int(v) for v in args.workers.split(",")]:
@@ -109,24 +127,35 @@ def main() -> None:
             persistent_workers=w > 0, pin_memory=device.type == "cuda",
         )
         loaders.append(dl)
-        variants[f"DataLoader+PIL, workers={w}"] = (lambda dl=dl: iter(dl))
+        variants[f"DataLoader+PIL, workers={w}"] = (lambda dl=dl: iter(dl), dl)
 
-    for make in variants.values():  # warm-up: start workers, fill caches
-        throughput(make, device, 0.0)
+    for make, dl in variants.values():  # warm-up: start workers, fill caches
+        throughput(make, device, 0.0, dl)
     rates: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):
-        for name, make in variants.items():
-            rates[name].append(throughput(make, device, args.min_seconds))
+        for name, (make, dl) in variants.items():
+            r, c = throughput(make, device, args.min_seconds, dl)
+            rates[name].append(r)
+            cpu[name].append(c)
 
     median = {k: statistics.median(v) for k, v in rates.items()}
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
     best_dl = max(v for k, v in median.items() if k.startswith("DataLoader"))
+    least_cpu_dl = min(v for k, v in cpu_med.items() if k.startswith("DataLoader"))
     print(
         f"{n:,} images, batch {args.batch_size}, device {device}, {args.rounds} interleaved rounds (median), "
-        f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'variant':<30} {'images/s':>10} {'min..max':>21} {'vs best DataLoader':>19}")
+    print(f"{'variant':<28} {'images/s':>9} {'min..max':>17} {'speed-up':>9} {'CPU µs/img':>11} {'CPU saving':>11}")
     for name, r in rates.items():
-        print(f"{name:<30} {median[name]:>10,.0f} {f'{min(r):,.0f}..{max(r):,.0f}':>21} {median[name] / best_dl:>18.2f}x")
+        print(
+            f"{name:<28} {median[name]:>9,.0f} {f'{min(r):,.0f}..{max(r):,.0f}':>17} {median[name] / best_dl:>8.2f}x "
+            f"{cpu_med[name]:>11.1f} {least_cpu_dl / cpu_med[name]:>10.2f}x"
+        )
+    print("speed-up: images/s over the fastest DataLoader; CPU saving: the thriftiest DataLoader's CPU time per "
+          "image over this one's")
     del loaders
 
 
