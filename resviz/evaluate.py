@@ -59,11 +59,33 @@ def load_model_for_eval(name_or_path: str | os.PathLike) -> tuple[nn.Module, tup
     from resviz.pretrained import AKAMASTER_MEAN, AKAMASTER_STD, pretrained
 
     if os.path.isdir(name_or_path):
-        raise ValueError(
-            f"--checkpoint {name_or_path} is a folder; evaluate takes an akamaster name (resnet20..resnet1202) "
-            "or a .th checkpoint file"
-        )
+        return load_run_model(name_or_path)
     return pretrained(name_or_path), AKAMASTER_MEAN, AKAMASTER_STD
+
+
+def load_run_model(folder: str | os.PathLike) -> tuple[nn.Module, tuple, tuple]:
+    """(model, mean, std) of a run folder written by `resviz train` (runs/<id>/checkpoint.pt), in eval mode."""
+    from pathlib import Path
+
+    from resviz.models import cifar_resnet
+
+    ckpt_path = Path(folder) / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(
+            f"--checkpoint {folder} is a folder without checkpoint.pt; pass a run folder written by "
+            "`resviz train` (runs/<id>/), an akamaster name (resnet20..resnet1202) or a .th file"
+        )
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        config = ckpt["config"]
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise ValueError(f"{ckpt_path} is not a resviz run checkpoint ({type(err).__name__}); "
+                         "delete it and resume the run to rewrite it") from None
+    model = cifar_resnet(config["depth"], plain=config["arch"] == "plain", shortcut=config["shortcut"],
+                         norm=config["norm"], branch_init=config["branch_init"], width=config["width"],
+                         num_classes=len(ckpt["classes"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), tuple(ckpt["mean"]), tuple(ckpt["std"])
 
 
 def num_classes(model: nn.Module) -> int | None:
@@ -71,4 +93,4 @@ def num_classes(model: nn.Module) -> int | None:
     return getattr(spec, "num_classes", None)
 
 
-__all__ = ["evaluate", "load_model_for_eval", "num_classes"]
+__all__ = ["evaluate", "load_model_for_eval", "load_run_model", "num_classes"]

@@ -73,7 +73,7 @@ def test_load_model_for_eval(resnet8_file, tmp_path):
     model, mean, std = load_model_for_eval(resnet8_file)
     assert model.spec.depth == 8 and not model.training
     assert (mean, std) == (AKAMASTER_MEAN, AKAMASTER_STD)
-    with pytest.raises(ValueError, match=r"--checkpoint .* is a folder; evaluate takes an akamaster name"):
+    with pytest.raises(FileNotFoundError, match=r"--checkpoint .* is a folder without checkpoint.pt; pass a run"):
         load_model_for_eval(tmp_path)
 
 
@@ -104,7 +104,7 @@ def test_cli_json_is_one_line_and_matches_evaluate(resnet8_file, tmp_path, capsy
         (["--checkpoint", "resnet7", "--dataset", "digits"], "checkpoint 'resnet7' is unknown; use one of resnet20"),
         (["--checkpoint", "{ckpt}", "--dataset", "mnist"], "dataset 'mnist' is unknown; use one of: digits, cifar10"),
         (["--checkpoint", "{ckpt}", "--dataset", "digits", "--batch-size", "0"], "--batch-size 0 must be a positive"),
-        (["--checkpoint", "{tmp}", "--dataset", "digits"], "is a folder; evaluate takes an akamaster name"),
+        (["--checkpoint", "{tmp}", "--dataset", "digits"], "is a folder without checkpoint.pt; pass a run folder"),
         (["--checkpoint", "{ckpt}", "--dataset", "imagefolder:{tmp}/none"], "no such folder"),
     ],
 )

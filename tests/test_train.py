@@ -83,6 +83,15 @@ def test_run_folder_and_tables(tmp_path, data_root):
     assert rs.metrics["arch"].unique().tolist() == ["resnet"] and int(rs.metrics["depth"].iloc[0]) == 8
 
 
+def test_evaluate_a_run_folder(tmp_path, data_root, capsys):
+    result = train(tiny(data_root), tmp_path)
+    assert main(["evaluate", "--checkpoint", str(result.folder), "--dataset", "digits", "--root", data_root,
+                 "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["n"] == 360
+    assert got["accuracy"] == pytest.approx(1 - result.test_error, abs=1e-6)  # the run's own last evaluation
+
+
 def test_same_seed_same_loss_curve(tmp_path, data_root):
     a = train(tiny(data_root), tmp_path / "a")
     b = train(tiny(data_root), tmp_path / "b")
