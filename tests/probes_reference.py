@@ -1,0 +1,87 @@
+"""Independent reference for the Recorder tests: run a resviz net layer by layer (without its forward) and
+compute every statistic directly with torch in float64."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resviz.models import ShortcutA, iter_blocks
+
+
+def by_hand(model, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The tensors the Recorder observes, keyed by the table's layer names, and the logits."""
+    t: dict[str, torch.Tensor] = {}
+    h = model.bn1(model.conv1(x))
+    t["bn1"] = h
+    h = F.relu(h)
+    for _, _, name, b in iter_blocks(model):
+        a = b.bn1(b.conv1(h))
+        t[f"{name}.bn1"] = a
+        r = b.bn2(b.conv2(F.relu(a)))
+        t[f"{name}.bn2"] = r
+        if b.branch_init in ("skipinit", "rezero"):
+            r = r * b.branch_scale
+        t[f"{name}.probe_branch"] = r
+        if b.plain:
+            s = r
+        else:
+            if isinstance(b.shortcut, ShortcutA):  # akamaster's option A, written out again
+                p = b.shortcut.pad
+                skip = F.pad(h[:, :, ::2, ::2], (0, 0, 0, 0, p, p))
+            elif isinstance(b.shortcut, nn.Sequential) and len(b.shortcut) == 0:
+                skip = h
+            else:
+                skip = b.shortcut(h)
+            t[f"{name}.probe_skip"] = skip
+            s = r + skip
+        t[f"{name}.probe_sum"] = s
+        h = s if b.branch_init == "rezero" else F.relu(s)
+        t[f"{name}.probe_out"] = h
+    return t, model.linear(h.mean((2, 3)))
+
+
+def std(t: torch.Tensor) -> float:
+    return t.detach().double().std().item()
+
+
+def channel_std(t: torch.Tensor) -> torch.Tensor:  # (C,)
+    t = t.detach().double()
+    return t.transpose(0, 1).reshape(t.shape[1], -1).std(1)
+
+
+def channel_sq_mean(t: torch.Tensor) -> float:
+    return t.detach().double().mean((0, 2, 3)).square().mean().item()
+
+
+def channel_var(t: torch.Tensor) -> float:
+    return t.detach().double().var((0, 2, 3), unbiased=False).mean().item()
+
+
+def norm(t: torch.Tensor) -> float:
+    return t.detach().double().norm().item()
+
+
+def values(df, metric: str, step: int | None = None) -> dict[str, float]:
+    """{layer: value} of one metric (pooled rows) at one step (default: the only step)."""
+    rows = df[df["metric"] == metric]
+    if "channel" in rows.columns:
+        rows = rows[rows["channel"] == -1]
+    if step is not None:
+        rows = rows[rows["step"] == step]
+    assert rows["step"].nunique() <= 1, "several steps: pass step="
+    return dict(zip(rows["layer"].astype(str), rows["value"]))
+
+
+def all_hooks_empty(model: nn.Module) -> list[str]:
+    """Names of modules that still hold any hook."""
+    attrs = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+        "_forward_pre_hooks_with_kwargs",
+    )
+    return [n for n, m in model.named_modules() for a in attrs if getattr(m, a, None)]
