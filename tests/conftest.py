@@ -4,15 +4,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# One thread per process in the suite: tiny nets gain nothing from more, and on a busy 2-core machine
+# spinning OpenMP threads make each step many times slower. Subprocesses (CLI, notebook kernels) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RESVIZ_SHARED", ROOT.parent / "shared"))
 AKAMASTER = SHARED / "pretrained" / "akamaster"
 CIFAR_JPEG = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
