@@ -533,6 +533,118 @@ def plot_training_curves(
     return _base_layout(fig, title, STEP_AXIS, "error (%)", False)
 
 
+def plot_error_vs_depth(metrics: pd.DataFrame, *, runs=None, arch=None, depth=None) -> go.Figure:
+    """He et al.'s degradation at a glance: each run's final training (dashed) and test (bold) error
+    against depth, one line per architecture. Training error is the last logged interval's; test error the
+    last evaluation's. Several runs at one depth (seeds) are averaged."""
+    need = [c for c in ("step", "train_error", "test_error", "arch", "depth") if c not in metrics.columns]
+    if need:
+        raise ValueError(f"training table is missing column(s) {need}; pass RunSet.metrics (metrics.parquet rows)")
+    rows = _filter(metrics, runs, arch, depth)
+    if rows.empty:
+        raise ValueError(f"no training rows{_describe_filter(runs, arch, depth)}; the runs have not logged a step yet")
+    finals = []
+    for run, g in _by_run(rows):
+        g = g.sort_values("step", kind="stable")
+        tested = g["test_error"].to_numpy(np.float64)
+        tested = tested[~np.isnan(tested)]
+        finals.append((run.arch, run.depth, 100 * float(g["train_error"].iloc[-1]),
+                       100 * tested[-1] if len(tested) else np.nan, run.label))
+    table = pd.DataFrame(finals, columns=["arch", "depth", "train", "test", "label"])
+    fig = go.Figure()
+    order = sorted(pd.unique(table["arch"]), key=lambda a: {"plain": 0, "resnet": 1}.get(a, 2))
+    for a in order:
+        t = table[table["arch"] == a].groupby("depth", sort=True).agg(
+            train=("train", "mean"), test=("test", "mean"), n=("label", "size")).reset_index()
+        color = run_color(a, int(np.median(t["depth"])))
+        hov = "depth %{x}<br>%{y:.2f} %<br>%{customdata} run(s)<extra>%{fullData.name}</extra>"
+        fig.add_trace(go.Scatter(x=t["depth"], y=t["train"], mode="lines+markers", name=f"{arch_name(a)} train",
+                                 legendgroup=a, line=dict(color=color, dash="dash", width=1.5),
+                                 customdata=t["n"], hovertemplate=hov))
+        if t["test"].notna().any():
+            fig.add_trace(go.Scatter(x=t["depth"], y=t["test"], mode="lines+markers", name=f"{arch_name(a)} test",
+                                     legendgroup=a, line=dict(color=color, width=3.5), customdata=t["n"],
+                                     hovertemplate=hov))
+    fig.update_xaxes(tickvals=sorted(pd.unique(table["depth"])))
+    fig = _base_layout(fig, "Final training (dashed) and test (bold) error against depth", "depth (layers)",
+                       "error (%)", False)
+    return fig.update_layout(legend=dict(title=dict(text="architecture")))
+
+
+def plot_channel_std(stats: pd.DataFrame, *, step: int | None = None, runs=None, arch=None,
+                     depth=None) -> go.Figure:
+    """Per-channel response std (dots, one per channel) of every norm layer against layer index, with the
+    pooled response_std (line) where recorded; runs side by side (small x offsets). Needs the rows of
+    `Recorder(..., per_channel=True)`."""
+    rows = metric_rows(stats, "response_channel_std", runs=runs, arch=arch, depth=depth)
+    pooled = {}
+    try:
+        pooled = {(p.run.key): p for p in profiles(stats, "response_std", step=step, runs=runs, arch=arch,
+                                                   depth=depth)}
+    except ValueError:
+        pass
+    groups = _by_run(rows)
+    fig = go.Figure()
+    chosen = []
+    width = 0.5 / max(len(groups), 1)
+    for k, (run, g) in enumerate(groups):
+        s = pick_step(np.unique(g["step"].to_numpy()), step)
+        chosen.append(s)
+        at = g[(g["step"] == s).to_numpy()].sort_values(["layer_index", "channel"], kind="stable")
+        shift = (k - (len(groups) - 1) / 2) * width
+        li, names = at["layer_index"].to_numpy(np.int64), at["layer"].astype(str).to_numpy()
+        cd = np.empty((len(at), 3), dtype=object)  # (rows, 3): layer, index, channel
+        cd[:, 0], cd[:, 1], cd[:, 2] = names, li, at["channel"].to_numpy()
+        fig.add_trace(go.Scatter(
+            x=li + shift, y=at["value"].to_numpy(np.float64), mode="markers", name=f"{run.label} channels",
+            legendgroup=run.label, marker=dict(color=run.color, size=4, opacity=0.45), customdata=cd,
+            hovertemplate=("<b>%{customdata[0]}</b> channel %{customdata[2]}<br>index %{customdata[1]}<br>"
+                           "std = %{y:.4g}<extra>%{fullData.name}</extra>"),
+        ))
+        p = pooled.get(run.key)
+        if p is not None:
+            fig.add_trace(go.Scatter(
+                x=p.layer_index + shift, y=p.value, mode="lines", name=f"{run.label} pooled", legendgroup=run.label,
+                line=dict(color=run.color, width=2), customdata=customdata(p.layer, p.layer_index, p.step),
+                hovertemplate=hover("response_std"),
+            ))
+    title = f"Per-channel response std (dots) and pooled std (line) — {_step_text(chosen, step)}"
+    return _base_layout(fig, title, x_title("response_std"), AXIS_TITLES["response_channel_std"], False)
+
+
+def plot_bn_check(table: pd.DataFrame) -> go.Figure:
+    """The BN γ/β cross-check: measured response std (y) against sqrt(mean γ² + var β) from the weights (x),
+    one dot per BN layer, one colour per run, with the line measured = predicted. `table` is
+    `resviz.bn_check.cross_check(...)`."""
+    need = [c for c in ("run_id", "layer", "layer_index", "measured", "predicted") if c not in table.columns]
+    if need:
+        raise ValueError(
+            f"cross-check table is missing column(s) {need}; pass resviz.bn_check.cross_check(nets, stats)")
+    if table.empty:
+        raise ValueError("the cross-check table is empty; measure some networks with resviz.bn_check.measure first")
+    fig = go.Figure()
+    for run, g in _by_run(table):
+        g = g.sort_values("layer_index", kind="stable")
+        cd = np.empty((len(g), 3), dtype=object)  # (L, 3): layer, index, ratio
+        cd[:, 0], cd[:, 1] = g["layer"].astype(str).to_numpy(), g["layer_index"].to_numpy()
+        cd[:, 2] = (g["measured"] / g["predicted"]).to_numpy(np.float64)
+        fig.add_trace(go.Scatter(
+            x=g["predicted"].to_numpy(np.float64), y=g["measured"].to_numpy(np.float64), mode="markers",
+            name=run.label, marker=dict(color=run.color, size=7, line=dict(width=0.5, color="white")),
+            customdata=cd,
+            hovertemplate=("<b>%{customdata[0]}</b> (index %{customdata[1]})<br>predicted %{x:.4g}<br>"
+                           "measured %{y:.4g}<br>ratio %{customdata[2]:.3f}<extra>%{fullData.name}</extra>"),
+        ))
+    values = np.r_[table["measured"].to_numpy(np.float64), table["predicted"].to_numpy(np.float64)]
+    values = values[np.isfinite(values)]
+    lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+    pad = 0.05 * (hi - lo or 1.0)
+    fig.add_trace(go.Scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", name="measured = predicted",
+                             line=dict(color="#888", dash="dash", width=1), hoverinfo="skip"))
+    return _base_layout(fig, "BN cross-check: measured response std vs the γ/β prediction",
+                        "predicted: √(mean γ² + var β) (a.u.)", "measured response std (a.u.)", False)
+
+
 def standard_figures(
     stats: pd.DataFrame, metrics: pd.DataFrame | None = None, *, step: int | None = None,
 ) -> tuple[dict[str, go.Figure], dict[str, str]]:

@@ -276,3 +276,84 @@ def test_real_recorder_frame_resnet8_and_plain8():
     assert np.asarray(heat.data[0].z).shape == (3, 2)
     with pytest.raises(ValueError, match=r"part='x' is not a part of 'channel_var'; choose one of \['branch', 'out'\]"):
         plots.plot_heatmap(stats, "channel_var", run="r8", part="x")
+
+
+def test_error_vs_depth_takes_each_runs_final_errors(train):
+    fig = plots.plot_error_vs_depth(train)
+    assert [t.name for t in fig.data] == ["plain train", "plain test", "ResNet train", "ResNet test"]
+    for arch, label in (("plain", "plain"), ("resnet", "ResNet")):
+        rows = train[train["arch"] == arch]
+        depths = sorted(rows["depth"].unique())
+        last = [rows[rows["depth"] == d].sort_values("step").iloc[-1] for d in depths]
+        tested = [rows[(rows["depth"] == d)].dropna(subset=["test_error"]).sort_values("step").iloc[-1] for d in depths]
+        np.testing.assert_array_equal(trace(fig, f"{label} train").x, depths)
+        np.testing.assert_allclose(trace(fig, f"{label} train").y, [100 * r["train_error"] for r in last])
+        np.testing.assert_allclose(trace(fig, f"{label} test").y, [100 * r["test_error"] for r in tested])
+    assert trace(fig, "plain train").line.dash == "dash" and trace(fig, "plain test").line.dash is None
+    assert fig.layout.xaxis.title.text == "depth (layers)" and fig.layout.yaxis.title.text == "error (%)"
+    with pytest.raises(ValueError, match="training table is missing column"):
+        plots.plot_error_vs_depth(train.drop(columns=["test_error"]))
+    with pytest.raises(ValueError, match=r"no training rows with depth=7"):
+        plots.plot_error_vs_depth(train, depth=7)
+
+
+def channel_frame() -> pd.DataFrame:
+    """A real per-channel Recorder table of two width-8 nets (ResNet-8 and plain-8)."""
+    torch = pytest.importorskip("torch")
+    from resviz.models import cifar_resnet
+    from resviz.probes import Recorder
+
+    frames = []
+    for plain in (False, True):
+        torch.manual_seed(1)
+        model = cifar_resnet(8, plain=plain, width=8)
+        with Recorder(model, every=1, metrics=["response_std"], per_channel=True,
+                      run_info={"run_id": "p8" if plain else "r8"}) as rec:
+            with torch.no_grad():
+                model(torch.randn(4, 3, 32, 32))
+            rec.step()
+        frames.append(rec.frame())
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_channel_std_dots_per_channel_and_the_pooled_line():
+    stats = channel_frame()
+    fig = plots.plot_channel_std(stats)
+    assert [t.name for t in fig.data] == ["plain-8 channels", "plain-8 pooled", "ResNet-8 channels", "ResNet-8 pooled"]
+    dots, line = trace(fig, "ResNet-8 channels"), trace(fig, "ResNet-8 pooled")
+    rows = stats[(stats["run_id"] == "r8") & (stats["metric"] == "response_channel_std")]
+    rows = rows.sort_values(["layer_index", "channel"])
+    assert len(dots.y) == 8 * 3 + 16 * 2 + 32 * 2  # one dot per channel of the 7 norm layers
+    np.testing.assert_array_equal(dots.y, rows["value"].to_numpy())
+    shift = dots.x[0] - rows["layer_index"].iloc[0]
+    assert shift != 0 and np.allclose(np.asarray(dots.x) - shift, rows["layer_index"])  # runs side by side
+    pooled = stats[(stats["run_id"] == "r8") & (stats["metric"] == "response_std")].sort_values("layer_index")
+    np.testing.assert_array_equal(line.y, pooled["value"].to_numpy())
+    assert [c[2] for c in dots.customdata[:3]] == [0, 1, 2]  # hover names the channel
+    only = plots.plot_channel_std(stats, runs="p8")
+    assert [t.name for t in only.data] == ["plain-8 channels", "plain-8 pooled"]
+    assert only.data[0].x[0] == 0  # one run: no offset
+    with pytest.raises(ValueError, match="no 'response_channel_std' rows"):
+        plots.plot_channel_std(stats[stats["metric"] == "response_std"])
+
+
+def test_bn_check_scatter_against_the_diagonal():
+    table = pd.DataFrame({
+        "run_id": ["a"] * 3 + ["b"] * 2, "arch": ["resnet"] * 3 + ["plain"] * 2, "depth": [20] * 3 + [8] * 2,
+        "norm": "batch", "shortcut": ["A"] * 3 + ["none"] * 2, "seed": -1,
+        "layer": ["bn1", "layer1.0.bn1", "layer1.0.bn2", "bn1", "layer1.0.bn1"], "layer_index": [0, 1, 2, 0, 1],
+        "measured": [0.9, 0.5, 0.3, 1.2, 1.0], "predicted": [1.0, 0.5, 0.25, 1.1, 1.0],
+    })
+    fig = plots.plot_bn_check(table)
+    assert [t.name for t in fig.data] == ["plain-8", "ResNet-20", "measured = predicted"]
+    res = trace(fig, "ResNet-20")
+    np.testing.assert_array_equal(res.x, [1.0, 0.5, 0.25])
+    np.testing.assert_array_equal(res.y, [0.9, 0.5, 0.3])
+    np.testing.assert_allclose([c[2] for c in res.customdata], [0.9, 1.0, 1.2])  # hover: the ratio
+    assert res.customdata[1][0] == "layer1.0.bn1"
+    diag = trace(fig, "measured = predicted")
+    assert list(diag.x) == list(diag.y) and diag.x[0] < 0.25 and diag.x[-1] > 1.2
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['measured'\]"):
+        plots.plot_bn_check(table.drop(columns=["measured"]))
+    with pytest.raises(ValueError, match="cross-check table is empty"):
+        plots.plot_bn_check(table.iloc[:0])

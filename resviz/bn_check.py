@@ -1,0 +1,237 @@
+"""He et al. Fig. 7 on trained networks, and the BatchNorm γ/β cross-check of what it measures.
+
+A BatchNorm output is y_c = γ_c x̂_c + β_c, where x̂_c is channel c normalised by the statistics BN uses.
+Pooled over N·C·H·W, its variance splits into the mean within-channel variance plus the variance of the
+channel means:
+    std²(y) = mean_c(γ_c² var x̂_c) + var_c(γ_c mean x̂_c + β_c)  ≈  mean_c γ_c² + var_c β_c
+when x̂_c has mean 0 and variance 1 (var_c: population variance over the C channels). So the response std of
+Fig. 7 is set mostly by the learned affine parameters. `predicted_response_std(model)` computes the right-hand
+side from the weights alone; `measure` records the real response std with the Recorder (one forward pass of
+the given images, BN with its running statistics as at test time, or with the batch's own statistics as in
+training, where the identity holds up to BN's eps); `cross_check` puts the two side by side.
+
+    nets = akamaster_nets(["resnet20", "resnet56"]) + run_nets("runs/demo")
+    stats = measure(nets, images)                    # the tidy table: response_std (+ per channel)
+    table = cross_check(nets, stats)                 # run, layer, measured, predicted, ratio
+"""
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from resviz import schema
+from resviz.models import cifar_resnet
+from resviz.probes import NORM_TYPES, SKIP_PATH_NAMES, Recorder
+
+BN_MODES = ("running", "batch")
+PREDICTED_COLUMNS = ("layer", "layer_index", "channels", "gamma_sq_mean", "beta_var", "predicted")
+CHECK_COLUMNS = ("run_id", "arch", "depth", "norm", "shortcut", "seed", "layer", "layer_index", "measured",
+                 "predicted", "ratio")
+
+
+@dataclass(frozen=True, eq=False)
+class Net:
+    """A trained network with the input normalisation it was trained with (mean/std per channel, 0..1 scale)."""
+
+    name: str  # becomes run_id in the tables
+    model: nn.Module
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    seed: int = -1  # -1: unknown (a downloaded checkpoint)
+    source: str = ""  # where the weights came from
+
+
+def akamaster_nets(names: Sequence[str], *, search_dirs: Sequence[str | os.PathLike] = (),
+                   progress: bool = False) -> list[Net]:
+    """akamaster's CIFAR-10 ResNets by name, from `search_dirs`, $RESVIZ_CHECKPOINTS, or a download."""
+    from resviz.pretrained import AKAMASTER_FILES, AKAMASTER_MEAN, AKAMASTER_STD, find_local, pretrained
+
+    if isinstance(names, (str, os.PathLike)):
+        names = [names]
+    nets = []
+    for name in names:
+        model = pretrained(name, search_dirs=search_dirs, progress=progress)
+        key = str(name).lower()
+        if key in AKAMASTER_FILES:
+            label, source = key, find_local(key, search_dirs) or f"torch hub ({AKAMASTER_FILES[key]})"
+        else:
+            label, source = Path(name).stem, name
+        nets.append(Net(f"akamaster-{label}", model, AKAMASTER_MEAN, AKAMASTER_STD, source=str(source)))
+    return nets
+
+
+def run_nets(path_or_glob, *, mean=None, std=None) -> list[Net]:
+    """The final weights of run folders (`runs/<id>/checkpoint.pt`), normalised as their data set was.
+
+    mean/std: override the per-channel normalisation (default: the run's data set's, read from its cache).
+    """
+    from resviz import datasets, runs
+    from resviz.train import TrainConfig
+
+    folders = runs.find_runs(path_or_glob)
+    with_weights = [f for f in folders if (f / "checkpoint.pt").is_file()]
+    if not with_weights:
+        raise FileNotFoundError(
+            f"no run with a checkpoint.pt under {path_or_glob}: train one first (resviz train, or sweep.run_sweep)"
+        )
+    nets, stats_of = [], {}
+    for folder in with_weights:
+        raw = runs.read_json(folder / "config.json")
+        run_id = raw.get("run_id", folder.name)
+        config = TrainConfig.from_dict({k: v for k, v in raw.items() if k not in ("run_id", "versions")})
+        state = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+        model = cifar_resnet(config.depth, plain=config.arch == "plain", shortcut=config.shortcut,
+                             norm=config.norm, branch_init=config.branch_init, width=config.width,
+                             num_classes=state["linear.weight"].shape[0])
+        model.load_state_dict(state, strict=True)
+        if mean is None or std is None:
+            key = (config.dataset, config.root)
+            if key not in stats_of:
+                data = datasets.load(config.dataset, root=config.root)
+                stats_of[key] = (data.mean, data.std)
+            m, s = stats_of[key]
+        else:
+            m, s = mean, std
+        nets.append(Net(run_id, model.eval(), tuple(m), tuple(s), seed=config.seed, source=str(folder)))
+    return nets
+
+
+def describe(nets: Sequence[Net]) -> pd.DataFrame:
+    """One row per net: name, architecture, depth, parameters, where its weights came from."""
+    rows = []
+    for net in nets:
+        spec = getattr(net.model, "spec", None)
+        rows.append({"name": net.name, "arch": getattr(spec, "arch", type(net.model).__name__),
+                     "depth": getattr(spec, "depth", -1), "parameters": sum(p.numel() for p in net.model.parameters()),
+                     "source": net.source})
+    return pd.DataFrame(rows, columns=["name", "arch", "depth", "parameters", "source"])
+
+
+def _normalise(images: torch.Tensor, mean, std, device) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float (N, 3, H, W) normalised per channel."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"images must be uint8 of shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}; "
+            "pass e.g. datasets.load('digits').test_images[:256]"
+        )
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return (images.to(device).float() / 255 - m) / s
+
+
+def measure(nets: Sequence[Net], images: torch.Tensor, *, bn: str = "running", per_channel: bool = False,
+            device: str | torch.device = "cpu") -> pd.DataFrame:
+    """Response std of every norm layer of each net over `images` (one forward pass each), as the tidy table.
+
+    bn="running": BN normalises with its running statistics (eval mode, He et al.'s test-time Fig. 7);
+    bn="batch": with these images' own statistics (training mode, on a copy: running statistics untouched).
+    per_channel adds response_channel_std rows (column `channel`).
+    """
+    if bn not in BN_MODES:
+        raise ValueError(f"bn={bn!r} is unknown; use 'running' (eval mode) or 'batch' (batch statistics)")
+    if len(nets) == 0:
+        raise ValueError("no networks to measure; pass akamaster_nets([...]) and/or run_nets(folder)")
+    if len(images) < 2:
+        raise ValueError(f"got {len(images)} image(s); pass at least 2 (a std needs several values)")
+    frames = []
+    for net in nets:
+        model = copy.deepcopy(net.model) if bn == "batch" else net.model
+        was_training = model.training
+        model.to(device).train(bn == "batch")
+        x = _normalise(images, net.mean, net.std, device)  # (N, 3, H, W)
+        info = {"run_id": net.name, "seed": int(net.seed)}
+        try:
+            with Recorder(model, every=1, metrics=["response_std"], per_channel=per_channel, run_info=info) as rec:
+                with torch.no_grad():
+                    model(x)
+                rec.step()
+            frames.append(rec.frame())
+        finally:
+            model.train(was_training)
+    return schema.concat(frames)
+
+
+def _norm_layers(model: nn.Module) -> list[tuple[int, str, nn.Module]]:
+    """(layer_index, name, module) of the norm layers the Recorder's response_std covers, in its order."""
+    norms = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, NORM_TYPES) and not SKIP_PATH_NAMES & set(n.split("."))]
+    return [(i, n, m) for i, (n, m) in enumerate(norms)]
+
+
+def predicted_response_std(model: nn.Module) -> pd.DataFrame:
+    """sqrt(mean_c γ_c² + var_c β_c) of every BatchNorm the Recorder observes, from the weights alone.
+
+    Columns: layer, layer_index (as in the Recorder's response_std rows), channels, gamma_sq_mean
+    (mean_c γ_c²), beta_var (population variance of β over channels), predicted. BN without affine
+    parameters counts as γ = 1, β = 0.
+    """
+    rows = []
+    for index, name, module in _norm_layers(model):
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            continue
+        c = module.num_features
+        with torch.no_grad():
+            gamma = module.weight.detach().double().cpu() if module.affine else torch.ones(c, dtype=torch.float64)
+            beta = module.bias.detach().double().cpu() if module.affine else torch.zeros(c, dtype=torch.float64)
+            g2 = gamma.square().mean()  # mean_c γ_c²
+            bvar = beta.var(unbiased=False)  # var_c β_c
+        rows.append((name, index, c, g2.item(), bvar.item(), (g2 + bvar).sqrt().item()))
+    if not rows:
+        raise ValueError(
+            f"{type(model).__name__} has no BatchNorm layer the Recorder observes; the γ/β cross-check needs "
+            "BatchNorm (norm='batch')"
+        )
+    frame = pd.DataFrame(rows, columns=list(PREDICTED_COLUMNS))
+    return frame.astype({"layer_index": np.int64, "channels": np.int64})
+
+
+def cross_check(nets: Sequence[Net], stats: pd.DataFrame) -> pd.DataFrame:
+    """Measured (the last step of each net's response_std rows in `stats`) against predicted, per BN layer.
+
+    Columns: run_id, arch, depth, norm, shortcut, seed, layer, layer_index, measured, predicted,
+    ratio = measured / predicted. Nets without rows in `stats` raise, naming the runs that have rows.
+    """
+    rows = stats[(stats["metric"] == "response_std").to_numpy()]
+    if "channel" in rows.columns:
+        rows = rows[(rows["channel"] == -1).to_numpy()]
+    have = sorted(map(str, pd.unique(rows["run_id"].astype(str)))) if len(rows) else []
+    out = []
+    for net in nets:
+        mine = rows[(rows["run_id"].astype(str) == net.name).to_numpy()]
+        if mine.empty:
+            raise ValueError(f"no response_std rows for {net.name!r} in the table; runs with rows: {have or 'none'}; "
+                             "measure it first: measure([net], images)")
+        mine = mine[(mine["step"] == mine["step"].max()).to_numpy()]
+        measured = mine[["run_id", "arch", "depth", "norm", "shortcut", "seed", "layer", "value"]].astype(
+            {"run_id": str, "arch": str, "norm": str, "shortcut": str, "layer": str})
+        pred = predicted_response_std(net.model)[["layer", "layer_index", "predicted"]]
+        both = pred.merge(measured, on="layer", how="inner", validate="one_to_one")
+        out.append(both.rename(columns={"value": "measured"}))
+    table = pd.concat(out, ignore_index=True)
+    table["ratio"] = table["measured"] / table["predicted"]
+    return table[list(CHECK_COLUMNS)]
+
+
+def agreement(table: pd.DataFrame) -> pd.DataFrame:
+    """Per run: BN layers compared, median and extreme measured/predicted ratios, and the correlation of
+    measured with predicted across layers (Pearson r of the logs)."""
+    rows = []
+    for run_id, g in table.groupby("run_id", sort=False, observed=True):
+        ratio = g["ratio"].to_numpy(np.float64)
+        a, b = np.log(g["measured"].to_numpy(np.float64)), np.log(g["predicted"].to_numpy(np.float64))
+        r = float(np.corrcoef(a, b)[0, 1]) if len(g) > 2 and a.std() > 0 and b.std() > 0 else float("nan")
+        rows.append({"run_id": str(run_id), "layers": len(g), "median_ratio": float(np.median(ratio)),
+                     "min_ratio": float(ratio.min()), "max_ratio": float(ratio.max()), "log_r": r})
+    return pd.DataFrame(rows, columns=["run_id", "layers", "median_ratio", "min_ratio", "max_ratio", "log_r"])
+
+
+__all__ = ["BN_MODES", "Net", "agreement", "akamaster_nets", "cross_check", "describe", "measure",
+           "predicted_response_std", "run_nets"]

@@ -1,0 +1,183 @@
+"""What the notebooks run: a smoke version (RESVIZ_SMOKE=1, seconds on a CPU) or the full one, and where.
+
+`sizes(notebook)` returns everything a notebook needs, so the notebook itself holds no logic:
+    smoke          RESVIZ_SMOKE read as a switch ("1"/"true"/"yes"/"on"; unset, "0"/"false"/"no"/"off")
+    base, depths, archs   the runs: `sweep.grid(s["base"], depths=s["depths"], archs=s["archs"])`
+    runs, figures  folders under $RESVIZ_OUT (default `<project>/runs/notebooks`): runs are grouped by the
+                   experiment they belong to, so notebooks that need the same runs train them once
+    data_root      $RESVIZ_DATA (default `<project>/data`): datasets and their caches
+    dataset, dataset_note   which data set and why, in words (the notebook prints it)
+    formats, progress       export formats; tqdm bars on or off
+    checkpoints, checkpoint_dirs, images   (03 only) akamaster names, local folders holding them, test images
+
+Data sets: $RESVIZ_DATASET ("digits", "cifar10" (downloads if absent), "imagefolder:PATH") wins; otherwise the
+degradation, response-std and gradient notebooks use CIFAR-10 when it is already in `data_root`, else the
+built-in digits, and smoke mode always uses the digits. Checkpoints: $RESVIZ_CHECKPOINTS (read by
+`resviz.pretrained`), then a `shared/pretrained/akamaster` folder beside the project (a development copy)
+when one exists, else torch hub's cache / download.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from resviz import datasets
+from resviz.demo import DEMO
+from resviz.train import TrainConfig
+
+SMOKE_ENV = "RESVIZ_SMOKE"
+OUT_ENV = "RESVIZ_OUT"
+DATA_ENV = "RESVIZ_DATA"
+DATASET_ENV = "RESVIZ_DATASET"
+NOTEBOOKS = ("01_quickstart", "02_degradation", "03_response_std", "04_gradient_flow")
+ARCHS = ("plain", "resnet")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+# Smoke: the same four tiny runs for every notebook (trained once when the notebooks share RESVIZ_OUT).
+SMOKE_BASE = dataclasses.replace(
+    DEMO, steps=12, batch_size=32, warmup_steps=4, log_every=4, eval_every=12, checkpoint_every=12,
+    record_every=3, device="auto",
+)
+SMOKE_DEPTHS = (8, 14)
+# Full, digits: He et al.'s recipe shrunk to a CPU (width 8, the same schedule and warm-up for every net).
+DIGITS_BASE = dataclasses.replace(
+    DEMO, steps=800, log_every=20, eval_every=100, checkpoint_every=100, record_every=10, device="auto",
+)
+DIGITS_DEPTHS = (8, 20, 44)
+# Full, CIFAR-10: the paper's net (width 16, batch 128, lr 0.1, wd 1e-4) for a quarter of its 64k
+# iterations, milestones scaled (lr / 10 at 8k and 12k): the depth ordering of Fig. 6 is there by then.
+CIFAR_BASE = TrainConfig(steps=16_000, record_every=100, log_every=100, eval_every=1_000, checkpoint_every=1_000)
+CIFAR_DEPTHS = (20, 32, 44, 56)
+AKAMASTER_FULL = ("resnet20", "resnet32", "resnet44", "resnet56")  # add "resnet110", "resnet1202" (downloads)
+AKAMASTER_SMOKE = ("resnet20", "resnet56")
+
+
+def smoke() -> bool:
+    """Whether $RESVIZ_SMOKE asks for the small version."""
+    raw = os.environ.get(SMOKE_ENV, "")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"{SMOKE_ENV}={raw!r} is not a switch; use {SMOKE_ENV}=1 for the small version, 0 or unset for the full one"
+    )
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The resviz checkout holding `start` (default: the working directory), or None outside one."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        meta = folder / "pyproject.toml"
+        if meta.is_file() and (folder / "resviz").is_dir() and 'name = "resviz"' in meta.read_text(errors="ignore"):
+            return folder
+    return None
+
+
+def out_folder() -> Path:
+    """$RESVIZ_OUT, else `<project>/runs/notebooks` (git-ignored), else `./runs/notebooks`."""
+    if os.environ.get(OUT_ENV):
+        return Path(os.environ[OUT_ENV]).expanduser()
+    return (project_root() or Path.cwd()) / "runs" / "notebooks"
+
+
+def data_root() -> Path:
+    """$RESVIZ_DATA, else `<project>/data` (git-ignored), else `./data`."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return (project_root() or Path.cwd()) / "data"
+
+
+def shared_folder(*parts: str) -> Path | None:
+    """`shared/<parts>` beside the project (a development copy), if it exists."""
+    root = project_root()
+    candidates = [root.parent / "shared"] if root else []
+    candidates.append(Path.cwd().resolve().parent.parent / "shared")  # ../../shared from notebooks/
+    for base in candidates:
+        path = base.joinpath(*parts)
+        if path.exists():
+            return path
+    return None
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Local folders holding akamaster checkpoints besides $RESVIZ_CHECKPOINTS: a shared development copy."""
+    found = shared_folder("pretrained", "akamaster")
+    return [found] if found is not None and found.is_dir() else []
+
+
+def cifar_present(root: str | os.PathLike) -> bool:
+    root = Path(root)
+    return ((root / datasets.CIFAR10_FOLDER).is_dir() or (root / datasets.CIFAR10_ARCHIVE).is_file()
+            or (root / "resviz-cifar10.pt").is_file())
+
+
+def choose_dataset(*, prefer_cifar: bool, is_smoke: bool, root: str | os.PathLike) -> tuple[str, str]:
+    """(dataset spec, a sentence saying which and why)."""
+    env = os.environ.get(DATASET_ENV, "").strip()
+    if env:
+        return env, f"{env} (set by ${DATASET_ENV})"
+    digits = "the built-in digits (scikit-learn's 8×8 handwritten digits, upscaled to 32×32)"
+    if not prefer_cifar:
+        return "digits", digits
+    if is_smoke:
+        return "digits", f"{digits}: smoke mode ({SMOKE_ENV}=1) always uses them"
+    if cifar_present(root):
+        return "cifar10", f"CIFAR-10 from {root}"
+    note = (f"{digits}: CIFAR-10 is not in {root}; set {DATASET_ENV}=cifar10 to download it (170 MB) or "
+            f"{DATASET_ENV}=imagefolder:PATH for a train/ and test/ folder tree")
+    copy = shared_folder("datasets", "cifar10-jpeg.tar.gz")
+    if copy is not None:
+        note += f" (a JPEG copy is at {copy}: extract it and pass imagefolder:<folder>)"
+    return "digits", note
+
+
+def _name(notebook: str) -> str:
+    name = Path(str(notebook)).name.removesuffix(".ipynb")
+    if name not in NOTEBOOKS:
+        raise ValueError(f"notebook {notebook!r} is unknown; use one of {', '.join(NOTEBOOKS)}")
+    return name
+
+
+def sizes(notebook: str) -> dict:
+    """Everything notebook `notebook` ("01_quickstart" .. "04_gradient_flow") runs, small under RESVIZ_SMOKE=1."""
+    name = _name(notebook)
+    is_smoke = smoke()
+    out, root = out_folder(), data_root()
+    spec, note = choose_dataset(prefer_cifar=name != "01_quickstart", is_smoke=is_smoke, root=root)
+    if is_smoke:
+        base, depths, group = SMOKE_BASE, SMOKE_DEPTHS, "smoke"
+    elif name == "01_quickstart":
+        base, depths, group = DEMO, (8, 44), "quickstart"
+    elif spec == "digits":
+        base, depths, group = DIGITS_BASE, DIGITS_DEPTHS, "depth"
+    else:
+        base, depths, group = CIFAR_BASE, CIFAR_DEPTHS, "depth"
+    if name in ("03_response_std", "04_gradient_flow") and not is_smoke:
+        depths = (depths[0], depths[-1])  # shallow vs deep, a subset of 02's runs (trained once)
+    base = dataclasses.replace(base, dataset=spec, root=str(root), device="auto")
+    s = {
+        "notebook": name,
+        "smoke": is_smoke,
+        "dataset": spec,
+        "dataset_note": note,
+        "base": base,
+        "depths": depths,
+        "archs": ARCHS,
+        "runs": out / group,
+        "figures": out / "figures" / name,
+        "data_root": root,
+        "formats": ("html",) if is_smoke else ("html", "png"),  # PNG starts a Chromium: seconds
+        "progress": not is_smoke,
+    }
+    if name == "03_response_std":
+        s["checkpoints"] = AKAMASTER_SMOKE if is_smoke else AKAMASTER_FULL
+        s["checkpoint_dirs"] = checkpoint_dirs()
+        s["images"] = 32 if is_smoke else 1_000
+    return s
+
+
+__all__ = ["NOTEBOOKS", "checkpoint_dirs", "choose_dataset", "data_root", "out_folder", "project_root",
+           "sizes", "smoke"]

@@ -1,0 +1,111 @@
+"""notebook_sizes: the smoke switch, folders from the environment, the data-set choice, shared smoke runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resviz import notebook_sizes as ns
+from resviz.sweep import grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    for key in (ns.SMOKE_ENV, ns.OUT_ENV, ns.DATA_ENV, ns.DATASET_ENV):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv(ns.OUT_ENV, str(tmp_path / "out"))
+    monkeypatch.setenv(ns.DATA_ENV, str(tmp_path / "data"))
+    return monkeypatch
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("true", True), (" YES ", True), ("on", True),
+                                             ("", False), ("0", False), ("false", False), ("off", False)])
+def test_smoke_switch(env, value, expected):
+    env.setenv(ns.SMOKE_ENV, value)
+    assert ns.smoke() is expected
+
+
+def test_bad_switch_and_unknown_notebook(env):
+    env.setenv(ns.SMOKE_ENV, "maybe")
+    with pytest.raises(ValueError, match=r"RESVIZ_SMOKE='maybe' is not a switch; use RESVIZ_SMOKE=1"):
+        ns.sizes("01_quickstart")
+    env.setenv(ns.SMOKE_ENV, "1")
+    with pytest.raises(ValueError, match=r"notebook '09_nothing' is unknown; use one of 01_quickstart, "):
+        ns.sizes("09_nothing")
+
+
+def test_every_notebook_in_smoke_mode_shares_the_same_tiny_runs(env, tmp_path):
+    env.setenv(ns.SMOKE_ENV, "1")
+    all_sizes = [ns.sizes(name) for name in ns.NOTEBOOKS]
+    assert ns.sizes("01_quickstart.ipynb")["notebook"] == "01_quickstart"  # a file name works too
+    ids = {tuple(c.run_id for c in grid(s["base"], depths=s["depths"], archs=s["archs"])) for s in all_sizes}
+    assert len(ids) == 1 and len(next(iter(ids))) == 4  # plain/ResNet × 2 depths, trained once for all
+    assert {s["base"] for s in all_sizes} == {all_sizes[0]["base"]}  # identical configs: train() skips done runs
+    for s in all_sizes:
+        assert s["smoke"] and s["dataset"] == "digits" and s["formats"] == ("html",) and not s["progress"]
+        assert s["runs"] == tmp_path / "out" / "smoke"
+        assert s["figures"] == tmp_path / "out" / "figures" / s["notebook"]
+        assert s["base"].root == str(tmp_path / "data") and s["base"].steps <= 20
+    assert all_sizes[2]["images"] <= 64 and all_sizes[2]["checkpoints"]
+
+
+def test_full_mode_sizes(env, tmp_path):
+    s1, s2, s3, s4 = (ns.sizes(name) for name in ns.NOTEBOOKS)
+    assert not s1["smoke"] and s1["dataset"] == "digits" and s1["formats"] == ("html", "png")
+    assert s2["dataset"] == "digits" and "CIFAR-10 is not in" in s2["dataset_note"]
+    assert "RESVIZ_DATASET=cifar10" in s2["dataset_note"]
+    assert len(s2["depths"]) >= 3 and s2["base"].steps >= 400
+    # 03 and 04 train a shallow and a deep net from 02's set, in 02's folder with 02's config: trained once
+    for s in (s3, s4):
+        assert set(s["depths"]) <= set(s2["depths"]) and len(s["depths"]) == 2
+        assert s["runs"] == s2["runs"] and s["base"] == s2["base"]
+    assert s3["checkpoints"] == ("resnet20", "resnet32", "resnet44", "resnet56") and s3["images"] == 1_000
+    for s in (s1, s2, s3, s4):
+        assert len(grid(s["base"], depths=s["depths"], archs=s["archs"])) == 2 * len(s["depths"])  # all valid
+
+
+def test_cifar10_is_used_when_present(env, tmp_path):
+    (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
+    s = ns.sizes("02_degradation")
+    assert s["dataset"] == "cifar10" and s["base"].dataset == "cifar10"
+    assert s["base"].width == 16 and s["depths"] == (20, 32, 44, 56)
+    assert ns.sizes("04_gradient_flow")["depths"] == (20, 56)
+    assert ns.sizes("01_quickstart")["dataset"] == "digits"  # the quickstart is the built-in set's
+    env.setenv(ns.SMOKE_ENV, "1")
+    assert ns.sizes("02_degradation")["dataset"] == "digits"  # smoke: always the small set
+
+
+def test_dataset_variable_wins(env, tmp_path):
+    env.setenv(ns.DATASET_ENV, "imagefolder:/somewhere/cifar10-jpeg")
+    s = ns.sizes("02_degradation")
+    assert s["dataset"] == "imagefolder:/somewhere/cifar10-jpeg"
+    assert "set by $RESVIZ_DATASET" in s["dataset_note"]
+
+
+def test_default_folders_are_in_the_checkout(monkeypatch):
+    for key in (ns.OUT_ENV, ns.DATA_ENV):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(ROOT / "notebooks")  # where Jupyter runs a notebook
+    assert ns.project_root() == ROOT
+    assert ns.out_folder() == ROOT / "runs" / "notebooks"  # git-ignored (/runs/)
+    assert ns.data_root() == ROOT / "data"
+
+
+def test_outside_a_checkout_folders_are_local(monkeypatch, tmp_path):
+    for key in (ns.OUT_ENV, ns.DATA_ENV):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert ns.project_root() is None
+    assert ns.out_folder() == tmp_path / "runs" / "notebooks"
+    assert ns.data_root() == tmp_path / "data"
+
+
+def test_shared_checkpoints_found_beside_the_checkout(monkeypatch):
+    monkeypatch.chdir(ROOT / "notebooks")
+    shared = ROOT.parent / "shared" / "pretrained" / "akamaster"
+    if not shared.is_dir():
+        assert ns.checkpoint_dirs() == []
+        pytest.skip(f"no shared checkpoints at {shared}")
+    assert ns.checkpoint_dirs() == [shared]
