@@ -4,7 +4,8 @@
     smoke          RESVIZ_SMOKE read as a switch ("1"/"true"/"yes"/"on"; unset, "0"/"false"/"no"/"off")
     base, depths, archs   the runs: `sweep.grid(s["base"], depths=s["depths"], archs=s["archs"])`
     runs, figures  folders under $RESVIZ_OUT (default `<project>/runs/notebooks`): runs are grouped by the
-                   experiment they belong to, so notebooks that need the same runs train them once
+                   experiment they belong to and the data set, so notebooks that need the same runs train them
+                   once (e.g. `smoke-digits`, `depth-cifar10`), and a folder never mixes data sets
     data_root      $RESVIZ_DATA (default `<project>/data`): datasets and their caches
     dataset, dataset_note   which data set and why, in words (the notebook prints it)
     formats, progress       export formats; tqdm bars on or off
@@ -134,6 +135,13 @@ def choose_dataset(*, prefer_cifar: bool, is_smoke: bool, root: str | os.PathLik
     return "digits", note
 
 
+def _data_slug(spec: str) -> str:
+    """"digits", "cifar10", or "if-<folder name>" for "imagefolder:PATH" (as in TrainConfig.run_id)."""
+    if spec.startswith("imagefolder:"):
+        return "if-" + Path(spec.split(":", 1)[1]).name
+    return spec
+
+
 def _name(notebook: str) -> str:
     name = Path(str(notebook)).name.removesuffix(".ipynb")
     if name not in NOTEBOOKS:
@@ -166,7 +174,7 @@ def sizes(notebook: str) -> dict:
         "base": base,
         "depths": depths,
         "archs": ARCHS,
-        "runs": out / group,
+        "runs": out / f"{group}-{_data_slug(spec)}",  # one data set per folder: runs of a group compare
         "figures": out / "figures" / name,
         "data_root": root,
         "formats": ("html",) if is_smoke else ("html", "png"),  # PNG starts a Chromium: seconds

@@ -45,7 +45,7 @@ def test_every_notebook_in_smoke_mode_shares_the_same_tiny_runs(env, tmp_path):
     assert {s["base"] for s in all_sizes} == {all_sizes[0]["base"]}  # identical configs: train() skips done runs
     for s in all_sizes:
         assert s["smoke"] and s["dataset"] == "digits" and s["formats"] == ("html",) and not s["progress"]
-        assert s["runs"] == tmp_path / "out" / "smoke"
+        assert s["runs"] == tmp_path / "out" / "smoke-digits"
         assert s["figures"] == tmp_path / "out" / "figures" / s["notebook"]
         assert s["base"].root == str(tmp_path / "data") and s["base"].steps <= 20
     assert all_sizes[2]["images"] <= 64 and all_sizes[2]["checkpoints"]
@@ -70,6 +70,7 @@ def test_cifar10_is_used_when_present(env, tmp_path):
     (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
     s = ns.sizes("02_degradation")
     assert s["dataset"] == "cifar10" and s["base"].dataset == "cifar10"
+    assert s["runs"].name == "depth-cifar10"
     assert s["base"].width == 16 and s["depths"] == (20, 32, 44, 56)
     assert ns.sizes("04_gradient_flow")["depths"] == (20, 56)
     assert ns.sizes("01_quickstart")["dataset"] == "digits"  # the quickstart is the built-in set's
@@ -82,6 +83,7 @@ def test_dataset_variable_wins(env, tmp_path):
     s = ns.sizes("02_degradation")
     assert s["dataset"] == "imagefolder:/somewhere/cifar10-jpeg"
     assert "set by $RESVIZ_DATASET" in s["dataset_note"]
+    assert s["runs"].name == "depth-if-cifar10-jpeg"
 
 
 def test_default_folders_are_in_the_checkout(monkeypatch):
