@@ -34,7 +34,7 @@ def digits(tmp_path_factory):
 def _train(plain: bool, digits, steps: int = 150):
     xtr, ytr, _, _, mean, std = digits
     torch.manual_seed(0)
-    model = cifar_resnet(14, plain=plain, width=8)
+    model = cifar_resnet(20, plain=plain, width=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     gen = torch.Generator().manual_seed(0)
@@ -86,6 +86,22 @@ def test_removed_block_outputs_its_skip_path(plain):
     assert not torch.equal(out[:, 8:24], inp[:, :, ::2, ::2])
 
 
+def test_bypass_keeps_an_option_b_projection_and_rezero_has_no_relu():
+    torch.manual_seed(3)
+    model = cifar_resnet(8, shortcut="B", width=8).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with removed_blocks(model, ["layer2.0"]):
+        inp, out = _block_outputs(model, x)["layer2.0"]
+    with torch.no_grad():
+        assert torch.equal(out, torch.relu(model.layer2[0].shortcut(inp)))
+    rezero = cifar_resnet(14, branch_init="rezero", width=8).eval()
+    with torch.no_grad():
+        rezero.layer1[0].branch_scale.fill_(1.0)  # so the block's input can be negative
+    with removed_blocks(rezero, ["layer1.1"]):
+        inp, out = _block_outputs(rezero, x)["layer1.1"]
+    assert (inp < 0).any() and torch.equal(out, inp)
+
+
 def test_model_is_unchanged_after_the_with_even_after_an_error():
     torch.manual_seed(2)
     model = cifar_resnet(8, width=8).eval()
@@ -119,8 +135,9 @@ def test_residual_net_survives_single_lesions_plain_net_collapses(trained, digit
         assert list(frame.columns[:7]) == ["position", "block", "stage", "index", "downsample", "error", "delta"]
         assert frame["delta"].tolist() == pytest.approx((frame["error"] - frame.attrs["baseline_error"]).tolist())
     res, plain = frames["resnet"], frames["plain"]
-    assert res.attrs["baseline_error"] < 0.15 and plain.attrs["baseline_error"] < 0.3  # both learned something
-    assert res["delta"].median() < 0.1  # most residual blocks can go
+    assert res.attrs["baseline_error"] < 0.15 and plain.attrs["baseline_error"] < 0.4  # both learned something
+    # (seeds 0-3: residual median change 0.04-0.06, plain 0.64-0.88)
+    assert res["delta"].median() < 0.12  # most residual blocks can go
     assert plain["delta"].median() > 0.4  # every plain block is needed
     assert res["delta"].median() < plain["delta"].median() / 4
     assert res["delta"].mean() < plain["delta"].mean() / 2

@@ -162,7 +162,8 @@ def lesion_single(
 ) -> pd.DataFrame:
     """Remove each block in turn (or only `blocks`) and measure the test error.
 
-    Returns one row per removed block: position, block, stage, index, downsample, error, delta (error minus
+    images_uint8: (N, 3, H, W) uint8, normalised with mean/std (0..1 scale); device: moves the model there
+    (default: where it is). Returns one row per removed block: position, block, stage, index, downsample, error, delta (error minus
     the intact net's error, which is also in `frame.attrs["baseline_error"]`).
     """
     if device is not None:
