@@ -71,10 +71,10 @@ def akamaster_nets(names: Sequence[str], *, search_dirs: Sequence[str | os.PathL
 def run_nets(path_or_glob, *, mean=None, std=None) -> list[Net]:
     """The final weights of run folders (`runs/<id>/checkpoint.pt`), normalised as their data set was.
 
-    mean/std: override the per-channel normalisation (default: the run's data set's, read from its cache).
+    mean/std: override the per-channel normalisation (default: the one the run trained with, from its checkpoint).
     """
-    from resviz import datasets, runs
-    from resviz.train import TrainConfig
+    from resviz import runs
+    from resviz.evaluate import load_run_model
 
     folders = runs.find_runs(path_or_glob)
     with_weights = [f for f in folders if (f / "checkpoint.pt").is_file()]
@@ -82,25 +82,14 @@ def run_nets(path_or_glob, *, mean=None, std=None) -> list[Net]:
         raise FileNotFoundError(
             f"no run with a checkpoint.pt under {path_or_glob}: train one first (resviz train, or sweep.run_sweep)"
         )
-    nets, stats_of = [], {}
+    nets = []
     for folder in with_weights:
-        raw = runs.read_json(folder / "config.json")
-        run_id = raw.get("run_id", folder.name)
-        config = TrainConfig.from_dict({k: v for k, v in raw.items() if k not in ("run_id", "versions")})
-        state = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
-        model = cifar_resnet(config.depth, plain=config.arch == "plain", shortcut=config.shortcut,
-                             norm=config.norm, branch_init=config.branch_init, width=config.width,
-                             num_classes=state["linear.weight"].shape[0])
-        model.load_state_dict(state, strict=True)
-        if mean is None or std is None:
-            key = (config.dataset, config.root)
-            if key not in stats_of:
-                data = datasets.load(config.dataset, root=config.root)
-                stats_of[key] = (data.mean, data.std)
-            m, s = stats_of[key]
-        else:
+        config = runs.read_json(folder / "config.json")
+        model, m, s = load_run_model(folder)  # normalised as its data set was, unless overridden
+        if mean is not None and std is not None:
             m, s = mean, std
-        nets.append(Net(run_id, model.eval(), tuple(m), tuple(s), seed=config.seed, source=str(folder)))
+        nets.append(Net(config.get("run_id", folder.name), model, tuple(m), tuple(s), seed=int(config["seed"]),
+                        source=str(folder)))
     return nets
 
 
