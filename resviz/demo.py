@@ -8,6 +8,7 @@ error of plain-110 on CIFAR-10. The full CIFAR-10 version is `resviz sweep` on a
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from resviz.sweep import format_summary, grid, run_sweep
@@ -17,7 +18,7 @@ from resviz.train import TrainConfig
 # net, so the deep plain net is not simply blown up by lr 0.1) and width for all four nets.
 DEMO = TrainConfig(
     dataset="digits", width=8, steps=400, batch_size=64, lr=0.1, warmup="on", warmup_steps=40,
-    log_every=20, eval_every=40, checkpoint_every=100, record_every=10, eval_batch_size=360, device="cpu",
+    log_every=20, eval_every=40, checkpoint_every=40, record_every=10, eval_batch_size=360, device="cpu",
 )
 DEMO_DEPTHS = (8, 44)
 SMOKE = dataclasses.replace(DEMO, steps=20, log_every=10, eval_every=10, checkpoint_every=20, record_every=5)
@@ -35,7 +36,9 @@ def run_demo(out: str | Path = "runs/demo", *, smoke: bool = False, root: str = 
     from resviz import export, plots, runs
 
     out = Path(out)
-    table = run_sweep(demo_configs(smoke, root), out, progress=progress)
+    # two runs at a time, one thread each: small convs gain little from a second thread, a lot from a second run
+    workers = 1 if smoke else max(1, min(2, os.cpu_count() or 1))
+    table = run_sweep(demo_configs(smoke, root), out, workers=workers, progress=progress)
     runset = runs.load(out)
     figs = {
         "training_curves": plots.plot_training_curves(runset.metrics),

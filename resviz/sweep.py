@@ -10,12 +10,13 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from resviz import runs
 from resviz.train import RunResult, TrainConfig, train
 
 
@@ -61,6 +62,12 @@ def _run_one(config: TrainConfig, out: str, threads: int | None) -> dict:
                 "test_error": float("nan"), "seconds": float("nan"), "reason": f"{type(err).__name__}: {err}"}
 
 
+def _steps_done(config: TrainConfig, out: str) -> int:
+    """Steps a run has saved so far (its last checkpoint), read from its status file."""
+    status = runs.read_status(Path(out) / config.run_id)
+    return config.steps if status.get("status") in runs.FINISHED else int(status.get("step", 0) or 0)
+
+
 def _row(r: RunResult) -> dict:
     return {"run": r.run_id, "status": r.status, "step": r.step, "train_error": r.train_error,
             "test_error": r.test_error, "seconds": r.seconds, "reason": r.reason}
@@ -87,13 +94,20 @@ def run_sweep(configs: list[TrainConfig], out: str | os.PathLike = "runs", *, wo
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = multiprocessing.get_context("spawn")  # CUDA and threads need a fresh interpreter
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = [pool.submit(_run_one, dataclasses.replace(c, progress=False), out, threads)
-                           for c in configs]
-                for future in as_completed(futures):
-                    row = future.result()
-                    rows.append(row)
-                    bar.set_postfix_str(f"{row['run']}: {row['status']}")
-                    bar.update(1)
+                futures = {pool.submit(_run_one, dataclasses.replace(c, progress=False), out, threads): c
+                           for c in configs}
+                steps = tqdm(total=sum(c.steps for c in configs), desc="steps", unit="step", disable=not progress)
+                pending = set(futures)
+                while pending:  # poll the runs' status files so the steps bar moves between finished runs
+                    finished, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        row = future.result()
+                        rows.append(row)
+                        bar.set_postfix_str(f"{row['run']}: {row['status']}")
+                        bar.update(1)
+                    steps.n = sum(_steps_done(c, out) for c in configs)
+                    steps.refresh()
+                steps.close()
     finally:
         bar.close()
     order = {c.run_id: i for i, c in enumerate(configs)}
