@@ -171,6 +171,18 @@ def test_sweep_skips_finished_runs(tmp_path, data_root):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
 
 
+def test_sweep_with_two_worker_processes(tmp_path, data_root):
+    from resviz.sweep import grid, run_sweep
+
+    configs = grid(tiny(data_root, steps=10, checkpoint_every=10), depths=(8,), archs=("plain", "resnet"))
+    table = run_sweep(configs, tmp_path, workers=2, progress=False)
+    assert table["run"].tolist() == [c.run_id for c in configs]  # the grid's order, whatever finished first
+    assert table["status"].tolist() == ["done", "done"]
+    alone = train(configs[1], tmp_path / "alone")  # a worker process trains exactly what one process would
+    loss = pd.read_parquet(tmp_path / configs[1].run_id / "metrics.parquet")["loss"]
+    assert loss.tolist() == pd.read_parquet(alone.folder / "metrics.parquet")["loss"].tolist()
+
+
 def test_cli_train_and_sweep_summary(tmp_path, data_root):
     r = cli("sweep", "--dataset", "digits", "--root", data_root, "--depths", "8", "--arch", "plain,resnet",
             "--width", "8", "--steps", "10", "--batch-size", "32", "--log-every", "5", "--checkpoint-every", "10",
