@@ -9,13 +9,18 @@
     data_root      $RESVIZ_DATA (default `<project>/data`): datasets and their caches
     dataset, dataset_note   which data set and why, in words (the notebook prints it)
     formats, progress       export formats; tqdm bars on or off
-    checkpoints, checkpoint_dirs, images   (03 only) akamaster names, local folders holding them, test images
+    checkpoints, checkpoint_dirs, images   (03, 06) akamaster names, local folders holding them, test images
+The lab notebooks (05-08, `LAB_NOTEBOOKS`) add their own keys (see `_lab_sizes`): 05 `norms`, `batch_sizes`,
+`draws`; 06 `test_set`, `test_set_note`, `ks`, `draws`; 07 the shattering grid (`depths`, `width`, `n_inputs`,
+`image_size`, `seeds`, `heatmap_depth`); 08 the nets at init (`init_depth`, `variants`, ...) and `branch_inits`.
 
 Data sets: $RESVIZ_DATASET ("digits", "cifar10" (downloads if absent), "imagefolder:PATH") wins; otherwise the
-degradation, response-std and gradient notebooks use CIFAR-10 when it is already in `data_root`, else the
-built-in digits, and smoke mode always uses the digits. Checkpoints: $RESVIZ_CHECKPOINTS (read by
-`resviz.pretrained`), then a `shared/pretrained/akamaster` folder beside the project (a development copy)
-when one exists, else torch hub's cache / download.
+degradation, response-std, gradient, normalisation and branch-init notebooks use CIFAR-10 when it is already in
+`data_root`, else the built-in digits, and smoke mode always uses the digits. The lesion notebook's test set for
+the akamaster nets (`lesion_test_set`) is a CIFAR-10 test split even in smoke mode when one is local: CIFAR-10 in
+`data_root`, else the JPEG copy beside the project (`shared/datasets/cifar10-jpeg[.tar.gz]`, read in place).
+Checkpoints: $RESVIZ_CHECKPOINTS (read by `resviz.pretrained`), then a `shared/pretrained/akamaster` folder beside
+the project (a development copy) when one exists, else torch hub's cache / download.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ OUT_ENV = "RESVIZ_OUT"
 DATA_ENV = "RESVIZ_DATA"
 DATASET_ENV = "RESVIZ_DATASET"
 NOTEBOOKS = ("01_quickstart", "02_degradation", "03_response_std", "04_gradient_flow")
+LAB_NOTEBOOKS = ("05_layer_norm", "06_lesion", "07_shattered_gradients", "08_signal_propagation")
+ALL_NOTEBOOKS = NOTEBOOKS + LAB_NOTEBOOKS
 ARCHS = ("plain", "resnet")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
@@ -52,6 +59,13 @@ CIFAR_BASE = TrainConfig(steps=16_000, record_every=100, log_every=100, eval_eve
 CIFAR_DEPTHS = (20, 32, 44, 56)
 AKAMASTER_FULL = ("resnet20", "resnet32", "resnet44", "resnet56")  # add "resnet110", "resnet1202" (downloads)
 AKAMASTER_SMOKE = ("resnet20", "resnet56")
+# 05: every normalisation, plain and ResNet, one depth; the batch-size sweep of BN vs LN.
+LAB_NORMS = ("batch", "layer", "group", "none")
+# 06: the akamaster nets lesioned on 2,000 test images (~15 min on 2 CPU cores; all 10,000: ~1 h).
+LESION_FULL = ("resnet20", "resnet56")
+LESION_SMOKE = ("resnet20",)
+# 08: normalisation-free residual nets with a learnable branch scale, trained like the others.
+BRANCH_INITS = ("skipinit", "rezero", "fixup")
 
 
 def smoke() -> bool:
@@ -135,6 +149,26 @@ def choose_dataset(*, prefer_cifar: bool, is_smoke: bool, root: str | os.PathLik
     return "digits", note
 
 
+def lesion_test_set(root: str | os.PathLike) -> tuple[str, str]:
+    """(test-set spec for `resviz.analysis.lesion.load_test_set`, a sentence saying which and why) for nets
+    trained on CIFAR-10: $RESVIZ_DATASET unless it is the digits, CIFAR-10 in `root`, the JPEG copy beside the
+    project (an extracted tree, else the archive, read in place), else the digits (saying why that is poor)."""
+    env = os.environ.get(DATASET_ENV, "").strip()
+    if env and env != "digits":
+        return env, f"{env} (set by ${DATASET_ENV})"
+    if cifar_present(root):
+        return "cifar10", f"CIFAR-10's test split from {root}"
+    jpeg = "lossy, so errors run a few points above CIFAR-10's: not a CIFAR-10 number"
+    tree = shared_folder("datasets", "cifar10-jpeg")
+    if tree is not None and (tree / "test").is_dir():
+        return f"imagefolder:{tree}", f"the CIFAR-10 JPEG copy at {tree} ({jpeg})"
+    copy = shared_folder("datasets", "cifar10-jpeg.tar.gz")
+    if copy is not None:
+        return str(copy), f"the CIFAR-10 JPEG copy {copy}, test split read from the archive ({jpeg})"
+    return "digits", ("the built-in digits: no CIFAR-10 here, so the akamaster nets (trained on CIFAR-10) are near "
+                      f"chance; set {DATASET_ENV}=cifar10 (downloads 170 MB) or {DATASET_ENV}=imagefolder:PATH")
+
+
 def _data_slug(spec: str) -> str:
     """"digits", "cifar10", or "if-<folder name>" for "imagefolder:PATH" (as in TrainConfig.run_id)."""
     if spec.startswith("imagefolder:"):
@@ -144,16 +178,18 @@ def _data_slug(spec: str) -> str:
 
 def _name(notebook: str) -> str:
     name = Path(str(notebook)).name.removesuffix(".ipynb")
-    if name not in NOTEBOOKS:
-        raise ValueError(f"notebook {notebook!r} is unknown; use one of {', '.join(NOTEBOOKS)}")
+    if name not in ALL_NOTEBOOKS:
+        raise ValueError(f"notebook {notebook!r} is unknown; use one of {', '.join(ALL_NOTEBOOKS)}")
     return name
 
 
 def sizes(notebook: str) -> dict:
-    """Everything notebook `notebook` ("01_quickstart" .. "04_gradient_flow") runs, small under RESVIZ_SMOKE=1."""
+    """Everything notebook `notebook` ("01_quickstart" .. "08_signal_propagation") runs, small under RESVIZ_SMOKE=1."""
     name = _name(notebook)
     is_smoke = smoke()
     out, root = out_folder(), data_root()
+    if name in LAB_NOTEBOOKS:
+        return _lab_sizes(name, is_smoke, out, root)
     spec, note = choose_dataset(prefer_cifar=name != "01_quickstart", is_smoke=is_smoke, root=root)
     if is_smoke:
         base, depths, group = SMOKE_BASE, SMOKE_DEPTHS, "smoke"
@@ -187,5 +223,49 @@ def sizes(notebook: str) -> dict:
     return s
 
 
-__all__ = ["NOTEBOOKS", "checkpoint_dirs", "choose_dataset", "data_root", "out_folder", "project_root",
-           "sizes", "smoke"]
+def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
+    """Sizes of the lab notebooks 05-08 (same common keys as `sizes`)."""
+    s = {"notebook": name, "smoke": is_smoke, "data_root": root, "figures": out / "figures" / name,
+         "formats": ("html",) if is_smoke else ("html", "png"), "progress": not is_smoke}
+    if name == "07_shattered_gradients":  # no data set, no training: nets at initialisation on a line of images
+        s.update(dataset="", dataset_note="no data set: Gaussian images on a line, nets at initialisation")
+        if is_smoke:
+            s.update(depths=(8, 20, 44), width=8, n_inputs=64, image_size=16, seeds=1, heatmap_depth=20)
+        else:
+            s.update(depths=(8, 14, 20, 32, 56), width=16, n_inputs=256, image_size=32, seeds=2, heatmap_depth=56)
+        return s
+    spec, note = choose_dataset(prefer_cifar=True, is_smoke=is_smoke, root=root)
+    if is_smoke:
+        base, group = SMOKE_BASE, "smoke"
+    elif spec == "digits":
+        base, group = DIGITS_BASE, "depth"
+    else:
+        base, group = CIFAR_BASE, "depth"
+    base = dataclasses.replace(base, dataset=spec, root=str(root), device="auto")
+    slug = _data_slug(spec)
+    s.update(dataset=spec, dataset_note=note, base=base, archs=ARCHS)
+    if name == "05_layer_norm":
+        depth = 8 if is_smoke else 20
+        s.update(depths=(depth,), norms=LAB_NORMS, runs=out / f"{'smoke-' if is_smoke else ''}norms-{slug}",
+                 invariance_seed=0, images=32 if is_smoke else 256, draws=3 if is_smoke else 10,
+                 batch_sizes=(1, 2, 4, 8, 16) if is_smoke else (1, 2, 4, 8, 16, 32, 64, 128))
+    elif name == "06_lesion":
+        test_set, test_note = lesion_test_set(root)
+        depths = SMOKE_DEPTHS if is_smoke else ((DIGITS_DEPTHS if spec == "digits" else CIFAR_DEPTHS)[0],
+                                                (DIGITS_DEPTHS if spec == "digits" else CIFAR_DEPTHS)[-1])
+        s.update(depths=depths, runs=out / f"{group}-{slug}",  # your runs: 03's and 04's (trained once)
+                 checkpoints=LESION_SMOKE if is_smoke else LESION_FULL, checkpoint_dirs=checkpoint_dirs(),
+                 test_set=test_set, test_set_note=test_note, images=200 if is_smoke else 2_000,
+                 ks=(1, 2, 4) if is_smoke else (1, 2, 4, 8, 12, 16), draws=2 if is_smoke else 5)
+    else:  # 08_signal_propagation
+        s.update(init_depth=14 if is_smoke else 56, variants=("BN-ResNet", "ResNet, no norm", "SkipInit", "ReZero",
+                                                             "Fixup"),
+                 width=8 if is_smoke else 16, n_images=32 if is_smoke else 64, image_size=16 if is_smoke else 32,
+                 seeds=1 if is_smoke else 4, branch_inits=BRANCH_INITS, norms=("none",), archs=("resnet",),
+                 depths=(8,) if is_smoke else ((20,) if spec == "digits" else (56,)),
+                 runs=out / f"{'smoke-' if is_smoke else ''}branch-init-{slug}")
+    return s
+
+
+__all__ = ["ALL_NOTEBOOKS", "LAB_NOTEBOOKS", "NOTEBOOKS", "checkpoint_dirs", "choose_dataset", "data_root",
+           "lesion_test_set", "out_folder", "project_root", "sizes", "smoke"]

@@ -673,3 +673,490 @@ def standard_figures(
         for rid in ids:
             figs[f"heatmap_response_std_{rid or 'run'}"] = plot_heatmap(stats, "response_std", run=rid, step=step)
     return figs, skipped
+
+
+# =============================================================================================================
+# Labs (notebooks 05-08): normalisation invariance and batch dependence, lesions, shattered gradients, signal
+# propagation at init and branch scales over training. Inputs are the frames of resviz.analysis.*.
+# =============================================================================================================
+NORM_COLORS = {"batch": "#d62728", "layer": "#1f77b4", "group": "#2ca02c", "none": "#7f7f7f", "weight": "#9467bd",
+               "rms": "#8c564b"}
+VARIANT_COLORS = {"BN-ResNet": "#2166ac", "ResNet, no norm": "#d6604d", "SkipInit": "#1b9e77", "ReZero": "#7570b3",
+                  "Fixup": "#e6ab02", "plain, BN": "#a50f15", "plain, no norm": "#fdb863"}
+_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+_VARIANT_DASHES = {"ReZero": "dash", "Fixup": "dot"}  # SkipInit, ReZero and Fixup coincide at init: keep all visible
+_YES, _NO, _ABSENT = "#92c5de", "#f4a582", "#f0f0f0"
+
+
+def _need(frame: pd.DataFrame, columns, what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"table is missing column(s) {missing}; pass {what}")
+    if frame.empty:
+        raise ValueError(f"the table is empty; pass {what}")
+
+
+def label_color(label: str, known: dict[str, str] = VARIANT_COLORS) -> str:
+    """A fixed colour for a named variant; other labels get a palette colour from a hash (stable across figures)."""
+    if label in known:
+        return known[label]
+    return _PALETTE[hashlib.sha1(str(label).encode()).digest()[0] % len(_PALETTE)]
+
+
+# ----------------------------------------------------------------------------------- 05: normalisation
+def plot_invariance_grid(frame: pd.DataFrame) -> go.Figure:
+    """Ba et al. Table 1 measured (left) beside the published table (right): norm rows × transformation columns,
+    "yes" = invariant. Measured cells show the relative change of the outputs; hovering a cell explains it.
+    `frame` is `resviz.analysis.invariance.measure_invariance()`."""
+    from resviz.analysis.invariance import NORMS, THEORY, TRANSFORMATION_LABELS, TRANSFORMATIONS
+
+    _need(frame, ("norm", "transformation", "invariant", "relative_deviation", "paper"),
+          "resviz.analysis.invariance.measure_invariance()")
+    norms = [n for n in NORMS if n in set(frame["norm"])]
+    trans = [t for t in TRANSFORMATIONS if t in set(frame["transformation"])]
+    cell = {(r.norm, r.transformation): r for r in frame.itertuples(index=False)}
+    shape = (len(norms), len(trans))
+    z_m, z_p = np.full(shape, np.nan), np.full(shape, np.nan)  # (norms, transformations): 1 yes, 0 no
+    text_m = np.full(shape, "", dtype=object)
+    text_p = np.full(shape, "", dtype=object)
+    hover_m = np.full(shape, "", dtype=object)
+    for i, n in enumerate(norms):
+        for j, t in enumerate(trans):
+            r = cell.get((n, t))
+            if r is None:
+                continue
+            paper = None if r.paper is None or pd.isna(r.paper) else bool(r.paper)
+            z_m[i, j] = float(bool(r.invariant))
+            mismatch = paper is not None and paper != bool(r.invariant)
+            verdict = "yes" if r.invariant else "no"
+            text_m[i, j] = f"{verdict}<br>{r.relative_deviation:.0e}" + (" ≠" if mismatch else "")
+            why = THEORY[n][t][1]
+            hover_m[i, j] = (f"<b>{n} · {TRANSFORMATION_LABELS[t]}</b><br>measured: "
+                             f"{'invariant' if r.invariant else 'not invariant'}"
+                             f" (relative change {r.relative_deviation:.1e})<br>paper: "
+                             f"{'—' if paper is None else ('yes' if paper else 'no')}<br>why: {why}")
+            if paper is not None:
+                z_p[i, j] = float(paper)
+                text_p[i, j] = "yes" if paper else "no"
+            else:
+                text_p[i, j] = "not in<br>the paper"
+    x = [TRANSFORMATION_LABELS[t] for t in trans]
+    scale = [[0.0, _NO], [0.5, _NO], [0.5, _YES], [1.0, _YES]]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=["measured here (relative change of h)", "Ba et al. 2016, Table 1"])
+    fig.add_trace(go.Heatmap(z=z_m, x=x, y=norms, text=text_m, texttemplate="%{text}", textfont=dict(size=12),
+                             customdata=hover_m,
+                             hovertemplate="%{customdata}<extra></extra>", colorscale=scale, zmin=0, zmax=1,
+                             showscale=False, xgap=2, ygap=2, name="measured"), row=1, col=1)
+    fig.add_trace(go.Heatmap(z=np.where(np.isnan(z_p), 0.5, z_p), x=x, y=norms, text=text_p, texttemplate="%{text}",
+                             textfont=dict(size=12),
+                             hovertemplate="<b>%{y} · %{x}</b><br>paper: %{text}<extra></extra>",
+                             colorscale=[[0.0, _NO], [0.45, _NO], [0.45, _ABSENT], [0.55, _ABSENT], [0.55, _YES],
+                                         [1.0, _YES]], zmin=0, zmax=1, showscale=False, xgap=2, ygap=2,
+                             name="paper"), row=1, col=2)
+    fig.update_yaxes(autorange="reversed", title_text="normalisation", row=1, col=1)
+    fig.update_xaxes(tickangle=-30)
+    fig = _base_layout(fig, "Invariance under weight and data transformations: yes = the layer's output is unchanged")
+    return fig.update_layout(height=420, margin=dict(t=90, b=110))
+
+
+def default_batch_size(frame: pd.DataFrame) -> int:
+    """The batch size a batch-dependence figure shows first: the smallest measured size above 1."""
+    sizes = np.sort(pd.unique(frame["batch_size"]).astype(int))
+    return int(sizes[sizes > 1][0]) if (sizes > 1).any() else int(sizes[0])
+
+
+def _dependence_label(frame: pd.DataFrame) -> str:
+    return "net" if "net" in frame.columns else "norm"
+
+
+def _dependence_order(frame: pd.DataFrame, key: str) -> list[str]:
+    """Labels plain before ResNet, then batch, layer, group, none (as measured for other names)."""
+    first = frame.drop_duplicates(key)
+    norms = _norm_order(first["norm"]) if "norm" in first.columns else []
+    def rank(r):
+        arch = {"plain": 0, "resnet": 1}.get(str(getattr(r, "arch", "")), 2)
+        norm = norms.index(str(r.norm)) if "norm" in first.columns else 0
+        return (arch, int(getattr(r, "depth", 0)), norm)
+    rows = sorted(first.itertuples(index=False), key=rank)
+    return [str(getattr(r, key)) for r in rows]
+
+
+def plot_batch_dependence(frame: pd.DataFrame, *, batch_size: int | None = None) -> go.Figure:
+    """How much one example's logits change with the rest of its (train-mode) batch, in % of its logits' scale.
+
+    Left: against batch size (line = the largest change over the draws, dots = each draw), a dotted line at
+    `batch_size`. Right: each net at `batch_size` (bar = mean over draws, whiskers = min..max). `frame` is
+    `batch_dependence(...)` or `batch_dependence_nets(...)`. Default batch_size: the smallest above 1."""
+    _need(frame, ("batch_size", "draw", "max_change", "logit_scale"),
+          "resviz.analysis.invariance.batch_dependence_nets(...) or batch_dependence(...)")
+    key = _dependence_label(frame)
+    sizes = np.sort(pd.unique(frame["batch_size"]).astype(int))
+    if batch_size is None:
+        batch_size = default_batch_size(frame)
+    if batch_size not in sizes:
+        raise ValueError(f"batch_size={batch_size} was not measured; measured sizes: {sizes.tolist()}")
+    pct = 100 * frame["max_change"].to_numpy(np.float64) / frame["logit_scale"].to_numpy(np.float64)
+    data = frame.assign(_pct=pct)
+    labels = _dependence_order(data, key)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
+                        subplot_titles=["against batch size", f"at batch size {batch_size}"])
+    styles = {}
+    for label in labels:
+        g = data[(data[key].astype(str) == label).to_numpy()]
+        norm = str(g["norm"].iloc[0]) if "norm" in g.columns else label
+        arch = str(g["arch"].iloc[0]) if "arch" in g.columns else "resnet"
+        styles[label] = (NORM_COLORS.get(norm, label_color(label)), "dash" if arch == "plain" else "solid")
+    hov = "%{fullData.name}<br>batch size %{x}<br>change %{y:.3g} % of the logit scale<extra></extra>"
+    for label in labels:  # traces 0..L-1: the largest change per batch size
+        g = data[(data[key].astype(str) == label).to_numpy()]
+        worst = g.groupby("batch_size")["_pct"].max()
+        color, dash = styles[label]
+        fig.add_trace(go.Scatter(x=worst.index.to_numpy(), y=worst.to_numpy(), mode="lines+markers", name=label,
+                                 legendgroup=label, line=dict(color=color, dash=dash, width=2), hovertemplate=hov),
+                      row=1, col=1)
+    for label in labels:  # traces L..2L-1: every draw
+        g = data[(data[key].astype(str) == label).to_numpy()]
+        fig.add_trace(go.Scatter(x=g["batch_size"].to_numpy(), y=g["_pct"].to_numpy(), mode="markers",
+                                 name=f"{label} draws", legendgroup=label, showlegend=False,
+                                 marker=dict(color=styles[label][0], size=5, opacity=0.35), hovertemplate=hov),
+                      row=1, col=1)
+    for label in labels:  # traces 2L..3L-1: the chosen batch size
+        _, y, lo, hi = _bars_at(data, key, label, batch_size)
+        fig.add_trace(go.Bar(x=[label], y=[y], name=label, legendgroup=label, showlegend=False,
+                             marker=dict(color=styles[label][0]),
+                             error_y=dict(type="data", symmetric=False, array=[hi - y], arrayminus=[y - lo]),
+                             hovertemplate=(f"{label}<br>batch size {batch_size}<br>mean %{{y:.3g}} %, "
+                                            f"min {lo:.3g} %, max {hi:.3g} %<extra></extra>")),
+                      row=1, col=2)
+    fig.add_vline(x=batch_size, line=dict(color="#888", dash="dot", width=1), row=1, col=1)
+    fig.update_xaxes(type="log", tickvals=sizes.tolist(), title_text="batch size (images)", row=1, col=1)
+    fig.update_yaxes(title_text="change of the example's logits (% of their scale)", row=1, col=1)
+    fig.update_yaxes(title_text="% of the logit scale", row=1, col=2)
+    fig = _base_layout(fig, f"Does one example's output depend on its batch? (train mode, batch size {batch_size})")
+    return fig.update_layout(legend=dict(title=dict(text="net")))
+
+
+def _bars_at(data: pd.DataFrame, key: str, label: str, batch_size: int) -> tuple[str, float, float, float]:
+    """(label, mean, min, max) of the % change of `label` at `batch_size` (NaN when not measured)."""
+    g = data[((data[key].astype(str) == label) & (data["batch_size"] == batch_size)).to_numpy()]["_pct"]
+    if g.empty:
+        return label, math.nan, math.nan, math.nan
+    return label, float(g.mean()), float(g.min()), float(g.max())
+
+
+def _norm_order(values) -> list[str]:
+    order = ["batch", "layer", "group", "none"]
+    present = list(dict.fromkeys(map(str, values)))
+    return [n for n in order if n in present] + [n for n in present if n not in order]
+
+
+def plot_norm_comparison(metrics: pd.DataFrame, stats: pd.DataFrame, *, step: int | None = None,
+                         depth=None) -> go.Figure:
+    """One column per normalisation: training (dashed) and test (bold) error over training on top, the response
+    std of every 3×3 layer (He et al. Fig. 7, log scale) at `step` (default: the last) below; plain nets warm,
+    ResNets cool, in every column the same colour."""
+    need = [c for c in ("step", "train_error", "test_error", "norm") if c not in metrics.columns]
+    if need:
+        raise ValueError(f"training table is missing column(s) {need}; pass RunSet.metrics of runs with several norms")
+    rows = _filter(metrics, None, None, depth)
+    if rows.empty:
+        raise ValueError(f"no training rows{_describe_filter(None, None, depth)}; train the runs first")
+    norms = _norm_order(rows["norm"])
+    profs = profiles(stats, "response_std", step=step, depth=depth)
+    fig = make_subplots(rows=2, cols=len(norms), shared_yaxes=True, shared_xaxes=False, vertical_spacing=0.14,
+                        horizontal_spacing=0.03, subplot_titles=[f"norm = {n}" for n in norms])
+    shown: set[str] = set()
+    hov = "%{x} iterations<br>%{y:.2f} %<extra>%{fullData.name}</extra>"
+    for run, g in _by_run(rows):
+        col = norms.index(run.norm) + 1
+        g = g.sort_values("step", kind="stable")
+        color = run_color(run.arch, run.depth)
+        name = run_label(run.arch, run.depth)
+        test = 100 * g["test_error"].to_numpy(np.float64)
+        ok = ~np.isnan(test)
+        fig.add_trace(go.Scatter(x=g["step"], y=100 * g["train_error"].to_numpy(np.float64), mode="lines",
+                                 name=f"{name} train", legendgroup=name, showlegend=f"{name} train" not in shown,
+                                 line=dict(color=color, dash="dash", width=1.5), hovertemplate=hov), row=1, col=col)
+        shown.add(f"{name} train")
+        if ok.any():
+            fig.add_trace(go.Scatter(x=g["step"].to_numpy()[ok], y=test[ok], mode="lines+markers",
+                                     name=f"{name} test", legendgroup=name, showlegend=f"{name} test" not in shown,
+                                     line=dict(color=color, width=3), marker=dict(size=6), hovertemplate=hov),
+                          row=1, col=col)
+            shown.add(f"{name} test")
+    chosen = []
+    for p in profs:
+        if p.run.norm not in norms:
+            continue
+        chosen.append(p.step)
+        name = run_label(p.run.arch, p.run.depth)
+        fig.add_trace(go.Scatter(x=p.layer_index, y=p.value, mode="lines+markers", marker=dict(size=4),
+                                 line=dict(color=run_color(p.run.arch, p.run.depth), width=2), name=name,
+                                 legendgroup=name, showlegend=False,
+                                 customdata=customdata(p.layer, p.layer_index, p.step),
+                                 hovertemplate=hover("response_std")), row=2, col=norms.index(p.run.norm) + 1)
+    fig.update_yaxes(title_text="error (%)", row=1, col=1)
+    fig.update_yaxes(title_text=AXIS_TITLES["response_std"], type="log", row=2, col=1)
+    for c in range(1, len(norms) + 1):
+        fig.update_yaxes(type="log", row=2, col=c)
+        fig.update_xaxes(title_text="iteration", row=1, col=c)
+        fig.update_xaxes(title_text="layer index", row=2, col=c)
+    when = _step_text(chosen, step) if chosen else "the last step"
+    title = f"Normalisations side by side: training (top), response std at {when} (bottom)"
+    fig = _base_layout(fig, title)
+    return fig.update_layout(height=_HEIGHT + 250, legend=dict(title=dict(text="net")))
+
+
+def plot_final_error_by_norm(metrics: pd.DataFrame, *, depth=None) -> go.Figure:
+    """Final test error (bars) and final training error (diamonds) for each normalisation, plain and ResNet side
+    by side. Test error is the last evaluation's, training error the last logged interval's."""
+    need = [c for c in ("step", "train_error", "test_error", "norm", "arch", "depth") if c not in metrics.columns]
+    if need:
+        raise ValueError(f"training table is missing column(s) {need}; pass RunSet.metrics")
+    rows = _filter(metrics, None, None, depth)
+    if rows.empty:
+        raise ValueError(f"no training rows{_describe_filter(None, None, depth)}; train the runs first")
+    finals = []
+    for run, g in _by_run(rows):
+        g = g.sort_values("step", kind="stable")
+        tested = g["test_error"].to_numpy(np.float64)
+        tested = tested[~np.isnan(tested)]
+        finals.append((run.arch, run.depth, run.norm, 100 * float(g["train_error"].iloc[-1]),
+                       100 * tested[-1] if len(tested) else np.nan))
+    table = pd.DataFrame(finals, columns=["arch", "depth", "norm", "train", "test"])
+    table = table.groupby(["arch", "depth", "norm"], as_index=False)[["train", "test"]].mean()  # seeds averaged
+    norms = _norm_order(table["norm"])
+    fig = go.Figure()
+    for (arch, d), g in table.groupby(["arch", "depth"], sort=False):
+        g = g.set_index("norm").reindex(norms)
+        name, color = run_label(arch, d), run_color(arch, d)
+        fig.add_trace(go.Bar(x=norms, y=g["test"], name=f"{name} test", marker=dict(color=color), offsetgroup=name,
+                             hovertemplate="%{x}: test %{y:.2f} %<extra>" + name + "</extra>"))
+        fig.add_trace(go.Scatter(x=norms, y=g["train"], mode="markers", name=f"{name} train", offsetgroup=name,
+                                 marker=dict(color=color, symbol="diamond", size=10,
+                                             line=dict(color="#222", width=1.5)),
+                                 hovertemplate="%{x}: train %{y:.2f} %<extra>" + name + "</extra>"))
+    fig = _base_layout(fig, "Final error by normalisation: test (bars), training (diamonds)", "normalisation",
+                       "error (%)", False)
+    return fig.update_layout(barmode="group", scattermode="group", legend=dict(title=dict(text="net")))
+
+
+# ----------------------------------------------------------------------------------- 06: lesion study
+def plot_lesion(single: pd.DataFrame, random: pd.DataFrame | None = None) -> go.Figure:
+    """Veit et al. 2016: test error after removing each block (left; dashed: the intact net; diamonds:
+    downsampling blocks) and, with `random`, after removing k random blocks (right; mean ± std over draws, dots:
+    each draw). Frames from `resviz.analysis.lesion.lesion_nets` (one or several nets)."""
+    _need(single, ("run_id", "arch", "depth", "position", "block", "downsample", "error", "baseline_error"),
+          "the first frame of resviz.analysis.lesion.lesion_nets(...)")
+    cols = 2 if random is not None else 1
+    fig = make_subplots(rows=1, cols=cols, horizontal_spacing=0.1,
+                        subplot_titles=["remove one block", "remove k random blocks"][:cols])
+    for run, g in _by_run(single):
+        g = g.sort_values("position", kind="stable")
+        pos = g["position"].to_numpy()
+        err = 100 * g["error"].to_numpy(np.float64)
+        base = 100 * float(g["baseline_error"].iloc[0])
+        down = g["downsample"].to_numpy(bool)
+        cd = np.empty((len(g), 2), dtype=object)  # (blocks, 2): block name, change in points
+        cd[:, 0], cd[:, 1] = g["block"].astype(str).to_numpy(), err - base
+        fig.add_trace(go.Scatter(
+            x=pos, y=err, mode="lines+markers", name=run.label, legendgroup=run.label,
+            line=dict(color=run.color, width=2),
+            marker=dict(symbol=np.where(down, "diamond", "circle"), size=np.where(down, 11, 6), color=run.color),
+            customdata=cd,
+            hovertemplate=("<b>%{customdata[0]}</b> removed<br>error %{y:.2f} % (%{customdata[1]:+.2f} points)"
+                           "<extra>%{fullData.name}</extra>"),
+        ), row=1, col=1)
+        fig.add_trace(go.Scatter(x=[pos.min() - 0.5, pos.max() + 0.5], y=[base, base], mode="lines",
+                                 name=f"{run.label} intact", legendgroup=run.label, showlegend=False,
+                                 line=dict(color=run.color, dash="dash", width=1),
+                                 hovertemplate=f"{run.label} intact: {base:.2f} %<extra></extra>"), row=1, col=1)
+    fig.update_xaxes(title_text="removed block (position along depth)", row=1, col=1)
+    fig.update_yaxes(title_text="test error (%)", row=1, col=1)
+    if random is not None:
+        _need(random, ("run_id", "arch", "depth", "k", "error", "baseline_error"),
+              "the second frame of resviz.analysis.lesion.lesion_nets(..., ks=...)")
+        for run, g in _by_run(random):
+            base = 100 * float(g["baseline_error"].iloc[0])
+            stats = g.groupby("k")["error"].agg(["mean", "std", "size"]).reset_index()
+            k = np.r_[0, stats["k"].to_numpy()]
+            mean = np.r_[base, 100 * stats["mean"].to_numpy()]
+            std = np.r_[0.0, 100 * stats["std"].fillna(0.0).to_numpy()]
+            fig.add_trace(go.Scatter(x=k, y=mean, mode="lines+markers", name=run.label, legendgroup=run.label,
+                                     showlegend=False, line=dict(color=run.color, width=2),
+                                     error_y=dict(type="data", array=std, thickness=1),
+                                     hovertemplate=("k = %{x}: %{y:.2f} % ± %{error_y.array:.2f}"
+                                                    "<extra>%{fullData.name}</extra>")),
+                          row=1, col=2)
+            fig.add_trace(go.Scatter(x=g["k"], y=100 * g["error"].to_numpy(np.float64), mode="markers",
+                                     name=f"{run.label} draws", legendgroup=run.label, showlegend=False,
+                                     marker=dict(color=run.color, size=5, opacity=0.35),
+                                     customdata=g["removed"].astype(str) if "removed" in g.columns else None,
+                                     hovertemplate=("k = %{x}: %{y:.2f} %<br>%{customdata}"
+                                                    "<extra>%{fullData.name}</extra>")),
+                          row=1, col=2)
+        fig.update_xaxes(title_text="blocks removed at random (k)", row=1, col=2)
+        fig.update_yaxes(title_text="test error (%)", row=1, col=2)
+    return _base_layout(fig, "Lesion study: test error after removing residual blocks at test time")
+
+
+# ----------------------------------------------------------------------------------- 07: shattered gradients
+_ARCH_NORM_STYLE = {("plain", "batch"): ("#d7301f", "solid"), ("plain", "none"): ("#fdb863", "dash"),
+                    ("resnet", "batch"): ("#2166ac", "solid"), ("resnet", "none"): ("#66c2a5", "dash")}
+
+
+def plot_shattering(frame: pd.DataFrame) -> go.Figure:
+    """Balduzzi et al. 2017 at initialisation: lag-1 autocorrelation of the input gradients along a line (top)
+    and their mean correlation over all pairs (bottom) against depth, one line per (architecture, norm); mean
+    over seeds, whiskers min..max. `frame` is `resviz.analysis.shattered.shattering_vs_depth(...)`."""
+    _need(frame, ("arch", "norm", "depth", "autocorrelation", "mean_correlation"),
+          "resviz.analysis.shattered.shattering_vs_depth(...)")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=["neighbouring inputs (lag-1 autocorrelation)", "all pairs (mean correlation)"])
+    order = sorted(frame.groupby(["arch", "norm"]).groups, key=lambda t: ({"plain": 0, "resnet": 1}.get(t[0], 2), t[1]))
+    for arch, norm in order:
+        g = frame[((frame["arch"] == arch) & (frame["norm"] == norm)).to_numpy()]
+        name = f"{arch_name(arch)}, {'BN' if norm == 'batch' else norm if norm != 'none' else 'no norm'}"
+        color, dash = _ARCH_NORM_STYLE.get((arch, norm), (label_color(name), "dot"))
+        for row, col in ((1, "autocorrelation"), (2, "mean_correlation")):
+            s = g.groupby("depth")[col].agg(["mean", "min", "max"]).reset_index()
+            fig.add_trace(go.Scatter(
+                x=s["depth"], y=s["mean"], mode="lines+markers", name=name, legendgroup=name, showlegend=row == 1,
+                line=dict(color=color, dash=dash, width=2),
+                error_y=dict(type="data", symmetric=False, array=s["max"] - s["mean"],
+                             arrayminus=s["mean"] - s["min"], thickness=1),
+                hovertemplate="depth %{x}: %{y:.3f}<extra>%{fullData.name}</extra>"), row=row, col=1)
+    fig.update_yaxes(title_text="correlation", row=1, col=1)
+    fig.update_yaxes(title_text="correlation", row=2, col=1)
+    fig.update_xaxes(title_text="depth (layers)", tickvals=sorted(pd.unique(frame["depth"])), row=2, col=1)
+    fig = _base_layout(fig, "Shattered gradients at initialisation: how alike are the gradients of nearby inputs?")
+    return fig.update_layout(height=_HEIGHT + 150, legend=dict(title=dict(text="net")))
+
+
+def plot_gradient_correlation(results: dict) -> go.Figure:
+    """The correlation (cosine similarity) of the input gradients of every pair of inputs on the line, one heatmap
+    per net (Balduzzi et al.'s covariance matrices): a bright band around the diagonal means nearby inputs have
+    alike gradients; a lone diagonal is white noise. `results`: {label: GradientCorrelation}, e.g.
+    `resviz.analysis.shattered.correlation_matrices(...)`."""
+    if not results:
+        raise ValueError("no results to draw; pass resviz.analysis.shattered.correlation_matrices(...)")
+    labels = list(results)
+    cols = 2 if len(labels) == 4 else min(len(labels), 3)
+    nrows = math.ceil(len(labels) / cols)
+    titles = [f"{k} (lag-1 r = {results[k].lag1:.2f})" for k in labels]
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
+                        vertical_spacing=0.12)
+    for i, label in enumerate(labels):
+        corr = np.asarray(results[label].correlation)  # (n, n)
+        r, c = divmod(i, cols)
+        fig.add_trace(go.Heatmap(z=corr, coloraxis="coloraxis", name=label,
+                                 hovertemplate="inputs %{y} and %{x}<br>correlation %{z:.3f}<extra>" + label
+                                 + "</extra>"), row=r + 1, col=c + 1)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i + 1 if i else ''}", row=r + 1, col=c + 1)
+    fig.update_xaxes(title_text="input index along the line")
+    fig = _base_layout(fig, "Gradient correlation between inputs on a line, at initialisation")
+    return fig.update_layout(height=380 * nrows + 100,
+                             coloraxis=dict(colorscale="RdBu", reversescale=True, cmin=-1, cmax=1,
+                                            colorbar=dict(title=dict(text="correlation"))))
+
+
+def plot_autocorrelation(results: dict) -> go.Figure:
+    """Mean correlation of input gradients k steps apart on the line, against k, one line per net."""
+    if not results:
+        raise ValueError("no results to draw; pass resviz.analysis.shattered.correlation_matrices(...)")
+    fig = go.Figure()
+    for label, r in results.items():
+        arch = "plain" if str(label).startswith("plain") else "resnet"
+        norm = "none" if "no norm" in str(label) else "batch"  # labels of correlation_matrices
+        color, dash = _ARCH_NORM_STYLE.get((arch, norm), (label_color(label), "dot"))
+        fig.add_trace(go.Scatter(x=np.asarray(r.lags), y=np.asarray(r.autocorrelation), mode="lines+markers",
+                                 name=label, line=dict(color=color, dash=dash, width=2),
+                                 hovertemplate="lag %{x}: %{y:.3f}<extra>%{fullData.name}</extra>"))
+    return _base_layout(fig, "Gradient autocorrelation against distance on the line",
+                        "lag (inputs apart on the line)", "mean correlation", False)
+
+
+# ----------------------------------------------------------------------------------- 08: signal propagation
+def _signal_rows(frame: pd.DataFrame, step) -> dict[str, pd.DataFrame]:
+    """run_id -> rows at `step` (default each run's last), averaged over seeds: (layer, layer_index, metric)."""
+    out = {}
+    for run in dict.fromkeys(frame["run_id"].astype(str)):
+        g = frame[(frame["run_id"].astype(str) == run).to_numpy()]
+        s = pick_step(np.unique(g["step"].to_numpy()), step)
+        g = g[(g["step"] == s).to_numpy()]
+        out[run] = (g.assign(layer=g["layer"].astype(str), metric=g["metric"].astype(str))
+                    .groupby(["layer_index", "layer", "metric"], as_index=False)["value"].mean().assign(step=s))
+    return out
+
+
+def plot_signal_propagation_init(frame: pd.DataFrame, *, step: int | None = None) -> go.Figure:
+    """Brock et al. 2021's signal propagation plot for several nets (one colour per run_id, e.g. the variants of
+    `resviz.analysis.signal.signal_at_init`): E[x²] = squared channel mean + channel variance at each block's
+    output, the squared channel mean alone, and the variance at the end of the residual branch; log scales.
+    A branch whose variance is exactly 0 (SkipInit, ReZero, Fixup at init) is named "≡ 0" and not drawn."""
+    _need(frame, ("run_id", "layer", "layer_index", "metric", "value", "step"),
+          "resviz.analysis.signal.signal_at_init(...) or a stats table with channel_sq_mean / channel_var")
+    rows = frame[frame["metric"].astype(str).isin(["channel_sq_mean", "channel_var"]).to_numpy()]
+    if rows.empty:
+        raise ValueError("no channel_sq_mean / channel_var rows; record them (signal_propagation, or a Recorder)")
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
+                        subplot_titles=["E[x²] at each block's output (squared mean + variance)",
+                                        "squared channel mean at each block's output",
+                                        "channel variance at the end of the residual branch"])
+    chosen = []
+    for run, g in _signal_rows(rows, step).items():
+        chosen.append(int(g["step"].iloc[0]))
+        color, dash = label_color(run), _VARIANT_DASHES.get(run, "solid")
+        out = g[g["layer"].str.endswith(".probe_out")].pivot(index=["layer_index", "layer"], columns="metric",
+                                                                values="value").reset_index()
+        branch = g[g["layer"].str.endswith(".probe_branch") & (g["metric"] == "channel_var")]
+        hov = "<b>%{customdata}</b><br>%{y:.4g}<extra>%{fullData.name}</extra>"
+        if {"channel_sq_mean", "channel_var"} <= set(out.columns):
+            fig.add_trace(go.Scatter(x=out["layer_index"], y=out["channel_sq_mean"] + out["channel_var"],
+                                     mode="lines+markers", marker=dict(size=4), name=run, legendgroup=run,
+                                     line=dict(color=color, width=2, dash=dash), customdata=out["layer"],
+                                     hovertemplate=hov), row=1, col=1)
+            fig.add_trace(go.Scatter(x=out["layer_index"], y=out["channel_sq_mean"], mode="lines+markers",
+                                     marker=dict(size=4), name=run, legendgroup=run, showlegend=False,
+                                     line=dict(color=color, width=2, dash=dash), customdata=out["layer"],
+                                     hovertemplate=hov),
+                          row=2, col=1)
+        if len(branch):
+            y = branch["value"].to_numpy(np.float64)
+            zero = bool((y == 0).all())
+            fig.add_trace(go.Scatter(x=branch["layer_index"], y=np.where(y > 0, y, np.nan), mode="lines+markers",
+                                     marker=dict(size=4), name=f"{run} (branch ≡ 0)" if zero else run,
+                                     legendgroup=run, showlegend=zero, line=dict(color=color, width=2, dash="dot"),
+                                     customdata=branch["layer"], hovertemplate=hov), row=3, col=1)
+    for r, title in ((1, "E[x²] (a.u.²)"), (2, "squared channel mean (a.u.²)"),
+                     (3, "branch variance (a.u.²)")):
+        fig.update_yaxes(type="log", title_text=title, row=r, col=1)
+    fig.update_xaxes(title_text=x_title("channel_var"), row=3, col=1)
+    fig = _base_layout(fig, f"Signal propagation — {_step_text(chosen, step)}")
+    return fig.update_layout(height=_HEIGHT + 350, legend=dict(title=dict(text="net")))
+
+
+def plot_branch_scales(stats: pd.DataFrame, *, runs=None) -> go.Figure:
+    """The learnable branch scales α (SkipInit / ReZero / Fixup) of every block over training: one panel per run,
+    one line per block, darker = deeper. `stats`: a run's tidy table (the Recorder records `branch_scale`)."""
+    rows = metric_rows(stats, "branch_scale", runs=runs)
+    ids = list(dict.fromkeys(rows["run_id"].astype(str))) if "run_id" in rows.columns else [""]
+    fig = make_subplots(rows=1, cols=len(ids), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=ids)
+    for c, rid in enumerate(ids, start=1):
+        g = rows[(rows["run_id"].astype(str) == rid).to_numpy()] if "run_id" in rows.columns else rows
+        layers = g.drop_duplicates("layer").sort_values("layer_index")
+        n = max(len(layers) - 1, 1)
+        for k, (name, li) in enumerate(zip(layers["layer"].astype(str), layers["layer_index"])):
+            b = g[(g["layer"].astype(str) == name).to_numpy()].sort_values("step")
+            block = name.removesuffix(".branch_scale")
+            fig.add_trace(go.Scatter(
+                x=b["step"], y=b["value"], mode="lines", name=block, legendgroup=block, showlegend=c == 1,
+                line=dict(color=sample_colorscale("Viridis", [0.9 * (1 - k / n)])[0], width=1.5),
+                hovertemplate=f"<b>{block}</b> (index {li})<br>step %{{x}}: α = %{{y:.4g}}<extra>{rid}</extra>"),
+                row=1, col=c)
+        fig.update_xaxes(title_text=STEP_AXIS, row=1, col=c)
+    fig.update_yaxes(title_text=AXIS_TITLES["branch_scale"], row=1, col=1)
+    fig = _base_layout(fig, "Learnable branch scales α over training (darker = deeper block)")
+    return fig.update_layout(legend=dict(title=dict(text="block")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,14 +12,19 @@ import torch.nn.functional as F
 from resviz.analysis.invariance import (
     NORMS,
     PAPER_TABLE,
+    THEORY,
     TRANSFORMATIONS,
     batch_dependence,
+    batch_dependence_nets,
     batch_stats_mode,
     digits_inputs,
+    explain,
+    explanation_table,
     invariance_flags,
     invariance_grid,
     measure_invariance,
     normalise,
+    summarise_batch_dependence,
 )
 from resviz.cli import main
 from resviz.models import cifar_resnet
@@ -136,3 +142,59 @@ def test_cli_bad_transformation(capsys):
     assert main(["invariance", "--transformations", "weight_matrix_rescale,shear"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("resviz: error: unknown transformation 'shear'; valid:") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the one-line explanations, and batch dependence of trained nets
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_algebra_predicts_every_measured_cell(seed):
+    """THEORY is the derivation written down; the measurement never reads it. They must agree everywhere."""
+    frame = measure_invariance(seed=seed)
+    table = explanation_table(frame)
+    assert len(table) == len(NORMS) * len(TRANSFORMATIONS) and table["agrees"].all()
+    assert list(table["norm"]) == [n for n in NORMS for _ in TRANSFORMATIONS]  # norm by norm, in order
+    row = table[(table["norm"] == "rms") & (table["transformation"] == "W-matrix re-center")].iloc[0]
+    assert (row["measured"], row["paper"]) == ("no", "—")
+    row = table[(table["norm"] == "layer") & (table["transformation"] == "single-case re-scale")].iloc[0]
+    assert (row["measured"], row["paper"]) == ("yes", "yes")
+    # a wrong measurement would show as a disagreement
+    flipped = frame.assign(invariant=~frame["invariant"])
+    assert not explanation_table(flipped)["agrees"].any()
+
+
+def test_explain_one_cell():
+    assert explain("layer", "weight_matrix_recenter").startswith("invariant: ")
+    assert explain("batch", "case_rescale").startswith("not invariant: ")
+    assert set(THEORY) == set(NORMS) and all(set(v) == set(TRANSFORMATIONS) for v in THEORY.values())
+    with pytest.raises(ValueError, match=r"unknown norm 'instance'; valid: batch, weight, layer, rms"):
+        explain("instance", "case_rescale")
+    with pytest.raises(ValueError, match=r"unknown transformation 'shear'; valid: weight_matrix_rescale"):
+        explain("batch", "shear")
+
+
+def test_batch_dependence_of_nets_normalises_each_net_and_labels_it():
+    from resviz.bn_check import Net
+
+    torch.manual_seed(0)
+    bn, ln = cifar_resnet(8, norm="batch", width=8), cifar_resnet(8, plain=True, norm="layer", width=8)
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    nets = [Net("a", bn, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)), Net("b", ln, (0.5,) * 3, (0.5,) * 3)]
+    frame = batch_dependence_nets(nets, images, [1, 4], draws=2)
+    assert list(pd.unique(frame["net"])) == ["ResNet-8, batch", "plain-8, layer"]
+    assert list(frame["norm"].unique()) == ["batch", "layer"] and list(frame["arch"].unique()) == ["resnet", "plain"]
+    # the same numbers as batch_dependence on images normalised by hand with the net's own mean/std
+    x = (images.float() / 255 - torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(
+        1, 3, 1, 1)
+    direct = batch_dependence({"ResNet-8, batch": bn}, x, [1, 4], draws=2)
+    np.testing.assert_allclose(frame[frame["net"] == "ResNet-8, batch"]["max_change"], direct["max_change"])
+    np.testing.assert_allclose(frame["relative_change"], frame["max_change"] / frame["logit_scale"])
+    summary = summarise_batch_dependence(frame)
+    at4 = frame[(frame["net"] == "ResNet-8, batch") & (frame["batch_size"] == 4)]
+    row = summary[(summary["net"] == "ResNet-8, batch") & (summary["batch_size"] == 4)].iloc[0]
+    assert row["max_change_pct"] == pytest.approx(100 * at4["relative_change"].max())
+    assert row["mean_change_pct"] == pytest.approx(100 * at4["relative_change"].mean()) and row["draws"] == 2
+    with pytest.raises(ValueError, match=r"images must be uint8 \(N, 3, H, W\), got torch.float32"):
+        batch_dependence_nets(nets, images.float(), [1])
+    with pytest.raises(ValueError, match=r"no nets given"):
+        batch_dependence_nets([], images, [1])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,8 +12,11 @@ from resviz import datasets
 from resviz.analysis.lesion import (
     block_table,
     error_rate,
+    lesion_nets,
     lesion_random,
     lesion_single,
+    lesion_summary,
+    load_test_set,
     removed_blocks,
     resolve_blocks,
     summarise_random,
@@ -209,3 +213,88 @@ def test_cli_lesion_json_and_bad_block(tmp_path, capsys, akamaster_dir):
     assert result["random"][0]["k"] == 2 and result["random"][0]["draws"] == 2
     for r in result["single"]:
         assert r["delta"] == pytest.approx(r["error"] - result["baseline_error"])
+
+
+# ---------------------------------------------------------------------------------------------
+# many nets at once, and a test set read from an ImageFolder archive
+# ---------------------------------------------------------------------------------------------
+def test_lesion_nets_matches_lesion_single_and_random_per_net(trained, digits):
+    from resviz.bn_check import Net
+
+    _, _, xte, yte, mean, std = digits
+    nets = [Net("r", trained["resnet"], mean, std, seed=3), Net("p", trained["plain"], mean, std)]
+    single, random = lesion_nets(nets, xte[:120], yte[:120], ks=(1, 4, 12), draws=2, seed=1)
+    direct = lesion_single(trained["resnet"], xte[:120], yte[:120], mean=mean, std=std)
+    mine = single[single["run_id"] == "r"].reset_index(drop=True)
+    assert list(mine["block"]) == list(direct["block"]) and list(mine["error"]) == list(direct["error"])
+    assert (mine["baseline_error"] == direct.attrs["baseline_error"]).all()
+    assert list(single.columns[:6]) == ["run_id", "arch", "depth", "norm", "shortcut", "seed"]
+    assert set(single["arch"]) == {"resnet", "plain"} and mine["seed"].iloc[0] == 3
+    assert sorted(set(random["k"])) == [1, 4] and len(random) == 2 * 2 * 2  # k=12 > 9 blocks is left out
+    again = lesion_random(trained["plain"], xte[:120], yte[:120], mean=mean, std=std, ks=(1, 4), draws=2, seed=1)
+    np.testing.assert_array_equal(random[random["run_id"] == "p"]["error"], again["error"])
+    summary = lesion_summary(single).set_index("run_id")
+    rest = mine[~mine["downsample"]]
+    assert summary.loc["r", "median_change"] == pytest.approx(100 * rest["delta"].median())
+    assert summary.loc["r", "costliest_block"] == mine.loc[mine["delta"].idxmax(), "block"]
+    assert summary.loc["r", "blocks"] == 9 and summary.loc["r", "intact_error"] == pytest.approx(
+        100 * direct.attrs["baseline_error"])
+    assert summary.loc["p", "median_change"] > summary.loc["r", "median_change"]  # the plain net collapses
+    assert lesion_nets(nets[:1], xte[:20], yte[:20])[1] is None  # no ks: no random removals
+    with pytest.raises(ValueError, match=r"no nets given"):
+        lesion_nets([], xte, yte)
+
+
+def _image_tree(root, rng):
+    """A small ImageFolder tree of PNGs (lossless): 3 classes, 4 train and 5 test images each."""
+    from PIL import Image
+
+    arrays = {}
+    for split, n in (("train", 4), ("test", 5)):
+        for c in ("cat", "dog", "emu"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(a).save(root / split / c / f"{i:03d}.png")
+                arrays[(split, c, i)] = a
+    return arrays
+
+
+def test_test_set_from_an_archive_equals_the_extracted_tree(tmp_path):
+    import tarfile
+
+    arrays = _image_tree(tmp_path / "tree", np.random.default_rng(0))
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    packed = load_test_set(archive)
+    tree = load_test_set(f"imagefolder:{tmp_path / 'tree'}", root=tmp_path / "cache")  # through datasets.load
+    assert packed.classes == tree.classes == ["cat", "dog", "emu"] and len(packed.labels) == 15
+    assert torch.equal(packed.images, tree.images) and torch.equal(packed.labels, tree.labels)
+    expected = torch.from_numpy(arrays[("test", "dog", 2)]).permute(2, 0, 1)  # (3, 32, 32)
+    assert torch.equal(packed.images[5 + 2], expected) and packed.labels[7] == 1
+    few = load_test_set(archive, n=6, seed=1)
+    assert len(few.labels) == 6
+    pick = torch.randperm(15, generator=torch.Generator().manual_seed(1))[:6].sort().values
+    assert torch.equal(few.images, packed.images[pick]) and torch.equal(few.labels, packed.labels[pick])
+    with pytest.raises(FileNotFoundError, match=r"no archive at .*missing.tar.gz"):
+        load_test_set(tmp_path / "missing.tar.gz")
+    with tarfile.open(tmp_path / "empty.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "tree" / "train", arcname="train")
+    with pytest.raises(ValueError, match=r"holds no test/<class>/<image> files"):
+        load_test_set(tmp_path / "empty.tar.gz")
+    with pytest.raises(ValueError, match=r"n=0 images: use a positive number"):
+        load_test_set(archive, n=0)
+
+
+def test_shared_jpeg_archive_gives_cifar_test_images():
+    """The real JPEG copy, read in place: 10 classes in CIFAR-10 order, 32x32 images."""
+    from resviz.notebook_sizes import shared_folder
+
+    copy = shared_folder("datasets", "cifar10-jpeg.tar.gz")
+    if copy is None:
+        pytest.skip("no shared CIFAR-10 JPEG archive beside the checkout")
+    test = load_test_set(copy, n=50)
+    assert test.classes[:3] == ["airplane", "automobile", "bird"] and len(test.classes) == 10
+    assert test.images.shape == (50, 3, 32, 32) and test.images.dtype == torch.uint8
+    assert test.images.float().std() > 20  # real pictures, not blank

@@ -111,3 +111,66 @@ def test_shared_checkpoints_found_beside_the_checkout(monkeypatch):
         assert ns.checkpoint_dirs() == []
         pytest.skip(f"no shared checkpoints at {shared}")
     assert ns.checkpoint_dirs() == [shared]
+
+
+# ---------------------------------------------------------------------------------------------
+# the lab notebooks 05-08
+# ---------------------------------------------------------------------------------------------
+def test_lab_notebooks_in_smoke_mode_are_small_and_valid(env, tmp_path):
+    env.setenv(ns.SMOKE_ENV, "1")
+    s5, s6, s7, s8 = (ns.sizes(name) for name in ns.LAB_NOTEBOOKS)
+    assert ns.ALL_NOTEBOOKS == ns.NOTEBOOKS + ns.LAB_NOTEBOOKS
+    for s in (s5, s6, s7, s8):
+        assert s["smoke"] and s["formats"] == ("html",) and not s["progress"]
+        assert s["figures"] == tmp_path / "out" / "figures" / s["notebook"]
+    norms = grid(s5["base"], depths=s5["depths"], archs=s5["archs"], norms=s5["norms"])
+    assert len(norms) == 8 and {c.norm for c in norms} == {"batch", "layer", "group", "none"}
+    assert s5["runs"] == tmp_path / "out" / "smoke-norms-digits" and s5["base"].steps <= 20
+    assert max(s5["batch_sizes"]) <= s5["images"]  # batch_dependence needs that many images
+    # 06 lesions 01-04's smoke runs (trained once) and one akamaster net on a few hundred images
+    s3 = ns.sizes("03_response_std")
+    assert (s6["runs"], s6["base"], s6["depths"]) == (s3["runs"], s3["base"], s3["depths"])
+    assert s6["checkpoints"] == ("resnet20",) and s6["images"] <= 300 and max(s6["ks"]) <= 9
+    assert s7["depths"] == (8, 20, 44) and s7["n_inputs"] <= 64 and s7["heatmap_depth"] in s7["depths"]
+    branch = grid(s8["base"], depths=s8["depths"], archs=s8["archs"], norms=s8["norms"],
+                  branch_inits=s8["branch_inits"])
+    assert [c.branch_init for c in branch] == ["skipinit", "rezero", "fixup"] and {c.norm for c in branch} == {"none"}
+    assert s8["runs"] == tmp_path / "out" / "smoke-branch-init-digits" and s8["init_depth"] <= 20
+
+
+def test_lab_notebooks_full_mode(env, tmp_path):
+    s5, s6, s7, s8 = (ns.sizes(name) for name in ns.LAB_NOTEBOOKS)
+    assert s5["dataset"] == "digits" and s5["depths"] == (20,) and s5["base"].steps >= 400
+    assert s5["runs"] == tmp_path / "out" / "norms-digits" and s5["formats"] == ("html", "png")
+    s2 = ns.sizes("02_degradation")
+    assert s6["runs"] == s2["runs"] and set(s6["depths"]) <= set(s2["depths"]) and s6["base"] == s2["base"]
+    assert s6["checkpoints"] == ("resnet20", "resnet56") and s6["images"] >= 1_000 and max(s6["ks"]) <= 27
+    assert s7["depths"][-1] >= 56 and s7["n_inputs"] >= 256
+    assert s8["init_depth"] >= 56 and s8["seeds"] >= 2 and s8["depths"] == (20,)
+    (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
+    s8 = ns.sizes("08_signal_propagation")
+    assert s8["dataset"] == "cifar10" and s8["runs"].name == "branch-init-cifar10" and s8["base"].width == 16
+
+
+def test_lesion_test_set_prefers_cifar_images(env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside a checkout: no shared folder
+    spec, note = ns.lesion_test_set(tmp_path / "data")
+    assert spec == "digits" and "near chance" in note and "RESVIZ_DATASET=cifar10" in note
+    env.setenv(ns.DATASET_ENV, "digits")  # the digits are not a test set for CIFAR-10 nets: ignored
+    assert ns.lesion_test_set(tmp_path / "data")[0] == "digits"
+    (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
+    assert ns.lesion_test_set(tmp_path / "data")[0] == "cifar10"
+    env.setenv(ns.DATASET_ENV, "imagefolder:/x/cifar-jpeg")
+    assert ns.lesion_test_set(tmp_path / "data") == ("imagefolder:/x/cifar-jpeg",
+                                                     "imagefolder:/x/cifar-jpeg (set by $RESVIZ_DATASET)")
+
+
+def test_lesion_test_set_uses_the_shared_jpeg_copy(env, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT / "notebooks")
+    archive = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"no shared JPEG copy at {archive}")
+    spec, note = ns.lesion_test_set(tmp_path / "data")  # no CIFAR-10 in this data folder
+    assert spec == str(archive) and "JPEG copy" in note and "not a CIFAR-10 number" in note
+    env.setenv(ns.SMOKE_ENV, "1")
+    assert ns.sizes("06_lesion")["test_set"] == str(archive)  # even in smoke mode: real images

@@ -7,9 +7,11 @@ import torch
 
 from resviz.analysis.shattered import (
     calibrated_eval,
+    correlation_matrices,
     gradient_correlation,
     input_gradients,
     line_inputs,
+    shattering_table,
     shattering_vs_depth,
 )
 from resviz.models import cifar_resnet
@@ -91,3 +93,27 @@ def test_plain_gradients_shatter_with_depth_residual_ones_do_not():
         assert plain_drop > 2 * res_drop, norm
     with pytest.raises(ValueError, match=r"arch='vgg' is unknown; use 'plain' or 'resnet'"):
         shattering_vs_depth(archs=["vgg"])
+
+
+def test_correlation_matrices_one_per_net_and_the_table():
+    mats = correlation_matrices(8, width=4, n_inputs=10, image_size=8, seed=2)
+    assert list(mats) == ["plain-8, BN", "plain-8, no norm", "ResNet-8, BN", "ResNet-8, no norm"]
+    torch.manual_seed(2)  # the same net, built and measured directly
+    model = cifar_resnet(8, plain=False, norm="none", width=4)
+    direct = gradient_correlation(model, line_inputs(10, (3, 8, 8), seed=2), seed=2)
+    np.testing.assert_allclose(mats["ResNet-8, no norm"].correlation, direct.correlation)
+    for gc in mats.values():
+        assert gc.correlation.shape == (10, 10) and np.allclose(np.diag(gc.correlation), 1.0)
+    with pytest.raises(ValueError, match=r"arch='vgg' is unknown; use 'plain' or 'resnet'"):
+        correlation_matrices(8, archs=("vgg",))
+
+    frame = shattering_vs_depth(depths=(8, 14), seeds=2, width=4, n_inputs=10, image_size=8)
+    table = shattering_table(frame)
+    assert list(table.columns) == [8, 14] and len(table) == 4
+    sub = frame[(frame["arch"] == "plain") & (frame["norm"] == "none") & (frame["depth"] == 14)]
+    assert table.loc[("plain", "none"), 14] == pytest.approx(sub["autocorrelation"].mean())
+    assert shattering_table(frame, "mean_correlation").loc[("resnet", "batch"), 8] == pytest.approx(
+        frame[(frame["arch"] == "resnet") & (frame["norm"] == "batch") & (frame["depth"] == 8)][
+            "mean_correlation"].mean())
+    with pytest.raises(ValueError, match=r"value='lag2' is not a column"):
+        shattering_table(frame, "lag2")

@@ -9,13 +9,18 @@ import torch
 
 from resviz import schema
 from resviz.analysis.signal import (
+    DEFAULT_VARIANTS,
+    VARIANTS,
     border_factor,
     branch_init_scales,
     branch_scales,
     channel_stats,
+    gaussian_images,
+    growth_check,
     growth_rates,
     mean_field_second_moments,
     second_moments,
+    signal_at_init,
     signal_hooks,
     signal_propagation,
 )
@@ -189,3 +194,52 @@ def test_branch_scales_track_the_parameter():
         model.layer2[1].branch_scale.fill_(0.25)
     assert branch_scales(model)["layer2.1"] == 0.25
     assert branch_scales(cifar_resnet(14, width=8)) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Brock et al.'s comparison at init, and De & Smith's argument against the measurement
+# ---------------------------------------------------------------------------------------------
+def test_signal_at_init_one_run_per_variant_and_seed():
+    frame = signal_at_init(8, width=4, n_images=8, image_size=8, seeds=2, seed=5)
+    assert list(dict.fromkeys(frame["run_id"])) == list(DEFAULT_VARIANTS)
+    assert set(frame["seed"]) == {5, 6}
+    fixup = frame[(frame["run_id"] == "Fixup") & (frame["seed"] == 6)]
+    assert set(fixup["norm"]) == {"none"} and len(fixup) == 3 * 2 * 2  # 3 blocks x 2 points x 2 metrics
+    torch.manual_seed(6)  # the same net and images, measured directly
+    direct = signal_propagation(cifar_resnet(8, width=4, norm="none", branch_init="fixup"),
+                                gaussian_images(8, 8, seed=5), run_id="Fixup", seed=6)
+    np.testing.assert_allclose(fixup["value"].to_numpy(), direct["value"].to_numpy())
+    with pytest.raises(ValueError, match=r"variant 'NF-ResNet' is unknown; use one of BN-ResNet"):
+        signal_at_init(8, ["NF-ResNet"])
+
+
+def test_growth_check_against_the_predictions():
+    frame = signal_at_init(20, tuple(VARIANTS), width=8, n_images=32, image_size=16, seeds=2)
+    table = growth_check(frame, image_size=16).set_index("variant")
+    assert list(table.index) == list(VARIANTS)
+    for identity in ("SkipInit", "ReZero", "Fixup"):  # every block the identity: E[x^2] unchanged, exactly
+        assert table.loc[identity, "measured"] == pytest.approx(1.0, abs=1e-6)
+        assert (table.loc[identity, "de_smith"], table.loc[identity, "mean_field"]) == (1.0, 1.0)
+    mf = mean_field_second_moments(20, norm="none", image_size=16)  # the prediction, recomputed here
+    y, same = mf["second_moment"].to_numpy(), mf["stage"].to_numpy()[1:] == mf["stage"].to_numpy()[:-1]
+    expected = math.exp(np.log(y[1:][same] / y[:-1][same]).mean())
+    # the measurement, recomputed from the raw rows: E[x^2] at the outputs, averaged over the two seeds
+    def pooled(run):
+        rows = frame[(frame["run_id"] == run) & frame["layer"].str.endswith(".probe_out")]
+        e = rows.groupby(["layer_index", "stage", "block"], observed=True)["value"].sum() / 2  # (sq_mean + var)
+        return e.reset_index()
+
+    e = pooled("ResNet, no norm")
+    y, same = e["value"].to_numpy(), e["stage"].to_numpy()[1:] == e["stage"].to_numpy()[:-1]
+    row = table.loc["ResNet, no norm"]
+    assert row["de_smith"] == 2.0 and row["mean_field"] == pytest.approx(expected)
+    assert row["measured"] == pytest.approx(math.exp(np.log(y[1:][same] / y[:-1][same]).mean()))
+    assert 1.5 < row["measured"] < 3.0  # the exact bounds of E[relu(x + F)^2] / E[x^2] (2.1-2.4 on average)
+    assert row["measured_over_mean_field"] == pytest.approx(row["measured"] / row["mean_field"])
+    e = pooled("BN-ResNet")
+    first = e[e["stage"] == 1]
+    bn = table.loc["BN-ResNet"]
+    assert bn["quantity"].startswith("increase per block") and bn["de_smith"] == 1.0
+    assert bn["measured"] == pytest.approx(np.polyfit(first["block"], first["value"], 1)[0])
+    assert 0.5 < bn["mean_field"] < 1.0 and 0.3 < bn["measured"] < 1.5  # a little under +1 per block
+    assert table.loc["plain, no norm", "de_smith"] == 1.0 and table.loc["plain, no norm", "measured"] < 1.0

@@ -196,6 +196,87 @@ def invariance_grid(frame: pd.DataFrame) -> pd.DataFrame:
     return grid.loc[rows, cols].rename_axis(index="norm", columns=None)
 
 
+# What the algebra predicts for each cell, and why, in one line (a = W x, h = g (a - mu) / sigma + b).
+# `explanation_table` sets these beside the measurement; the tests check that they agree.
+THEORY: dict[str, dict[str, tuple[bool, str]]] = {
+    "batch": {
+        "weight_matrix_rescale": (True, "every aᵢ scales by δ; its batch mean and std scale by the same δ"),
+        "weight_matrix_recenter": (False, "aᵢ gains γ·xₙ, which differs between cases; the per-unit batch "
+                                          "mean removes only its average over the batch"),
+        "weight_vector_rescale": (True, "unit i's aᵢ scales by δᵢ, and so do its own batch mean and std"),
+        "dataset_rescale": (True, "every a scales by δ; each unit's batch mean and std scale with it"),
+        "dataset_recenter": (True, "aᵢ gains wᵢ·γ, the same for every case: the batch mean removes it"),
+        "case_rescale": (False, "one case moves every unit's batch mean and std, so every case's output changes"),
+    },
+    "weight": {
+        "weight_matrix_rescale": (True, "aᵢ and ‖wᵢ‖ both scale by δ"),
+        "weight_matrix_recenter": (False, "aᵢ gains γ·xₙ and ‖wᵢ‖ changes; no mean is subtracted"),
+        "weight_vector_rescale": (True, "aᵢ and ‖wᵢ‖ both scale by δᵢ"),
+        "dataset_rescale": (False, "a scales by δ but ‖wᵢ‖ does not: h − b scales by δ"),
+        "dataset_recenter": (False, "aᵢ gains wᵢ·γ and nothing subtracts it (μ = 0)"),
+        "case_rescale": (False, "that case's a scales by δ while ‖wᵢ‖ stays: its output scales"),
+    },
+    "layer": {
+        "weight_matrix_rescale": (True, "all units of a case scale by δ; the case's mean and std too"),
+        "weight_matrix_recenter": (True, "aᵢ gains γ·xₙ, the same for every unit of case n: the layer mean "
+                                         "removes it"),
+        "weight_vector_rescale": (False, "units scale by different δᵢ, which changes the pattern across units "
+                                         "that the layer mean and std summarise"),
+        "dataset_rescale": (True, "each case's summed inputs scale by δ; its mean and std too"),
+        "dataset_recenter": (False, "aᵢ gains wᵢ·γ, a different shift per unit: not removed by the mean"),
+        "case_rescale": (True, "that case's a scales by δ and is normalised by its own mean and std"),
+    },
+    "rms": {
+        "weight_matrix_rescale": (True, "all units of a case scale by δ; their root mean square too"),
+        "weight_matrix_recenter": (False, "each case gains a constant shift across units, and RMS norm subtracts no "
+                                          "mean"),
+        "weight_vector_rescale": (False, "units scale by different δᵢ; one RMS per case cannot undo that"),
+        "dataset_rescale": (True, "each case's summed inputs scale by δ; their root mean square too"),
+        "dataset_recenter": (False, "aᵢ gains wᵢ·γ, a different shift per unit, never subtracted"),
+        "case_rescale": (True, "that case's a scales by δ and is divided by its own root mean square"),
+    },
+}
+
+TRANSFORMATION_LABELS: dict[str, str] = {
+    "weight_matrix_rescale": "W-matrix re-scale",
+    "weight_matrix_recenter": "W-matrix re-center",
+    "weight_vector_rescale": "W-vector re-scale",
+    "dataset_rescale": "dataset re-scale",
+    "dataset_recenter": "dataset re-center",
+    "case_rescale": "single-case re-scale",
+}
+
+
+def explain(norm: str, transformation: str) -> str:
+    """Why `norm` is or is not invariant to `transformation`, in one line, e.g.
+    explain("layer", "weight_matrix_recenter") -> "invariant: aᵢ gains γ·xₙ, the same for every unit ..."."""
+    (norm,) = _check_names(norm, NORMS, "norm")
+    (transformation,) = _check_names(transformation, TRANSFORMATIONS, "transformation")
+    invariant, why = THEORY[norm][transformation]
+    return f"{'invariant' if invariant else 'not invariant'}: {why}"
+
+
+def explanation_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per measured cell: norm, transformation (readable), measured, paper (Ba et al.; "—" where the
+    paper has no row), relative deviation, agrees (measured == the algebra), and the one-line explanation."""
+    yes_no = {True: "yes", False: "no"}
+    rows = []
+    for r in frame.itertuples(index=False):
+        theory, why = THEORY[r.norm][r.transformation]
+        rows.append(dict(
+            norm=r.norm,
+            transformation=TRANSFORMATION_LABELS[r.transformation],
+            measured=yes_no[bool(r.invariant)],
+            paper=yes_no[bool(r.paper)] if r.paper is not None and not pd.isna(r.paper) else "—",
+            relative_deviation=float(r.relative_deviation),
+            agrees=bool(r.invariant) == theory,
+            why=why,
+        ))
+    order = {(n, t): i for i, (n, t) in enumerate((n, t) for n in NORMS for t in TRANSFORMATIONS)}
+    keys = [order[(r.norm, r.transformation)] for r in frame.itertuples(index=False)]
+    return pd.DataFrame(rows).iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
+
+
 def invariance_flags(frame: pd.DataFrame) -> dict[str, dict[str, bool]]:
     """{norm: {transformation: invariant}}, in NORMS / TRANSFORMATIONS order."""
     out: dict[str, dict[str, bool]] = {}
@@ -282,15 +363,66 @@ def batch_dependence(
     return pd.DataFrame(rows)
 
 
+def batch_dependence_nets(
+    nets: Sequence,
+    images_uint8: torch.Tensor,
+    batch_sizes: Sequence[int],
+    *,
+    example: int = 0,
+    draws: int = 5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """`batch_dependence` for trained nets (`resviz.bn_check.Net`: a model with its input mean/std).
+
+    images_uint8: (N, 3, H, W) uint8, normalised per net. Rows as `batch_dependence` plus `net` (e.g.
+    "ResNet-8, layer"), arch, depth and relative_change = max_change / logit_scale; `norm` is the net's norm.
+    """
+    images = torch.as_tensor(images_uint8)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}; "
+                         "pass e.g. datasets.load('digits').test_images[:64]")
+    if len(nets) == 0:
+        raise ValueError("no nets given; pass bn_check.run_nets(folder)")
+    frames = []
+    for net in nets:
+        spec = net.model.spec
+        mean = torch.tensor(net.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(net.std, dtype=torch.float32).view(1, 3, 1, 1)
+        x = (images.float() / 255 - mean) / std  # (N, 3, H, W)
+        arch = "ResNet" if spec.arch == "resnet" else spec.arch
+        label = f"{arch}-{spec.depth}, {spec.norm}"
+        f = batch_dependence({label: net.model}, x, batch_sizes, example=example, draws=draws, seed=seed)
+        frames.append(f.rename(columns={"norm": "net"}).assign(arch=spec.arch, depth=spec.depth, norm=spec.norm))
+    out = pd.concat(frames, ignore_index=True)
+    out["relative_change"] = out["max_change"] / out["logit_scale"]
+    return out[["net", "arch", "depth", "norm", "batch_size", "draw", "max_change", "logit_scale", "relative_change"]]
+
+
+def summarise_batch_dependence(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per net (or norm) and batch size: mean and largest change of the example's logits over the draws, in % of
+    their scale. `frame`: `batch_dependence` or `batch_dependence_nets` rows."""
+    key = "net" if "net" in frame.columns else "norm"
+    pct = 100 * frame["max_change"] / frame["logit_scale"]
+    g = frame.assign(pct=pct).groupby([key, "batch_size"], sort=False)["pct"]
+    out = pd.DataFrame({"mean_change_pct": g.mean(), "max_change_pct": g.max(), "draws": g.size()}).reset_index()
+    return out.rename(columns={key: "net"})
+
+
 __all__ = [
     "NORMS",
     "PAPER_TABLE",
+    "THEORY",
     "TRANSFORMATIONS",
+    "TRANSFORMATION_LABELS",
     "batch_dependence",
+    "batch_dependence_nets",
     "batch_stats_mode",
     "digits_inputs",
+    "explain",
+    "explanation_table",
     "invariance_flags",
     "invariance_grid",
     "measure_invariance",
     "normalise",
+    "summarise_batch_dependence",
 ]

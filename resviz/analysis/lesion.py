@@ -13,11 +13,22 @@ Removal swaps the block's `forward` for the duration of a `with` block and alway
 
     with removed_blocks(model, ["layer2.3", 5]):
         error = error_rate(model, images, labels, mean=MEAN, std=STD)
+
+Many nets at once (akamaster checkpoints, your runs: `resviz.bn_check.Net`s, each with its input mean/std):
+
+    test = load_test_set("cifar10", n=2000)          # or an ImageFolder tree / its .tar.gz
+    single, random = lesion_nets(nets, test.images, test.labels, ks=(1, 2, 4, 8))
+    lesion_summary(single)
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import tarfile
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -232,6 +243,166 @@ def summarise_random(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def lesion_nets(
+    nets: Sequence,
+    images_uint8: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    *,
+    ks: Sequence[int] | None = None,
+    draws: int = 5,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    batch_size: int = 500,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """`lesion_single` (every block) and, with `ks`, `lesion_random` for each net (`resviz.bn_check.Net`: a model
+    with the input mean/std it was trained with).
+
+    Returns (single, random or None), each with the net in columns run_id (its name), arch, depth, norm,
+    shortcut, seed and the intact net's error in `baseline_error`. k larger than a net's number of blocks is
+    left out for that net.
+    """
+    if len(nets) == 0:
+        raise ValueError("no nets given; pass bn_check.akamaster_nets([...]) and/or bn_check.run_nets(folder)")
+    singles, randoms = [], []
+    for net in nets:
+        spec = getattr(net.model, "spec", None)
+        info = dict(run_id=net.name, arch=getattr(spec, "arch", type(net.model).__name__),
+                    depth=getattr(spec, "depth", -1), norm=getattr(spec, "norm", "unknown"),
+                    shortcut=getattr(spec, "shortcut", "unknown"), seed=int(getattr(net, "seed", -1)))
+        kw = dict(mean=net.mean, std=net.std, device=device, batch_size=batch_size)
+        single = lesion_single(net.model, images_uint8, labels, progress=progress, **kw)
+        singles.append(single.assign(**info, baseline_error=single.attrs["baseline_error"]))
+        if ks is not None:
+            n_blocks = len(block_table(net.model))
+            mine = [int(k) for k in ks if int(k) <= n_blocks]
+            if mine:
+                rand = lesion_random(net.model, images_uint8, labels, ks=mine, draws=draws, seed=seed,
+                                     progress=progress, **kw)
+                randoms.append(rand.assign(**info, baseline_error=rand.attrs["baseline_error"]))
+    first = ["run_id", "arch", "depth", "norm", "shortcut", "seed"]
+    single = pd.concat(singles, ignore_index=True)
+    single = single[first + [c for c in single.columns if c not in first]]
+    if not randoms:
+        return single, None
+    random = pd.concat(randoms, ignore_index=True)
+    return single, random[first + [c for c in random.columns if c not in first]]
+
+
+def lesion_summary(single: pd.DataFrame) -> pd.DataFrame:
+    """Per net (rows of `lesion_nets`): blocks, intact error, median and mean change over the blocks that do not
+    downsample, the costliest block and its change, and the mean change at downsampling blocks (all in %)."""
+    rows = []
+    for run_id, g in single.groupby("run_id", sort=False):
+        rest, down = g[~g["downsample"]], g[g["downsample"]]
+        worst = g.loc[g["delta"].idxmax()]
+        rows.append(dict(
+            run_id=run_id, arch=g["arch"].iloc[0], depth=int(g["depth"].iloc[0]), blocks=len(g),
+            intact_error=100 * float(g["baseline_error"].iloc[0]),
+            median_change=100 * float(rest["delta"].median()) if len(rest) else np.nan,
+            mean_change=100 * float(rest["delta"].mean()) if len(rest) else np.nan,
+            costliest_block=str(worst["block"]), costliest_change=100 * float(worst["delta"]),
+            downsampling_change=100 * float(down["delta"].mean()) if len(down) else np.nan,
+        ))
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# a real test set: a datasets.load spec, or an ImageFolder tree packed as .tar.gz (read, not extracted)
+# ---------------------------------------------------------------------------------------------
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+@dataclass(frozen=True, eq=False)
+class TestSet:
+    """Test images as uint8 (N, 3, 32, 32) with int64 labels (N,), and where they came from."""
+
+    __test__ = False  # not a pytest class
+
+    name: str
+    images: torch.Tensor  # (N, 3, 32, 32) uint8
+    labels: torch.Tensor  # (N,) int64
+    classes: list[str]
+
+    def __repr__(self) -> str:
+        return f"TestSet({self.name!r}, {len(self.labels)} images, {len(self.classes)} classes)"
+
+
+def is_archive(spec: str | os.PathLike) -> bool:
+    return str(spec).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _archive_test_split(path: Path) -> tuple[list[bytes], list[int], list[str]]:
+    """Bytes and class labels of the `test/<class>/<image>` members of a tar archive, one pass, nothing extracted."""
+    found: list[tuple[str, str, bytes]] = []
+    with tarfile.open(path) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3 or parts[-3] != "test":
+                continue
+            found.append((parts[-2], member.name, tar.extractfile(member).read()))
+    if not found:
+        raise ValueError(f"{path} holds no test/<class>/<image> files; pack an ImageFolder tree (train/, test/)")
+    found.sort(key=lambda t: t[1])
+    classes = sorted({c for c, _, _ in found})
+    return [b for _, _, b in found], [classes.index(c) for c, _, _ in found], classes
+
+
+def _decode(blobs: list[bytes]) -> torch.Tensor:
+    """JPEG (batched) or PNG bytes -> uint8 (N, 3, 32, 32); other sizes resized to 32x32 (antialiased)."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    out = torch.empty((len(data), 3, 32, 32), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        jpeg = [i for i, d in enumerate(data) if d[:2].tolist() == [0xFF, 0xD8]]
+        decoded = dict(zip(jpeg, decode_jpeg([data[i] for i in jpeg], mode=ImageReadMode.RGB))) if jpeg else {}
+        for i, d in enumerate(data):
+            img = decoded[i] if i in decoded else decode_image(d, mode=ImageReadMode.RGB)  # (3, h, w)
+            if img.shape[1:] != (32, 32):
+                from torchvision.transforms.v2.functional import resize
+
+                img = resize(img, [32, 32], antialias=True)
+            out[i] = img
+    return out
+
+
+def load_test_set(
+    spec: str | os.PathLike,
+    *,
+    root: str | os.PathLike = "data",
+    n: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> TestSet:
+    """The test split named by `spec`: "cifar10", "digits", "imagefolder:PATH" (through `resviz.datasets.load`,
+    cached in `root`), or a .tar.gz / .tgz / .tar of an ImageFolder tree, whose test/ images are read straight
+    from the archive (only the n drawn are decoded). n: a fixed random subset (seed) of n images; None: all."""
+    if is_archive(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"no archive at {path}; pass a .tar.gz of an ImageFolder tree or a dataset spec")
+        blobs, targets, classes = _archive_test_split(path)
+        pick = _subset(len(blobs), n, seed)
+        images = _decode([blobs[i] for i in pick.tolist()])
+        labels = torch.tensor(targets, dtype=torch.int64)[pick]
+        return TestSet(f"{path.name} (test split)", images, labels, classes)
+    from resviz import datasets
+
+    data = datasets.load(str(spec), root=root, progress=progress)
+    pick = _subset(len(data.test_labels), n, seed)
+    return TestSet(f"{data.name} (test split)", data.test_images[pick], data.test_labels[pick], list(data.classes))
+
+
+def _subset(total: int, n: int | None, seed: int) -> torch.Tensor:
+    if n is None or n >= total:
+        return torch.arange(total)
+    if n < 1:
+        raise ValueError(f"n={n} images: use a positive number, or None for the whole test split")
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
 def _progress(items, enabled: bool, desc: str):
     if not enabled:
         return items
@@ -241,11 +412,16 @@ def _progress(items, enabled: bool, desc: str):
 
 
 __all__ = [
+    "TestSet",
     "block_table",
     "error_rate",
     "eval_mode",
+    "is_archive",
+    "lesion_nets",
     "lesion_random",
     "lesion_single",
+    "lesion_summary",
+    "load_test_set",
     "removed_blocks",
     "resolve_blocks",
     "summarise_random",

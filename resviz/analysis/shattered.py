@@ -168,11 +168,50 @@ def shattering_vs_depth(
     return pd.DataFrame(rows)
 
 
+def shattering_table(frame: pd.DataFrame, value: str = "autocorrelation") -> pd.DataFrame:
+    """(arch, norm) rows x depth columns of `value` (a column of `shattering_vs_depth`), averaged over seeds."""
+    if value not in frame.columns:
+        raise ValueError(
+            f"value={value!r} is not a column; use autocorrelation, autocorrelation_lag8 or mean_correlation")
+    return frame.pivot_table(index=["arch", "norm"], columns="depth", values=value, aggfunc="mean")
+
+
+def correlation_matrices(
+    depth: int,
+    archs: Sequence[str] = ("plain", "resnet"),
+    norms: Sequence[str] = ("batch", "none"),
+    seed: int = 0,
+    *,
+    width: int = 16,
+    n_inputs: int = 256,
+    image_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> dict[str, GradientCorrelation]:
+    """Gradient correlations along one line for each (arch, norm) net of one depth at initialisation,
+    keyed by a label such as "plain-56, BN" or "ResNet-56, no norm" (in archs x norms order): Balduzzi et al.'s
+    covariance view."""
+    bad = [a for a in archs if a not in ("plain", "resnet")]
+    if bad:
+        raise ValueError(f"arch={bad[0]!r} is unknown; use 'plain' or 'resnet'")
+    line = line_inputs(n_inputs, (3, image_size, image_size), seed=seed)
+    out = {}
+    for arch in archs:
+        for norm in norms:
+            torch.manual_seed(seed)
+            model = cifar_resnet(depth, plain=arch == "plain", norm=norm, width=width).to(device)
+            shown = {"batch": "BN", "none": "no norm"}.get(norm, norm)
+            label = f"{'ResNet' if arch == 'resnet' else 'plain'}-{depth}, {shown}"
+            out[label] = gradient_correlation(model, line, seed=seed)
+    return out
+
+
 __all__ = [
     "GradientCorrelation",
+    "correlation_matrices",
     "calibrated_eval",
     "gradient_correlation",
     "input_gradients",
     "line_inputs",
+    "shattering_table",
     "shattering_vs_depth",
 ]

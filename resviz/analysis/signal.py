@@ -35,7 +35,7 @@ from torch import nn
 from resviz import schema
 from resviz.analysis.invariance import batch_stats_mode
 from resviz.analysis.lesion import eval_mode
-from resviz.models import check_depth, iter_blocks
+from resviz.models import check_depth, cifar_resnet, iter_blocks
 
 POINTS = ("probe_out", "probe_branch", "probe_sum", "probe_skip")
 MODES = ("train", "eval")
@@ -247,8 +247,113 @@ def branch_init_scales(model: nn.Module) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# ---------------------------------------------------------------------------------------------
+# Brock et al.'s comparison at init, and De & Smith's variance argument against the measurement
+# ---------------------------------------------------------------------------------------------
+# label -> cifar_resnet options. SkipInit, ReZero and Fixup are normalisation-free, as in their papers.
+VARIANTS: dict[str, dict] = {
+    "BN-ResNet": dict(norm="batch"),
+    "ResNet, no norm": dict(norm="none"),
+    "SkipInit": dict(norm="none", branch_init="skipinit"),
+    "ReZero": dict(norm="none", branch_init="rezero"),
+    "Fixup": dict(norm="none", branch_init="fixup"),
+    "plain, BN": dict(norm="batch", plain=True),
+    "plain, no norm": dict(norm="none", plain=True),
+}
+DEFAULT_VARIANTS = ("BN-ResNet", "ResNet, no norm", "SkipInit", "ReZero", "Fixup")
+
+
+def gaussian_images(n: int = 64, image_size: int = 32, seed: int = 0) -> torch.Tensor:
+    """n N(0, 1) images (n, 3, size, size): Brock et al.'s input for signal propagation plots."""
+    if n < 2:
+        raise ValueError(f"n={n} images: use at least 2 (statistics over the batch), e.g. 64")
+    return torch.randn(n, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+
+
+def signal_at_init(
+    depth: int,
+    variants: Sequence[str] = DEFAULT_VARIANTS,
+    *,
+    width: int = 16,
+    n_images: int = 64,
+    image_size: int = 32,
+    seeds: int = 1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """`signal_propagation` of freshly initialised nets, one per variant (`VARIANTS`) and seed, on the same
+    N(0, 1) images (batch statistics). run_id = the variant's label; seed = the init seed."""
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ValueError(f"variant {bad[0]!r} is unknown; use one of {', '.join(VARIANTS)}")
+    if seeds < 1:
+        raise ValueError(f"seeds={seeds} must be at least 1")
+    x = gaussian_images(n_images, image_size, seed)  # (n, 3, H, W)
+    frames = []
+    for variant in variants:
+        for s in range(seed, seed + seeds):
+            torch.manual_seed(s)
+            model = cifar_resnet(depth, width=width, **VARIANTS[variant]).to(device)
+            frames.append(signal_propagation(model, x, run_id=variant, seed=s))
+    return schema.concat(frames)
+
+
+def _within_stage_ratio(v: pd.DataFrame) -> float:
+    """Geometric mean of second_moment[i] / second_moment[i-1] over consecutive blocks of the same stage."""
+    y, stage = v["second_moment"].to_numpy(float), v["stage"].to_numpy()
+    same = stage[1:] == stage[:-1]
+    logs = np.log(y[1:][same] / y[:-1][same])
+    return float(np.exp(logs.mean())) if len(logs) else math.nan
+
+
+def _stage1_slope(v: pd.DataFrame) -> float:
+    first = v[v["stage"] == 1]
+    return float(np.polyfit(first["block"], first["second_moment"], 1)[0]) if len(first) > 1 else math.nan
+
+
+def growth_check(frame: pd.DataFrame, *, image_size: int = 32) -> pd.DataFrame:
+    """Measured growth of E[x^2] at the block outputs against two predictions, one row per variant (run_id):
+
+    unnormalised ResNet / plain net: growth factor per block within a stage; De & Smith (x + F(x), Var F = Var x):
+    2 (ResNet), 1 (plain); mean field (this post-activation block, `mean_field_second_moments`).
+    BN: increase of E[x^2] per block (slope in stage 1); De & Smith: +1 per block (the branch adds unit variance).
+    SkipInit, ReZero, Fixup: growth factor per block; both predictions 1 (every block is the identity at init).
+    Seeds are pooled (E[x^2] averaged) before fitting. Columns: variant, quantity, de_smith, mean_field,
+    measured, measured_over_mean_field.
+    """
+    runs = list(dict.fromkeys(frame["run_id"].astype(str)))
+    rows = []
+    for run in runs:
+        mine = frame[(frame["run_id"].astype(str) == run).to_numpy()]
+        meta = mine.iloc[0]
+        v = second_moments(mine).groupby(["layer_index", "stage", "block"], as_index=False)["second_moment"].mean()
+        depth, norm, plain = int(meta["depth"]), str(meta["norm"]), str(meta["arch"]) == "plain"
+        identity = run in ("SkipInit", "ReZero", "Fixup") or (run in VARIANTS and "branch_init" in VARIANTS[run])
+        if identity:
+            quantity, de_smith, mean_field, measured = "growth factor per block", 1.0, 1.0, _within_stage_ratio(v)
+        elif norm == "batch" and not plain:
+            mf = mean_field_second_moments(depth, norm="batch", image_size=image_size)
+            quantity, de_smith, mean_field, measured = ("increase per block (stage 1 slope)", 1.0, _stage1_slope(mf),
+                                                        _stage1_slope(v))
+        elif norm in ("batch", "none"):
+            mf = mean_field_second_moments(depth, norm=norm, plain=plain, image_size=image_size)
+            de_smith = 1.0 if plain else (2.0 if norm == "none" else math.nan)
+            quantity, mean_field, measured = "growth factor per block", _within_stage_ratio(mf), _within_stage_ratio(v)
+        else:
+            continue  # layer / group norm: no prediction here
+        rows.append(dict(variant=run, quantity=quantity, de_smith=de_smith, mean_field=mean_field,
+                         measured=measured, measured_over_mean_field=measured / mean_field))
+    return pd.DataFrame(rows, columns=["variant", "quantity", "de_smith", "mean_field", "measured",
+                                       "measured_over_mean_field"])
+
+
 __all__ = [
+    "DEFAULT_VARIANTS",
     "POINTS",
+    "VARIANTS",
+    "gaussian_images",
+    "growth_check",
+    "signal_at_init",
     "branch_init_scales",
     "branch_scales",
     "channel_stats",
