@@ -1,7 +1,14 @@
 """The training loop: He et al.'s CIFAR recipe with the Recorder inside, checkpoints, resume, divergence.
 
 Host synchronisation happens only at the boundaries marked `# SYNC`: every `log_every` steps (loss and
-training error read back, divergence and warm-up checked), at evaluation and at checkpoints.
+training error read back, divergence and warm-up checked), at evaluation and at checkpoints. On CUDA,
+RESVIZ_SYNC_DEBUG=error runs the steps between boundaries (after the first interval, which compiles and
+autotunes) under `torch.cuda.set_sync_debug_mode("error")`, so a hidden sync raises.
+Speed switches: channels_last, amp (bf16 autocast; the Recorder reduces in fp32), cudnn_benchmark, compile and
+compile_mode ("reduce-overhead": CUDA graphs; the Recorder's statistics are copied out of the graph at each
+end_step). A compiler that fails at the first compiled step (e.g. no working C++ compiler for inductor) falls
+back to eager with a one-line warning; out of GPU memory, the run is marked failed with the largest batch that
+fits (halving probe).
 Batches are a pure function of (seed, step): the epoch's permutation is seeded by (seed, epoch) and the
 augmentation by (seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
 """
@@ -28,6 +35,10 @@ from resviz.models import check_depth, cifar_resnet
 
 PAPER_STEPS = 64_000  # He et al.: 64k iterations at batch 128 ...
 PAPER_MILESTONES = (32_000, 48_000)  # ... lr / 10 at 32k and 48k
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # modes that replay CUDA graphs on CUDA
+COMPILE_BACKEND_ENV = "RESVIZ_COMPILE_BACKEND"  # torch.compile backend (default inductor); tests use aot_eager
+SYNC_DEBUG_ENV = "RESVIZ_SYNC_DEBUG"  # "warn" | "error": torch.cuda.set_sync_debug_mode between sync boundaries
 
 
 @dataclass(frozen=True)
@@ -71,10 +82,12 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory format for convs
     amp: bool = False  # bf16 autocast (statistics still reduced in fp32)
     compile: bool = False  # torch.compile the model (falls back to eager with a warning)
+    compile_mode: str = "default"  # torch.compile mode: "default" | "reduce-overhead" (CUDA graphs) | "max-autotune"
+    cudnn_benchmark: bool = True  # let cuDNN time its convolution algorithms once per shape (CUDA only)
     progress: bool = True  # tqdm progress bar
 
-    # fields that may change when resuming a run (they do not change its numbers)
-    RESUME_SAFE = ("device", "progress", "root", "compile", "eval_batch_size")
+    # fields that may change when resuming a run (they do not change its numbers beyond floating point)
+    RESUME_SAFE = ("device", "progress", "root", "compile", "compile_mode", "cudnn_benchmark", "eval_batch_size")
 
     def validate(self) -> "TrainConfig":
         check_depth(self.depth)
@@ -91,6 +104,8 @@ class TrainConfig:
             raise ValueError(
                 f"checkpoint_every={self.checkpoint_every} must be a multiple of log_every={self.log_every}"
             )
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode={self.compile_mode!r} is unknown; use one of: {', '.join(COMPILE_MODES)}")
         if self.warmup not in ("auto", "on", "off"):
             raise ValueError(f"warmup={self.warmup!r} is unknown; use 'auto', 'on' or 'off'")
         if not self.lr > 0:
@@ -231,15 +246,103 @@ def _autocast(device, amp: bool):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
-def _maybe_compile(model, enabled: bool):
-    if not enabled:
-        return model
+def forward_backward(call, x: torch.Tensor, y: torch.Tensor, *, amp: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training forward (bf16 autocast if `amp`) and backward pass: (logits (B, classes), loss ()). The loss
+    is taken in fp32; no host sync."""
+    with _autocast(device, amp):
+        logits = call(x)  # (B, classes)
+    loss = F.cross_entropy(logits.float(), y)  # ()
+    loss.backward()
+    return logits, loss
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def compile_model(model: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
+    """`torch.compile(model, mode=mode)` with the backend named by $RESVIZ_COMPILE_BACKEND (default inductor; the
+    mode applies to inductor only). Compiling is lazy: a missing compiler shows at the first call, which
+    `train` guards. Where torch.compile itself refuses, warn and return the eager model."""
+    backend = os.environ.get(COMPILE_BACKEND_ENV, "") or "inductor"
     try:
-        compiled = torch.compile(model)
-        return compiled
+        if backend == "inductor":
+            return torch.compile(model, mode=None if mode == "default" else mode)
+        return torch.compile(model, backend=backend)
     except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
-        warnings.warn(f"torch.compile is not available here ({type(err).__name__}: {err}); training eager")
+        warnings.warn(f"torch.compile is not available here ({_first_line(err)}); training eager", stacklevel=2)
         return model
+
+
+def _guarded_step(call, model, rec, step: int, x, y, *, amp: bool, device):
+    """forward_backward through the compiled `call` at the first call of one of its graphs, where a compiler
+    failure surfaces (forward: tracing and code generation; backward: its lazy compile). On failure, warn in
+    one line, undo what the failed attempt changed (BatchNorm buffers, gradients, the Recorder's step) and
+    redo the step eager. Returns (logits, loss, the callable to use from now on)."""
+    saved = [b.detach().clone() for b in model.buffers()]  # a forward that ran before a failed backward moved these
+    try:
+        return (*forward_backward(call, x, y, amp=amp, device=device), call)
+    except (KeyboardInterrupt, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a compiler that does not work here: train eager
+        warnings.warn(f"torch.compile failed at its first step ({_first_line(err)}); training eager instead",
+                      stacklevel=3)
+    with torch.no_grad():
+        for buffer, value in zip(model.buffers(), saved):
+            buffer.copy_(value)
+    model.zero_grad(set_to_none=True)
+    rec.begin_step(step)  # forget what the failed attempt's hooks wrote
+    return (*forward_backward(model, x, y, amp=amp, device=device), model)
+
+
+class _SyncCheck:
+    """torch.cuda.set_sync_debug_mode($RESVIZ_SYNC_DEBUG) over the steps between sync boundaries, on CUDA.
+    Armed from the end of the first logging interval: compiling, cuDNN autotuning and CUDA-graph recording
+    happen in the first one and may synchronise."""
+
+    def __init__(self, device: torch.device):
+        mode = os.environ.get(SYNC_DEBUG_ENV, "")
+        if mode not in ("", "warn", "error"):
+            raise ValueError(f"{SYNC_DEBUG_ENV}={mode!r} is unknown; use warn, error or leave it unset")
+        self.mode = mode if mode and device.type == "cuda" else None
+
+    def arm(self) -> None:
+        if self.mode:
+            torch.cuda.set_sync_debug_mode(self.mode)
+
+    def disarm(self) -> None:
+        if self.mode:
+            torch.cuda.set_sync_debug_mode(0)
+
+    def __enter__(self) -> "_SyncCheck":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.disarm()
+
+
+def largest_batch(model, start: int, *, amp: bool, channels_last: bool, device) -> int:
+    """The largest batch start/2, start/4, ..., 1 for which one training forward+backward of the resviz `model`
+    fits in GPU memory (with whatever else is allocated now); 0 if not even one image fits. CUDA only."""
+    batch = start // 2
+    classes = model.spec.num_classes
+    while batch >= 1:
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        try:
+            x = torch.randn(batch, 3, datasets.SIZE, datasets.SIZE, device=device)  # (b, 3, 32, 32)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            forward_backward(model, x, torch.randint(0, classes, (batch,), device=device), amp=amp, device=device)
+            return batch
+        except torch.cuda.OutOfMemoryError:
+            pass  # the failed attempt's tensors are freed when the handler ends
+        finally:
+            x = None
+            model.zero_grad(set_to_none=True)
+        batch //= 2
+    return 0
 
 
 def _config_diff(old: dict, new: dict) -> list[str]:
@@ -278,6 +381,7 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
 
     config.validate()
     device = datasets.resolve_device(config.device)
+    sync_check = _SyncCheck(device)  # checks $RESVIZ_SYNC_DEBUG before anything is written
     folder = Path(out) / (run_id or config.run_id)
     if runs.is_run_folder(folder):
         prepare_folder(config, out, folder.name)  # refuses a different config, naming the fields
@@ -327,7 +431,9 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
             s = pd.read_parquet(folder / "stats.parquet")
             stats_frames = [s[s["step"] < start]]
 
-    train_model = _maybe_compile(model, config.compile)
+    train_model = compile_model(model, config.compile_mode) if config.compile else model
+    unproven = {True, False} if train_model is not model else set()  # compiled graphs (recording or not) not run yet
+    cudagraphs = config.compile and config.compile_mode in CUDAGRAPH_MODES and device.type == "cuda"
     model.train()
     run_info = {"run_id": run_id, "seed": config.seed}
     rec = Recorder(model, every=config.record_every, metrics=config.record_metrics, run_info=run_info)
@@ -351,21 +457,30 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
                                            "classes": list(data.classes), "config": config.to_dict()})
 
     step = completed = start
+    phase = "training"
+    cudnn_was = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark  # restored in `finally`
     try:
         runs.write_status(folder, "running", step=start, pid=os.getpid())
-        with rec:
+        with rec, sync_check:  # sync_check leaves first: the Recorder's closing flush syncs
             rec.begin_step(start)
             for step in range(start, config.steps):
-                lr = learning_rate(config, step, warmup_until)
+                # no host sync from here to the next boundary (RESVIZ_SYNC_DEBUG=error checks it on CUDA)
+                lr = learning_rate(config, step, warmup_until)  # a Python float: no device tensor involved
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x, y = stream.batch(step)
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, config.amp):
-                    logits = train_model(x)
-                loss = F.cross_entropy(logits.float(), y)
-                loss.backward()
+                if cudagraphs:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are consumed
+                if rec.recording in unproven:  # the first call of a compiled graph: guard it
+                    logits, loss, train_model = _guarded_step(train_model, model, rec, step, x, y, amp=config.amp,
+                                                              device=device)
+                    unproven = unproven - {rec.recording} if train_model is not model else set()
+                else:
+                    logits, loss = forward_backward(train_model, x, y, amp=config.amp, device=device)
                 rec.end_step(step, epoch=stream.epoch_of(step))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -378,17 +493,20 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
                 if done % config.log_every and done != config.steps:
                     continue
                 # SYNC: log boundary - read the interval's loss and error back to the host
+                sync_check.disarm()
                 loss_mean = (loss_sum / interval_images).item()
                 train_err = (wrong_sum / interval_images).item()
                 now = time.perf_counter()
                 seconds += now - t_interval
                 images_per_s = interval_images / max(now - t_interval, 1e-9)
                 if done % config.eval_every == 0 or done == config.steps:
+                    phase = "evaluation"
                     with rec.paused():  # SYNC: evaluation boundary (one host copy at its end)
                         result = evaluate(model, data.test_images, data.test_labels, mean=data.mean,
                                           std=data.std, batch_size=config.eval_batch_size, device=device,
                                           progress=False)
                     last_test = (1.0 - result["accuracy"], result["loss"])
+                    phase = "training"
                 row = {"run_id": run_id, "step": done, "epoch": stream.epoch_of(done), "loss": loss_mean,
                        "train_error": train_err, "test_error": last_test[0] if done % config.eval_every == 0
                        or done == config.steps else float("nan"),
@@ -413,6 +531,7 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
                 if done % config.checkpoint_every == 0 or done == config.steps:
                     save(done)
                     runs.write_status(folder, "running", step=done, pid=os.getpid())
+                sync_check.arm()  # end of the boundary
         runs.write_status(folder, "done", step=config.steps, final=last_finite)
         return RunResult(run_id, folder, "done", config.steps, last_finite.get("train_error", float("nan")),
                          last_finite.get("test_error", float("nan")), seconds)
@@ -422,18 +541,29 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
         runs.write_status(folder, "interrupted", "interrupted by the user (Ctrl-C); run again to resume",
                           step=completed)
         raise
-    except torch.cuda.OutOfMemoryError as err:
-        runs.write_status(folder, "failed", f"out of GPU memory at batch_size={config.batch_size}: {err}",
-                          step=step)
-        raise RuntimeError(
-            f"out of GPU memory for depth={config.depth} at batch_size={config.batch_size}; "
-            "try a smaller --batch-size"
-        ) from None
+    except torch.cuda.OutOfMemoryError:
+        pass  # handled below, once this handler has let go of the failed step's tensors
     except Exception as err:
         runs.write_status(folder, "failed", f"{type(err).__name__}: {err}", step=step)
         raise
     finally:
+        sync_check.disarm()
+        torch.backends.cudnn.benchmark = cudnn_was
         bar.close()
+    # only an out-of-GPU-memory error gets here: every other path through the loop returns or raises
+    x = y = logits = loss = train_model = None  # noqa: F841 - drop the failed step's tensors before probing
+    if phase == "evaluation":
+        reason = (f"out of GPU memory evaluating depth={config.depth} at eval_batch_size={config.eval_batch_size}; "
+                  f"use a smaller --eval-batch-size, e.g. {max(1, config.eval_batch_size // 4)}")
+    else:
+        fits = largest_batch(model, config.batch_size, amp=config.amp, channels_last=config.channels_last,
+                             device=device)
+        fix = (f"the largest batch that fits is {fits}; use --batch-size {fits}" if fits else
+               "not even batch_size=1 fits; use a smaller --depth or --width, or a larger GPU")
+        reason = (f"out of GPU memory for depth={config.depth} at batch_size={config.batch_size} "
+                  f"({torch.cuda.get_device_name(device)}): {fix}")
+    runs.write_status(folder, "failed", reason, step=step)
+    raise RuntimeError(reason)
 
 
 def _metrics_frame(rows: list[dict]) -> pd.DataFrame:
