@@ -193,50 +193,31 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 COMMANDS.extend([add_train, add_sweep])
 
 
-# ---------------------------------------------------------------------------------------------
-# report (resviz.plots, resviz.export)
-# ---------------------------------------------------------------------------------------------
-def _cmd_report(args: argparse.Namespace) -> int:
-    from resviz import export, plots, runs
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from resviz.demo import run_demo
 
-    formats = export.parse_formats(args.formats)  # bad names fail before any loading
-    runset = runs.load(args.runs)
-    if len(runset) == 0:
-        raise FileNotFoundError(f"no run folders in {args.runs}: a run folder holds config.json (resviz train writes one)")
-    figs, skipped = plots.standard_figures(runset.stats, runset.metrics if len(runset.metrics) else None,
-                                           step=args.step)
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}", file=sys.stderr)
-    if not figs:
-        raise ValueError(f"no figure to draw for {args.runs}: the runs have no training rows or statistics yet")
-    try:
-        paths = export.export(figs, args.out, formats, plotlyjs=args.plotlyjs)
-    except export.BrowserNotFoundError as err:
-        for path in err.written:
-            print(path)
-        raise
-    for path in paths:
-        print(path)
+    done = run_demo(args.out, smoke=args.smoke, root=args.root, progress=not args.no_progress,
+                    formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()))
+    print(done["text"])
+    for path in done["figures"]:
+        print(f"wrote {path}")
     return 0
 
 
-def add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report",
-        help="write the standard figures of some runs to HTML / PNG / SVG / PDF",
-        description="Draw the standard figures (Fig. 6 training curves, Fig. 7 response std, gradient flow, "
-        "branch vs skip, signal propagation, layer x step heatmaps) of the runs and write them to --out.",
-    )
-    p.add_argument("runs", metavar="RUN_DIR_OR_GLOB", help="a run folder, a folder of runs, or a quoted glob")
-    p.add_argument("--out", default="figures", help="output folder (default: figures)")
-    p.add_argument("--formats", default="html,png", help="comma-separated: html,png,svg,pdf (default: html,png)")
-    p.add_argument("--step", type=int, default=None, help="training step to show (default: each run's last)")
-    p.add_argument("--plotlyjs", default="directory", choices=("directory", "embed"),
-                   help="HTML loads plotly.min.js written once beside it (default), or embeds it in every page")
-    p.set_defaults(func=_cmd_report)
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="plain vs residual, shallow vs deep, on the built-in digits (CPU, minutes)",
+                       description="Train plain and residual nets at a shallow and a deep depth on the built-in "
+                       "digits, record them, and write OUT plus training-curve and response-std figures.")
+    p.add_argument("--out", default="runs/demo", help="folder for the demo's runs and figures (default: runs/demo)")
+    p.add_argument("--root", default="data", help="folder for datasets and their caches (default: data)")
+    p.add_argument("--smoke", action="store_true", help="a seconds-long version (tiny depths, 20 steps) for tests")
+    p.add_argument("--formats", default="html,png", help="figure formats (default: html,png)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
 
 
-COMMANDS.append(add_report)
+COMMANDS.append(add_demo)
+
 
 # ---------------------------------------------------------------------------------------------
 # evaluate (resviz.evaluate, resviz.pretrained, resviz.datasets)
@@ -283,6 +264,52 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS.append(add_evaluate)
+
+
+# ---------------------------------------------------------------------------------------------
+# report (resviz.plots, resviz.export)
+# ---------------------------------------------------------------------------------------------
+def _cmd_report(args: argparse.Namespace) -> int:
+    from resviz import export, plots, runs
+
+    formats = export.parse_formats(args.formats)  # bad names fail before any loading
+    runset = runs.load(args.runs)
+    if len(runset) == 0:
+        raise FileNotFoundError(f"no run folders in {args.runs}: a run folder holds config.json (resviz train writes one)")
+    figs, skipped = plots.standard_figures(runset.stats, runset.metrics if len(runset.metrics) else None,
+                                           step=args.step)
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    if not figs:
+        raise ValueError(f"no figure to draw for {args.runs}: the runs have no training rows or statistics yet")
+    try:
+        paths = export.export(figs, args.out, formats, plotlyjs=args.plotlyjs)
+    except export.BrowserNotFoundError as err:
+        for path in err.written:
+            print(path)
+        raise
+    for path in paths:
+        print(path)
+    return 0
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write the standard figures of some runs to HTML / PNG / SVG / PDF",
+        description="Draw the standard figures (Fig. 6 training curves, Fig. 7 response std, gradient flow, "
+        "branch vs skip, signal propagation, layer x step heatmaps) of the runs and write them to --out.",
+    )
+    p.add_argument("runs", metavar="RUN_DIR_OR_GLOB", help="a run folder, a folder of runs, or a quoted glob")
+    p.add_argument("--out", default="figures", help="output folder (default: figures)")
+    p.add_argument("--formats", default="html,png", help="comma-separated: html,png,svg,pdf (default: html,png)")
+    p.add_argument("--step", type=int, default=None, help="training step to show (default: each run's last)")
+    p.add_argument("--plotlyjs", default="directory", choices=("directory", "embed"),
+                   help="HTML loads plotly.min.js written once beside it (default), or embeds it in every page")
+    p.set_defaults(func=_cmd_report)
+
+
+COMMANDS.append(add_report)
 
 
 # ---------------------------------------------------------------------------------------------
