@@ -697,10 +697,27 @@ def _need(frame: pd.DataFrame, columns, what: str) -> None:
 
 
 def label_color(label: str, known: dict[str, str] = VARIANT_COLORS) -> str:
-    """A fixed colour for a named variant; other labels get a palette colour from a hash (stable across figures)."""
-    if label in known:
-        return known[label]
+    """A fixed colour for a named variant (any case: "fixup" is "Fixup"); other labels get a palette colour from a
+    hash (stable across figures)."""
+    lowered = {k.lower(): v for k, v in known.items()}
+    if str(label).lower() in lowered:
+        return lowered[str(label).lower()]
     return _PALETTE[hashlib.sha1(str(label).encode()).digest()[0] % len(_PALETTE)]
+
+
+def short_run_names(ids) -> dict[str, str]:
+    """{run_id: the parts of it ("-"-separated) that not all ids share}, e.g. the three runs
+    "digits-resnet20-none-scA-{skipinit,rezero,fixup}-w8-s0" -> "skipinit", "rezero", "fixup". Ids are kept
+    whole when nothing is shared or the short names would clash."""
+    ids = list(dict.fromkeys(map(str, ids)))
+    if len(ids) < 2:
+        return {i: i for i in ids}
+    parts = [i.split("-") for i in ids]
+    shared = set(parts[0]).intersection(*map(set, parts[1:]))
+    short = {i: "-".join(t for t in p if t not in shared) for i, p in zip(ids, parts)}
+    if not shared or "" in short.values() or len(set(short.values())) < len(ids):
+        return {i: i for i in ids}
+    return short
 
 
 # ----------------------------------------------------------------------------------- 05: normalisation
@@ -1044,7 +1061,7 @@ def plot_gradient_correlation(results: dict) -> go.Figure:
     labels = list(results)
     cols = 2 if len(labels) == 4 else min(len(labels), 3)
     nrows = math.ceil(len(labels) / cols)
-    titles = [f"{k} (lag-1 r = {results[k].lag1:.2f})" for k in labels]
+    titles = [f"{k} (lag-1 r = {results[k].lag1:.2f})".replace("r = -0.00", "r = 0.00") for k in labels]
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
                         vertical_spacing=0.12)
     for i, label in enumerate(labels):
@@ -1094,7 +1111,8 @@ def plot_signal_propagation_init(frame: pd.DataFrame, *, step: int | None = None
     """Brock et al. 2021's signal propagation plot for several nets (one colour per run_id, e.g. the variants of
     `resviz.analysis.signal.signal_at_init`): E[x²] = squared channel mean + channel variance at each block's
     output, the squared channel mean alone, and the variance at the end of the residual branch; log scales.
-    A branch whose variance is exactly 0 (SkipInit, ReZero, Fixup at init) is named "≡ 0" and not drawn."""
+    A branch whose variance is exactly 0 (SkipInit, ReZero, Fixup at init) is named "≡ 0" and not drawn.
+    Legend names are the run ids, shortened to what tells them apart (`short_run_names`)."""
     _need(frame, ("run_id", "layer", "layer_index", "metric", "value", "step"),
           "resviz.analysis.signal.signal_at_init(...) or a stats table with channel_sq_mean / channel_var")
     rows = frame[frame["metric"].astype(str).isin(["channel_sq_mean", "channel_var"]).to_numpy()]
@@ -1105,8 +1123,11 @@ def plot_signal_propagation_init(frame: pd.DataFrame, *, step: int | None = None
                                         "squared channel mean at each block's output",
                                         "channel variance at the end of the residual branch"])
     chosen = []
-    for run, g in _signal_rows(rows, step).items():
+    by_run = _signal_rows(rows, step)
+    names = short_run_names(by_run)
+    for run_id, g in by_run.items():
         chosen.append(int(g["step"].iloc[0]))
+        run = names[run_id]
         color, dash = label_color(run), _VARIANT_DASHES.get(run, "solid")
         out = g[g["layer"].str.endswith(".probe_out")].pivot(index=["layer_index", "layer"], columns="metric",
                                                                 values="value").reset_index()
@@ -1139,11 +1160,13 @@ def plot_signal_propagation_init(frame: pd.DataFrame, *, step: int | None = None
 
 def plot_branch_scales(stats: pd.DataFrame, *, runs=None) -> go.Figure:
     """The learnable branch scales α (SkipInit / ReZero / Fixup) of every block over training: one panel per run,
-    one line per block, darker = deeper. `stats`: a run's tidy table (the Recorder records `branch_scale`)."""
+    one line per block, darker = deeper; panels titled by `short_run_names`. `stats`: a run's tidy table (the
+    Recorder records `branch_scale`)."""
     rows = metric_rows(stats, "branch_scale", runs=runs)
     ids = list(dict.fromkeys(rows["run_id"].astype(str))) if "run_id" in rows.columns else [""]
+    names = short_run_names(ids)
     fig = make_subplots(rows=1, cols=len(ids), shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=ids)
+                        subplot_titles=[names[i] for i in ids])
     for c, rid in enumerate(ids, start=1):
         g = rows[(rows["run_id"].astype(str) == rid).to_numpy()] if "run_id" in rows.columns else rows
         layers = g.drop_duplicates("layer").sort_values("layer_index")

@@ -221,3 +221,11 @@ def test_branch_scales_over_training():
     assert fig.data[0].y[0] == 0 and any(v != 0 for v in fig.data[0].y)  # ReZero starts at 0 and moves
     with pytest.raises(ValueError, match=r"no 'branch_scale' rows"):
         plots.plot_branch_scales(synthetic.stats_frame([("resnet", 8)], steps=(0,)))
+
+
+def test_short_run_names_keep_what_tells_runs_apart():
+    ids = [f"digits-resnet20-none-scA-{b}-w8-s0" for b in ("skipinit", "rezero", "fixup")]
+    assert plots.short_run_names(ids) == dict(zip(ids, ("skipinit", "rezero", "fixup")))
+    assert plots.short_run_names(["BN-ResNet", "SkipInit"]) == {"BN-ResNet": "BN-ResNet", "SkipInit": "SkipInit"}
+    assert plots.short_run_names(["a-b", "a-b-c"]) == {"a-b": "a-b", "a-b-c": "a-b-c"}  # "" would be no name
+    assert plots.label_color("fixup") == plots.label_color("Fixup") == plots.VARIANT_COLORS["Fixup"]
