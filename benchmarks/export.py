@@ -15,12 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/synthetic.py
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
 def ten_figures():
-    from resviz import plots, synthetic
+    import synthetic  # tests/synthetic.py: test-only stand-in tables
+    from resviz import plots
 
     runs = [(a, d) for d in (20, 56, 110) for a in ("plain", "resnet")]
     stats = synthetic.stats_frame(runs, steps=(0, 500, 1000, 1500))

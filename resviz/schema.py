@@ -6,6 +6,8 @@ Every other module builds, reads and checks frames through this file.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 
 # column -> kind ("str", "int", "float"); order is the order of the frame's columns.
@@ -31,19 +33,67 @@ OPTIONAL_COLUMNS: dict[str, str] = {
     "channel": "int",  # channel index for per-channel rows, -1 for pooled rows
 }
 
-METRICS: dict[str, str] = {
-    "response_std": "std of a norm layer's output (after BN, before ReLU/addition), He et al. Fig. 7",
-    "branch_std": "std of the residual branch F(x) at its end, before the addition",
-    "skip_std": "std of the skip path (identity or projection), before the addition",
-    "sum_std": "std of branch + skip, before the block's ReLU",
-    "branch_ratio": "||F(x)|| / ||skip||, per block",
-    "grad_norm": "L2 norm of a parameter's gradient after backward()",
-    "act_grad_norm": "L2 norm of the loss gradient w.r.t. a block's output",
-    "channel_sq_mean": "mean over channels of (mean over N,H,W)^2, Brock et al. 2021",
-    "channel_var": "mean over channels of the variance over N,H,W, Brock et al. 2021",
-    "branch_scale": "learnable scalar multiplying the residual branch (SkipInit / ReZero / Fixup)",
-    "response_channel_std": "std over N,H,W of one channel of a norm layer's output (per_channel=True)",
-}
+@dataclass(frozen=True)
+class Metric:
+    """One row of the metric table: everything any module needs to know about a metric.
+
+    Adding a metric means adding one `Metric` to `METRIC_TABLE`; the Recorder, the figures and the test
+    helpers read their names, levels, axis titles and scales from here.
+    """
+
+    name: str
+    level: str  # "layer" (one row per norm layer), "block" (per residual add), "param" (per weight tensor)
+    unit: str  # unit shown in brackets on an axis: "a.u.", "a.u.²", "ratio", ...
+    axis_title: str  # y-axis (or colour-bar) title
+    title: str  # figure title
+    short_title: str  # subplot / dropdown title
+    meaning: str  # one line: what is measured, where, and any caveat (e.g. batch-size dependence)
+    log_scale: bool = False  # drawn on a log axis by default
+    default: bool = True  # recorded when a Recorder is not told which metrics to take
+
+
+METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
+    Metric("response_std", "layer", "a.u.", "response std (a.u.)",
+           "Response std of each 3×3 layer (after norm, before ReLU/addition)", "Response std per 3×3 layer",
+           "std of a norm layer's output (after BN, before ReLU/addition), He et al. Fig. 7"),
+    Metric("branch_std", "block", "a.u.", "branch std (a.u.)", "Residual branch std per block",
+           "Branch std per block", "std of the residual branch F(x) at its end, before the addition"),
+    Metric("skip_std", "block", "a.u.", "skip std (a.u.)", "Skip path std per block", "Skip std per block",
+           "std of the skip path (identity or projection), before the addition"),
+    Metric("sum_std", "block", "a.u.", "branch + skip std (a.u.)", "Std of branch + skip per block",
+           "Branch + skip std per block", "std of branch + skip, before the block's ReLU"),
+    Metric("branch_ratio", "block", "ratio", "‖F(x)‖ / ‖skip‖ (ratio)", "Branch-to-skip ratio per block",
+           "Branch/skip ratio per block", "||F(x)|| / ||skip||, per block", log_scale=True),
+    Metric("grad_norm", "param", "loss per weight unit", "‖∂L/∂W‖₂ (loss per weight unit)",
+           "Gradient norm per parameter", "Gradient norm per parameter",
+           "L2 norm of a parameter's gradient after backward()", log_scale=True),
+    Metric("act_grad_norm", "block", "loss per a.u.", "‖∂L/∂x‖₂ at block output (loss per a.u.)",
+           "Gradient norm w.r.t. each block's output", "Output-gradient norm per block",
+           "L2 norm of the loss gradient w.r.t. a block's output (scales with 1/batch size: the loss is a mean)",
+           log_scale=True),
+    Metric("channel_sq_mean", "block", "a.u.²", "mean over channels of (channel mean)² (a.u.²)",
+           "Squared channel mean per block (signal propagation)", "Squared channel mean per block",
+           "mean over channels of (mean over N,H,W)^2, Brock et al. 2021", log_scale=True),
+    Metric("channel_var", "block", "a.u.²", "mean channel variance (a.u.²)",
+           "Channel variance per block (signal propagation)", "Channel variance per block",
+           "mean over channels of the variance over N,H,W, Brock et al. 2021", log_scale=True),
+    Metric("branch_scale", "param", "ratio", "branch scale α (ratio)", "Branch scale per block",
+           "Branch scale per block", "learnable scalar multiplying the residual branch (SkipInit / ReZero / Fixup)"),
+    Metric("response_channel_std", "layer", "a.u.", "per-channel response std (a.u.)", "Per-channel response std",
+           "Per-channel response std", "std over N,H,W of one channel of a norm layer's output (per_channel=True)",
+           default=False),
+)}
+
+# name -> one-line meaning (the contract view of the table)
+METRICS: dict[str, str] = {name: m.meaning for name, m in METRIC_TABLE.items()}
+DEFAULT_METRICS: tuple[str, ...] = tuple(name for name, m in METRIC_TABLE.items() if m.default)
+LOG_METRICS: frozenset[str] = frozenset(name for name, m in METRIC_TABLE.items() if m.log_scale)
+
+
+def metrics_at(level: str) -> tuple[str, ...]:
+    """The metric names recorded at one level ("layer", "block" or "param")."""
+    return tuple(name for name, m in METRIC_TABLE.items() if m.level == level)
+
 
 # The per-step training log (runs/<id>/metrics.parquet).
 TRAIN_COLUMNS: dict[str, str] = {

@@ -9,7 +9,8 @@ import struct
 import plotly.io as pio
 import pytest
 
-from resviz import cli, export, plots, runs, synthetic
+import synthetic
+from resviz import cli, export, plots, runs
 
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<svg", "pdf": b"%PDF-"}
 needs_browser = pytest.mark.skipif(export.find_browser() is None, reason="no Chrome/Chromium (apt-get install chromium)")

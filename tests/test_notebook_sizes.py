@@ -147,6 +147,7 @@ def test_lab_notebooks_full_mode(env, tmp_path):
     assert s6["checkpoints"] == ("resnet20", "resnet56") and s6["images"] >= 1_000 and max(s6["ks"]) <= 27
     assert s7["depths"][-1] >= 56 and s7["n_inputs"] >= 256
     assert s8["init_depth"] >= 56 and s8["seeds"] >= 2 and s8["depths"] == (20,)
+    assert s8["base"].lr == ns.BRANCH_INIT_LR < s5["base"].lr  # unnormalised nets: a smaller peak learning rate
     (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
     s8 = ns.sizes("08_signal_propagation")
     assert s8["dataset"] == "cifar10" and s8["runs"].name == "branch-init-cifar10" and s8["base"].width == 16

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from plotly.colors import unlabel_rgb
 
-from resviz import plots, synthetic
-from resviz.synthetic import SyntheticRun
+import synthetic
+from resviz import plots
+from synthetic import SyntheticRun
 
 RUNS = [("plain", 20), ("resnet", 20), ("resnet", 56)]
 

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from resviz import plots, synthetic
+import synthetic
+from resviz import plots
 from resviz.analysis import invariance, lesion, shattered, signal
 from resviz.bn_check import Net
 from resviz.models import cifar_resnet

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from resviz import runs, synthetic, widgets
+import synthetic
+from resviz import runs, widgets
 
 RUNS = [("plain", 20), ("resnet", 20), ("plain", 32), ("resnet", 32), ("resnet", 56)]
 
