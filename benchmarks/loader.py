@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from resviz import datasets
-from resviz.datasets import DeviceLoader
+from resviz.loader import DeviceLoader
 
 
 class PILImages(Dataset):

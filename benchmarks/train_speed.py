@@ -7,7 +7,7 @@ Sections (--sections, comma-separated; default a,b,c,d):
      (performance.md section 2: train MB/img eager/fused at 3 TB/s).
   b  the ablation, one process, rounds interleaved: eager fp32 -> + channels_last -> + bf16 autocast ->
      + cudnn.benchmark -> + torch.compile -> + mode="reduce-overhead" (CUDA graphs). Each variant runs
-     resviz's training step (`resviz.train.forward_backward`, `BatchStream`, `Recorder.end_step`, SGD) on its
+     resviz's training step (`resviz.train.forward_backward`, `DeviceLoader.batch`, `Recorder.end_step`, SGD) on its
      own copy of the same initial model; the table gives images/s (median over rounds) and the paired
      speed-up over the baseline (median over rounds of the per-round ratio).
   c  our loop (the --best switches, recording every --record-every) vs the usual loop of
@@ -49,7 +49,8 @@ from reference_loop import ReferenceLoop, reference_loader, timed  # noqa: E402
 from resviz.datasets import resolve_device  # noqa: E402
 from resviz.models import cifar_resnet  # noqa: E402
 from resviz.probes import Recorder  # noqa: E402
-from resviz.train import CUDAGRAPH_MODES, BatchStream, TrainConfig, compile_model, forward_backward, train  # noqa: E402
+from resviz.loader import DeviceLoader  # noqa: E402
+from resviz.train import CUDAGRAPH_MODES, TrainConfig, compile_model, forward_backward, train  # noqa: E402
 
 # /work/shared/notes/performance.md, section 2 (own traffic model, bf16): training traffic per image, MB, with
 # eager kernels / with BN, ReLU and the residual add fused; the bound is the H100's ~3 TB/s device copy.
@@ -132,7 +133,9 @@ class LoopVariant:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
-        self.stream = BatchStream(images, labels, config, CIFAR_MEAN, CIFAR_STD, device)
+        self.stream = DeviceLoader(images, labels, batch_size=config.batch_size, train=True, mean=CIFAR_MEAN,
+                                   std=CIFAR_STD, device=device, seed=config.seed, augment=config.augment,
+                                   channels_last=config.channels_last)  # as train() makes it
         self.rec = Recorder(self.model, every=config.record_every) if record else None
         self.call = self.model
         self.cudagraphs = config.compile and config.compile_mode in CUDAGRAPH_MODES and device.type == "cuda"
@@ -158,8 +161,6 @@ class LoopVariant:
             torch.backends.cudnn.benchmark = self.config.cudnn_benchmark
         for _ in range(steps):
             x, y = self.stream.batch(self.step_no)
-            if self.config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             if self.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
             logits, loss = forward_backward(self.call, x, y, amp=self.config.amp, device=self.device)

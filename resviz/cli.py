@@ -1,7 +1,8 @@
 """`resviz` command line: one sub-command per job; each is a thin call into the package.
 
-Bad input ends in one line `resviz: error: ...` and exit status 2, never a traceback
-(set RESVIZ_DEBUG=1 to see one). Ctrl-C exits with status 130.
+A user's mistake (`UserError`, or a `ValueError`, `FileNotFoundError`, `NotADirectoryError` or `PermissionError`
+naming the bad value) ends in one line `resviz: error: ...` and exit status 2, without a traceback (set
+RESVIZ_DEBUG=1 to see one). Anything else is a bug and keeps its traceback. Ctrl-C exits with status 130.
 """
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import os
 import sys
 from collections.abc import Callable
 
+from resviz.errors import UserError, first_line
+from resviz.integrations.commands import add_export_tb, add_export_wandb
+
 # Each command module-level function pair: add_<name>(subparsers) builds the parser and sets
 # `func` to the function that runs it. They are registered in COMMANDS at the bottom of the file.
 CommandAdder = Callable[[argparse._SubParsersAction], None]
 
 
-class CommandError(Exception):
-    """A failure the user can fix; printed as one line."""
+CommandError = UserError  # the name this module used before resviz.errors held it
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)  # one line, exit 2
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -82,7 +86,7 @@ def _read_config_file(path: str) -> dict:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ValueError(f"config file {path} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: "
-                         f"{str(err).splitlines()[0]}") from None
+                         f"{first_line(err)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of TrainConfig keys to values")
     return data
@@ -95,38 +99,8 @@ def _config_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()):
     from resviz.train import TrainConfig
 
     values = _read_config_file(args.config) if getattr(args, "config", None) else {}
-    TrainConfig.from_dict(values)  # unknown keys and wrong types in the file are refused by name
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
-            continue
-        given = getattr(args, f.name, None)
-        if given is None:
-            continue
-        default = getattr(TrainConfig, f.name)
-        if f.name in ("milestones", "record_metrics"):
-            given = [v.strip() for v in given.split(",") if v.strip()]
-            if f.name == "milestones":
-                given = [_number(v, int, f.name) for v in given]
-        elif f.name == "branch_init":
-            given = None if given in ("", "none", "None") else given
-        elif f.name == "train_subset":
-            given = None if given in ("", "none", "None") else _number(given, int, f.name)
-        elif isinstance(default, bool):
-            pass
-        elif isinstance(default, int):
-            given = _number(given, int, f.name)
-        elif isinstance(default, float):
-            given = _number(given, float, f.name)
-        values[f.name] = given
-    return TrainConfig.from_dict(values).validate()
-
-
-def _number(text: str, kind: type, name: str):
-    try:
-        return kind(text)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise ValueError(f"--{name.replace('_', '-')}={text!r} must be {what}") from None
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig) if f.name not in skip}
+    return TrainConfig.from_text({k: v for k, v in given.items() if v is not None}, base=values).validate()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -153,10 +127,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def _csv(text: str | None, kind: type = str) -> tuple:
     if text is None:
         return (None,)
+    from resviz.train.config import parse_number
+
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise ValueError(f"empty list {text!r}: give comma-separated values")
-    return tuple(_number(t, kind, "list") if kind is not str else t for t in items)
+    return tuple(parse_number(t, kind, "list") if kind is not str else t for t in items)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -222,18 +198,41 @@ COMMANDS.append(add_demo)
 # ---------------------------------------------------------------------------------------------
 # evaluate (resviz.evaluate, resviz.pretrained, resviz.datasets)
 # ---------------------------------------------------------------------------------------------
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
+def _checked_device(args: argparse.Namespace):
+    """The --device of `evaluate` and `lesion`, once --batch-size is checked; refuses --device cuda without CUDA
+    before any loading."""
     from resviz import datasets
-    from resviz.evaluate import evaluate, load_model_for_eval
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} must be a positive integer")
-    device = datasets.resolve_device(args.device)  # refuse --device cuda without CUDA before any loading
-    model, mean, std = load_model_for_eval(args.checkpoint)
+    return datasets.resolve_device(args.device)
+
+
+def _load_split(args: argparse.Namespace):
+    """(dataset, images, labels) of --dataset's --split."""
+    from resviz import datasets
+
     data = datasets.load(args.dataset, root=args.root, progress=not args.json)
-    images, labels = data.split(args.split)
+    return (data, *data.split(args.split))
+
+
+def _add_checkpoint_and_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="resnet20 .. resnet1202 (akamaster), or a .th file")
+    p.add_argument("--dataset", required=True, help="digits, cifar10, or imagefolder:PATH")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default: test)")
+    _device_arg(p)
+    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default 500)")
+    p.add_argument("--root", default="data", help="folder for datasets and their caches (default: data)")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from resviz.evaluate import evaluate, load_model_for_eval
+
+    device = _checked_device(args)
+    model, mean, std = load_model_for_eval(args.checkpoint)
+    data, images, labels = _load_split(args)
     result = evaluate(
         model, images, labels, mean=mean, std=std, batch_size=args.batch_size, device=device, progress=not args.json
     )
@@ -253,12 +252,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="top-1 accuracy and loss of a checkpoint on a dataset split",
         description="Top-1 accuracy and mean cross-entropy of a checkpoint on a dataset split.",
     )
-    p.add_argument("--checkpoint", required=True, help="resnet20 .. resnet1202 (akamaster), or a .th file")
-    p.add_argument("--dataset", required=True, help="digits, cifar10, or imagefolder:PATH")
-    p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default: test)")
-    _device_arg(p)
-    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default 500)")
-    p.add_argument("--root", default="data", help="folder for datasets and their caches (default: data)")
+    _add_checkpoint_and_data_args(p)
     p.add_argument("--json", action="store_true", help='print one line {"accuracy": ..., "loss": ..., "n": ...}')
     p.set_defaults(func=_cmd_evaluate)
 
@@ -284,10 +278,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise ValueError(f"no figure to draw for {args.runs}: the runs have no training rows or statistics yet")
     try:
         paths = export.export(figs, args.out, formats, plotlyjs=args.plotlyjs)
-    except export.BrowserNotFoundError as err:
+    except export.BrowserNotFoundError as err:  # no Chromium for static images: the user can install one
         for path in err.written:
             print(path)
-        raise
+        raise UserError(str(err)) from err
     for path in paths:
         print(path)
     return 0
@@ -360,24 +354,19 @@ COMMANDS.append(add_invariance)
 # lesion (resviz.analysis.lesion)
 # ---------------------------------------------------------------------------------------------
 def _cmd_lesion(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
-    from resviz import datasets
-    from resviz.analysis.lesion import lesion_random, lesion_single, resolve_blocks, summarise_random
+    from resviz.analysis.lesion import lesion_random, lesion_single, resolve_blocks
     from resviz.evaluate import load_model_for_eval
+    from resviz.train.config import parse_number
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size} must be a positive integer")
+    device = _checked_device(args)
     if args.draws < 1:
         raise ValueError(f"--draws {args.draws} must be at least 1")
-    device = datasets.resolve_device(args.device)
     model, mean, std = load_model_for_eval(args.checkpoint)
     blocks = resolve_blocks(model, _names(args.blocks)) if args.blocks else None  # bad index fails here
-    ks = [_number(k, int, "random-k") for k in _names(args.random_k)] if args.random_k else []
-    data = datasets.load(args.dataset, root=args.root, progress=not args.json)
-    images, labels = data.split(args.split)
+    ks = [parse_number(k, int, "random-k") for k in _names(args.random_k)] if args.random_k else []
+    data, images, labels = _load_split(args)
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError(f"--limit {args.limit} must be a positive number of images")
@@ -390,20 +379,35 @@ def _cmd_lesion(args: argparse.Namespace) -> int:
         if ks
         else None
     )
-    baseline = single.attrs["baseline_error"]
     if args.json:
-        out = {
-            "checkpoint": str(args.checkpoint),
-            "n": int(len(labels)),
-            "baseline_error": baseline,
-            "single": single[["block", "position", "stage", "index", "downsample", "error", "delta"]].to_dict("records"),
-        }
-        if random is not None:
-            out["random"] = summarise_random(random).to_dict("records")
-        print(json.dumps(out, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
-        return 0
-    print(f"{args.checkpoint} on {data.name} {args.split} ({len(labels):,} images): intact error "
-          f"{100 * baseline:.2f} %")
+        print(_lesion_json(args, labels, single, random))
+    else:
+        _print_lesion(args, data.name, labels, single, random)
+    return 0
+
+
+def _lesion_json(args: argparse.Namespace, labels, single, random) -> str:
+    """`resviz lesion --json`: one line with the baseline, the per-block and the random results."""
+    import json
+
+    from resviz.analysis.lesion import summarise_random
+
+    out = {
+        "checkpoint": str(args.checkpoint),
+        "n": int(len(labels)),
+        "baseline_error": single.attrs["baseline_error"],
+        "single": single[["block", "position", "stage", "index", "downsample", "error", "delta"]].to_dict("records"),
+    }
+    if random is not None:
+        out["random"] = summarise_random(random).to_dict("records")
+    return json.dumps(out, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+
+
+def _print_lesion(args: argparse.Namespace, data_name: str, labels, single, random) -> None:
+    from resviz.analysis.lesion import summarise_random
+
+    print(f"{args.checkpoint} on {data_name} {args.split} ({len(labels):,} images): intact error "
+          f"{100 * single.attrs['baseline_error']:.2f} %")
     table = single.assign(error=100 * single["error"], delta=100 * single["delta"])
     print(table[["position", "block", "downsample", "error", "delta"]].to_string(
         index=False, float_format=lambda v: f"{v:.2f}", header=["#", "removed block", "downsampling", "error %",
@@ -413,7 +417,6 @@ def _cmd_lesion(args: argparse.Namespace) -> int:
         print("\nrandom removals (error %, mean +- std over draws):")
         for row in summary.itertuples():
             print(f"  k={row.k:3d}: {100 * row.mean_error:6.2f} +- {100 * row.std_error:.2f}  ({row.draws} draws)")
-    return 0
 
 
 def add_lesion(sub: argparse._SubParsersAction) -> None:
@@ -424,23 +427,19 @@ def add_lesion(sub: argparse._SubParsersAction) -> None:
         "error; optionally remove k random blocks several times. Plain nets get the identity (option A at a "
         "downsampling block) in place of the block.",
     )
-    p.add_argument("--checkpoint", required=True, help="resnet20 .. resnet1202 (akamaster), or a .th file")
-    p.add_argument("--dataset", required=True, help="digits, cifar10, or imagefolder:PATH")
-    p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default: test)")
+    _add_checkpoint_and_data_args(p)
     p.add_argument("--blocks", default=None, help="comma-separated block indices (0-based, depth order) or names "
                    "like layer2.0 (default: every block)")
     p.add_argument("--random-k", default=None, help="comma-separated numbers of blocks to remove at random, e.g. 1,2,4")
     p.add_argument("--draws", type=int, default=5, help="random draws per k (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws and of --limit (default 0)")
     p.add_argument("--limit", type=int, default=None, help="evaluate on this many random images of the split")
-    _device_arg(p)
-    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default 500)")
-    p.add_argument("--root", default="data", help="folder for datasets and their caches (default: data)")
     p.add_argument("--json", action="store_true", help="print one JSON line: baseline, per-block and random results")
     p.set_defaults(func=_cmd_lesion)
 
 
 COMMANDS.append(add_lesion)
+COMMANDS.extend([add_export_tb, add_export_wandb])  # resviz.integrations.commands: optional libraries load lazily
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -462,11 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resviz: interrupted", file=sys.stderr)
         return 130
-    except (CommandError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError) as err:
+    except USER_ERRORS as err:
         if os.environ.get("RESVIZ_DEBUG"):
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"resviz: error: {message}", file=sys.stderr)
+        print(f"resviz: error: {first_line(err)}", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -14,8 +14,8 @@ Each is decoded once and cached in `root` as plain uint8 tensors (`torch.save`) 
 format version, a fingerprint of the source (file names, sizes, mtimes) and a CRC32 per tensor; a changed
 source, a truncated or corrupted cache is rebuilt, never trusted. Cache files are written atomically.
 
-`DeviceLoader` keeps a whole split on the device as uint8 and augments each batch there (4-pixel zero pad,
-random 32x32 crop, horizontal flip), then converts and normalises: no DataLoader workers, no PIL.
+The loader that keeps a split on the device and augments it there is `resviz.loader.DeviceLoader` (also
+importable from here, as are `augment`, `resolve_device` and `PAD`).
 """
 from __future__ import annotations
 
@@ -23,19 +23,20 @@ import hashlib
 import os
 import pickle
 import tarfile
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from resviz.errors import UserError, first_line
+from resviz.io import atomic_torch_save
+from resviz.loader import PAD, DeviceLoader, augment, resolve_device  # noqa: F401 - re-exported
 
 SPECS = ("digits", "cifar10", "imagefolder:PATH")
 CACHE_FORMAT = 1  # bump when the cache layout or the decoding changes
 SIZE = 32  # every image is (3, SIZE, SIZE)
-PAD = 4  # augmentation: zero padding on each side before the random crop
 
 DIGITS_TEST = 360  # images in the digits test split
 DIGITS_SEED = 0  # random_state of the stratified digits split
@@ -110,7 +111,7 @@ def _cached(path: Path, name: str, fingerprint: str, build) -> Dataset:
         except _StaleCache:
             pass
         except Exception as err:  # truncated, corrupted or foreign file: rebuild it
-            warnings.warn(f"dataset cache {path} is unreadable ({_first_line(err)}); rebuilding it", stacklevel=3)
+            warnings.warn(f"dataset cache {path} is unreadable ({first_line(err)}); rebuilding it", stacklevel=3)
     train_images, train_labels, test_images, test_labels, classes = build()
     mean, std = channel_stats(train_images)
     tensors = {
@@ -128,9 +129,9 @@ def _cached(path: Path, name: str, fingerprint: str, build) -> Dataset:
         "crc": {k: _crc(v) for k, v in tensors.items()},
     }
     try:
-        _atomic_save({"header": header, **tensors}, path)
+        atomic_torch_save(path, {"header": header, **tensors})
     except OSError as err:  # a read-only or full root: still usable, decoded again next time
-        warnings.warn(f"cannot write dataset cache {path} ({_first_line(err)}); pass a writable root", stacklevel=3)
+        warnings.warn(f"cannot write dataset cache {path} ({first_line(err)}); pass a writable root", stacklevel=3)
     return Dataset(name=name, classes=list(classes), mean=mean, std=std, **tensors)
 
 
@@ -162,25 +163,6 @@ def _read_cache(path: Path, name: str, fingerprint: str) -> Dataset:
 
 def _crc(t: torch.Tensor) -> int:
     return zlib.crc32(t.contiguous().numpy().data)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -266,7 +248,7 @@ def _cifar10_folder(root: Path) -> Path:
             tar.extractall(root, filter="data")
     except (tarfile.TarError, EOFError, OSError) as err:
         raise ValueError(
-            f"{archive} is not a readable CIFAR-10 archive ({_first_line(err)}); delete it and run again"
+            f"{archive} is not a readable CIFAR-10 archive ({first_line(err)}); delete it and run again"
         ) from err
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
@@ -286,8 +268,8 @@ def _download_cifar10(root: Path) -> None:
     try:
         download_url(url, str(root), filename=CIFAR10_ARCHIVE, md5=CIFAR10.tgz_md5)
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad md5 a RuntimeError
-        raise RuntimeError(
-            f"could not download CIFAR-10 from {url} ({_first_line(err)}); on a machine without internet put "
+        raise UserError(
+            f"could not download CIFAR-10 from {url} ({first_line(err)}); on a machine without internet put "
             f"{CIFAR10_ARCHIVE} (from {CIFAR10.url}) or its extracted {CIFAR10_FOLDER}/ into {root.resolve()}/ "
             "and run again"
         ) from err
@@ -301,7 +283,7 @@ def _read_cifar_pickle(path: Path) -> dict:
         return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
     except Exception as err:
         raise ValueError(
-            f"{path} is not a CIFAR-10 pickle batch ({_first_line(err)}); delete {path.parent} and run again "
+            f"{path} is not a CIFAR-10 pickle batch ({first_line(err)}); delete {path.parent} and run again "
             "to extract or download it afresh"
         ) from err
 
@@ -373,7 +355,7 @@ def _imagefolder_samples(tree: Path):
             samples[split] = make_dataset(str(tree / split), class_to_idx, extensions=IMG_EXTENSIONS)
         except FileNotFoundError as err:  # a class folder without a single image file
             raise FileNotFoundError(
-                f"imagefolder:{tree}: a class folder in {split}/ holds no images ({_first_line(err)}); "
+                f"imagefolder:{tree}: a class folder in {split}/ holds no images ({first_line(err)}); "
                 "add images to it or remove it from both splits"
             ) from err
     return samples, classes["train"]
@@ -439,7 +421,7 @@ def _decode_one(path, data: torch.Tensor) -> torch.Tensor:
         with Image.open(path) as im:
             return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
     except Exception as err:
-        raise ValueError(f"{path} is not an image ({_first_line(err)}); delete it or move it out of the tree") from err
+        raise ValueError(f"{path} is not an image ({first_line(err)}); delete it or move it out of the tree") from err
 
 
 def _to_size(img: torch.Tensor) -> torch.Tensor:
@@ -448,161 +430,6 @@ def _to_size(img: torch.Tensor) -> torch.Tensor:
     from torchvision.transforms.v2.functional import resize
 
     return resize(img, [SIZE, SIZE], antialias=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# augmentation and the device loader
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; a CUDA device on a machine without one is refused."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device={device!r} is not a device; use cpu, cuda, cuda:N or auto") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine; use cpu or auto")
-    return dev
-
-
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """He et al.'s CIFAR augmentation on a uint8 batch (B, C, H, W), on its own device: zero-pad 4 pixels,
-    take a random HxW crop, flip it horizontally with probability 1/2. Draws offsets, then flips."""
-    b, c, h, w = images.shape
-    dev = images.device
-    hp, wp = h + 2 * PAD, w + 2 * PAD
-    padded = F.pad(images, (PAD, PAD, PAD, PAD)).view(b, c, hp * wp)  # (B, C, (H+8)*(W+8))
-    dy = torch.randint(0, 2 * PAD + 1, (b, 1), generator=generator, device=dev)  # (B, 1) crop top
-    dx = torch.randint(0, 2 * PAD + 1, (b, 1), generator=generator, device=dev)  # (B, 1) crop left
-    flip = torch.randint(0, 2, (b, 1), generator=generator, device=dev).bool()  # (B, 1)
-    rows = dy + torch.arange(h, device=dev)  # (B, H) source rows
-    cols = dx + torch.where(flip, torch.arange(w - 1, -1, -1, device=dev), torch.arange(w, device=dev))  # (B, W)
-    index = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)  # (B, C, H*W)
-    return padded.gather(2, index).view(b, c, h, w)
-
-
-class DeviceLoader:
-    """One epoch per iteration of `(x float (B, 3, 32, 32), y int64 (B,))`, with the whole split kept on
-    `device` as uint8. train=True: a fresh seeded order each epoch, `augment` on every batch, last partial
-    batch dropped (unless drop_last=False); train=False: the set in order, whole, no augmentation.
-
-    A train loader is a stream: `state_dict()` taken between batches and `load_state_dict()` on a new loader
-    continue it exactly (same order, same crops), mid-epoch too. Breaking out of a train epoch leaves the
-    loader there: the next iteration finishes that epoch.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        batch_size: int,
-        train: bool,
-        mean,
-        std,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-        drop_last: bool | None = None,
-        channels_last: bool = False,
-        dtype: torch.dtype = torch.float32,
-    ):
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-        if labels.shape != images.shape[:1]:
-            raise ValueError(f"labels {tuple(labels.shape)} must have one entry per image ({len(images)})")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
-        self.drop_last = train if drop_last is None else drop_last
-        if self.drop_last and len(labels) < batch_size:
-            raise ValueError(
-                f"batch_size={batch_size} is larger than the {len(labels)} images, so no full batch exists; "
-                "use a smaller batch_size or drop_last=False"
-            )
-        self.device = resolve_device(device)
-        self.images = images.to(self.device)  # (N, 3, H, W) uint8
-        self.labels = labels.to(self.device, torch.int64)  # (N,)
-        self.batch_size = batch_size
-        self.train = train
-        self.channels_last = channels_last
-        self.dtype = dtype
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std_t = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self._scale = (1 / (255 * std_t)).to(self.device)  # x = u8 * scale + shift = (u8/255 - mean) / std
-        self._shift = (-mean_t / std_t).to(self.device)
-        self.seed = seed
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.epoch = 0  # epochs completed
-        self._batch = 0  # next batch within the current epoch
-        self._epoch_start: torch.Tensor | None = None  # generator state before this epoch's permutation
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self):
-        return self._train_epoch() if self.train else self._eval_epoch()
-
-    def _eval_epoch(self):
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            yield self._normalise(self.images[sl]), self.labels[sl]
-
-    def _train_epoch(self):
-        if self._batch >= len(self):  # the last epoch ended right where a state was taken
-            self._end_epoch()
-        if self._epoch_start is None:
-            self._epoch_start = self.generator.get_state()
-            order = self._permutation()
-        else:  # resume mid-epoch: redraw this epoch's order from its start, then carry on
-            current = self.generator.get_state()
-            self.generator.set_state(self._epoch_start)
-            order = self._permutation()
-            self.generator.set_state(current)
-        while self._batch < len(self):
-            idx = order[self._batch * self.batch_size : (self._batch + 1) * self.batch_size]  # (B,)
-            x = augment(self.images[idx], self.generator)
-            self._batch += 1
-            yield self._normalise(x), self.labels[idx]
-        self._end_epoch()
-
-    def _permutation(self) -> torch.Tensor:
-        return torch.randperm(len(self.labels), generator=self.generator, device=self.device)
-
-    def _end_epoch(self) -> None:
-        self.epoch += 1
-        self._batch = 0
-        self._epoch_start = None
-
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:  # uint8 (B, 3, H, W) -> dtype (B, 3, H, W)
-        out = torch.addcmul(self._shift, x.to(torch.float32), self._scale).to(self.dtype)
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
-
-    def state_dict(self) -> dict:
-        """Where the stream is: epochs done, next batch, generator states (all on the CPU)."""
-        return {
-            "n": len(self.labels),
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "epoch": self.epoch,
-            "batch": self._batch,
-            "epoch_start": None if self._epoch_start is None else self._epoch_start.clone(),
-            "generator": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if (state["n"], state["batch_size"]) != (len(self.labels), self.batch_size):
-            raise ValueError(
-                f"loader state is for {state['n']} images in batches of {state['batch_size']}, this loader has "
-                f"{len(self.labels)} in batches of {self.batch_size}; resume with the same data and batch_size"
-            )
-        self.seed = state["seed"]
-        self.epoch = state["epoch"]
-        self._batch = state["batch"]
-        self._epoch_start = state["epoch_start"]
-        self.generator.set_state(state["generator"])
 
 
 __all__ = [

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resviz.datasets import DeviceLoader, resolve_device
+from resviz.loader import DeviceLoader, resolve_device
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
 """Figures to files: HTML that opens offline, and PNG / SVG / PDF through Kaleido with one browser per batch.
 
-Every file is written under a temporary name in the target folder and `os.replace`d, so a reader never
-sees half a file. Without Chrome/Chromium the HTML files are still written and `BrowserNotFoundError`
-says how to install one.
+Every file is written through `resviz.io.atomic_write_bytes` (a temporary name in the target folder,
+then `os.replace`), so a reader never sees half a file. Without Chrome/Chromium the HTML files are still
+written and `BrowserNotFoundError` says how to install one.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 import plotly.io as pio
+
+from resviz.io import atomic_write_bytes
 
 FORMATS = ("html", "png", "svg", "pdf")
 STATIC_FORMATS = ("png", "svg", "pdf")
@@ -92,28 +94,6 @@ def prepare_folder(folder: str | os.PathLike) -> Path:
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise PermissionError(f"cannot write to folder {str(path)!r} ({reason}); choose a writable output folder") from None
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write bytes to a temporary file beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -205,9 +185,9 @@ def export(
     written: dict[tuple[int, str], Path] = {}
     if "html" in fmts:
         if plotlyjs == "directory":
-            write_atomic(out / "plotly.min.js", _plotlyjs_file())
+            atomic_write_bytes(out / "plotly.min.js", _plotlyjs_file())
         for i, (fig, stem) in enumerate(zip(figs, stems)):
-            written[i, "html"] = write_atomic(out / f"{stem}.html", to_html(fig, plotlyjs))
+            written[i, "html"] = atomic_write_bytes(out / f"{stem}.html", to_html(fig, plotlyjs))
 
     static = [f for f in fmts if f in STATIC_FORMATS]
     if static:
@@ -224,7 +204,7 @@ def export(
                 raise BrowserNotFoundError(_no_browser_message(static, html_done), html_done) from None
             raise
         for (i, fmt), data in zip(jobs, images):
-            written[i, fmt] = write_atomic(out / f"{stems[i]}.{fmt}", data)
+            written[i, fmt] = atomic_write_bytes(out / f"{stems[i]}.{fmt}", data)
     return [written[i, fmt] for i in range(len(figs)) for fmt in fmts if (i, fmt) in written]
 
 

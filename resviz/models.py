@@ -254,10 +254,13 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def forward_macs(depth: int, width: int = 16) -> int:
-    """Multiply-accumulates of one forward pass at 32x32 (option A): the performance brief's formula."""
+    """Multiply-accumulates of one forward pass at 32x32 (option A; BN, ReLU and pooling not counted)."""
     n = check_depth(depth)
-    per_conv = 9 * width * width * 32 * 32  # every 3x3 conv after the stem costs the same, but the strided ones
-    return per_conv * (6 * n - 1) + 27 * width * 32 * 32 + 4 * width * 10
+    # The 6n 3x3 convs after the stem each cost 9 * width^2 * 32^2 (a stage doubles the channels and halves
+    # the map), except the two strided ones entering stages 2 and 3, which cost half: 6n - 1 full convs.
+    per_conv = 9 * width * width * 32 * 32
+    stem, head = 27 * width * 32 * 32, 4 * width * 10  # 3 -> width channels at 32x32; the linear layer
+    return per_conv * (6 * n - 1) + stem + head
 
 
 def describe(model: nn.Module) -> str:

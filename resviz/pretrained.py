@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from resviz.errors import UserError, first_line
 from resviz.models import CifarResNet, cifar_resnet
 
 AKAMASTER_MEAN = (0.485, 0.456, 0.406)
@@ -95,13 +96,13 @@ def _download(name: str, progress: bool) -> dict:
                 url, check_hash=True, map_location="cpu", progress=progress, weights_only=True
             )
     except OSError as err:  # URLError, timeouts, a full disk
-        raise RuntimeError(
-            f"could not download {file} from {url} ({_first_line(err)}); without internet put {file} into "
+        raise UserError(
+            f"could not download {file} from {url} ({first_line(err)}); without internet put {file} into "
             f"{cached.parent}/ (the torch hub cache) or into a folder named by ${CHECKPOINTS_ENV}"
         ) from err
     except RuntimeError as err:
         if "invalid hash" in str(err):  # torch.hub deleted the partial download
-            raise RuntimeError(f"{url} did not match its SHA-256 prefix ({_first_line(err)}); try again") from err
+            raise UserError(f"{url} did not match its SHA-256 prefix ({first_line(err)}); try again") from err
         raise ValueError(_unreadable(cached, err)) from err
     except Exception as err:  # a truncated or foreign file already in the hub cache
         raise ValueError(_unreadable(cached, err)) from err
@@ -127,12 +128,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def _unreadable(path: Path, err: BaseException) -> str:
-    return f"{path} is not a readable checkpoint, truncated or not a torch file ({_first_line(err)}); delete it and fetch it again"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return f"{path} is not a readable checkpoint, truncated or not a torch file ({first_line(err)}); delete it and fetch it again"
 
 
 def state_dict_of(obj) -> dict[str, torch.Tensor]:

@@ -4,71 +4,40 @@
                   status.json      running | done | diverged | failed | interrupted, with a reason
                   metrics.parquet  per-step training log (schema.TRAIN_COLUMNS)
                   stats.parquet    the Recorder's tidy table (schema.STATS_COLUMNS)
-                  checkpoint.pt    model, optimiser, step, RNG: what a resume needs
+                  checkpoint.pt    model, optimiser, step, seconds, warm-up end: what a resume needs (no
+                                   RNG state: batches are a pure function of (seed, step))
 
-Every file is written to a temporary name in the same folder, flushed to disk, then `os.replace`d,
-so a reader (or a run killed with SIGKILL mid-write) sees the old file or the new one, never half.
+Every file is written atomically by `resviz.io` (re-exported here as `atomic_write_json`, ...), so a reader
+(or a run killed with SIGKILL mid-write) sees the old file or the new one, never half.
 """
 from __future__ import annotations
 
 import glob as globlib
-import io
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from resviz import schema
+from resviz.io import (  # noqa: F401 - re-exported: runs.atomic_write_json etc. are public names
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+    read_json,
+)
 
 STATUSES = ("running", "done", "diverged", "failed", "interrupted")
 FINISHED = ("done", "diverged")  # a sweep does not run these again
-META_COLUMNS = ("arch", "depth", "norm", "shortcut", "seed")
-
-
-# ------------------------------------------------------------------------------ atomic writes
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-def atomic_write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> Path:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def atomic_torch_save(path: str | os.PathLike, obj) -> Path:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    with open(path) as f:
-        return json.load(f)
+# The metadata that names a run in every table (the Recorder's run_info, the stats and metrics rows), with
+# its Python type: the one list of these keys.
+RUN_INFO_KEYS: dict[str, type] = {k: str if kind == "str" else int for k, kind in schema.RUN_COLUMNS.items()}
+META_COLUMNS = tuple(k for k in RUN_INFO_KEYS if k != "run_id")  # what a run's config.json gives its rows
+SUMMARY_COLUMNS = ("run", "status", "step", "train_error", "test_error", "seconds", "reason")  # one row a run
 
 
 # ------------------------------------------------------------------------------ status
@@ -207,4 +176,4 @@ def summary(runset: RunSet) -> pd.DataFrame:
                 "reason": r["reason"],
             }
         )
-    return pd.DataFrame(rows, columns=["run", "status", "step", "train_error", "test_error", "seconds", "reason"])
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))

@@ -28,6 +28,9 @@ STATS_COLUMNS: dict[str, str] = {
     "value": "float",  # float64; NaN and inf are kept
 }
 
+# The run metadata columns: what identifies a run in every row (the Recorder's run_info keys).
+RUN_COLUMNS: dict[str, str] = {c: STATS_COLUMNS[c] for c in ("run_id", "arch", "depth", "norm", "shortcut", "seed")}
+
 # Optional columns: present only when asked for (Recorder(per_channel=True)).
 OPTIONAL_COLUMNS: dict[str, str] = {
     "channel": "int",  # channel index for per-channel rows, -1 for pooled rows
@@ -50,6 +53,7 @@ class Metric:
     meaning: str  # one line: what is measured, where, and any caveat (e.g. batch-size dependence)
     log_scale: bool = False  # drawn on a log axis by default
     default: bool = True  # recorded when a Recorder is not told which metrics to take
+    recorded_by: str = "recorder"  # "recorder": a Recorder hook; "evaluation": resviz.measure at each evaluation
 
 
 METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
@@ -82,17 +86,23 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
     Metric("response_channel_std", "layer", "a.u.", "per-channel response std (a.u.)", "Per-channel response std",
            "Per-channel response std", "std over N,H,W of one channel of a norm layer's output (per_channel=True)",
            default=False),
+    Metric("response_std_eval", "layer", "a.u.", "response std, eval mode on held-out images (a.u.)",
+           "Response std of each 3×3 layer, eval mode on held-out test images (He et al. Fig. 7)",
+           "Response std per 3×3 layer (eval, held out)",
+           "std of a norm layer's output with the model in eval mode (running statistics) on a fixed held-out "
+           "batch of test images, at each evaluation: Fig. 7 as the paper measures it", default=False, recorded_by="evaluation"),
 )}
 
 # name -> one-line meaning (the contract view of the table)
 METRICS: dict[str, str] = {name: m.meaning for name, m in METRIC_TABLE.items()}
+RECORDER_METRICS: tuple[str, ...] = tuple(name for name, m in METRIC_TABLE.items() if m.recorded_by == "recorder")
 DEFAULT_METRICS: tuple[str, ...] = tuple(name for name, m in METRIC_TABLE.items() if m.default)
 LOG_METRICS: frozenset[str] = frozenset(name for name, m in METRIC_TABLE.items() if m.log_scale)
 
 
 def metrics_at(level: str) -> tuple[str, ...]:
-    """The metric names recorded at one level ("layer", "block" or "param")."""
-    return tuple(name for name, m in METRIC_TABLE.items() if m.level == level)
+    """The metric names a Recorder records at one level ("layer", "block" or "param")."""
+    return tuple(name for name in RECORDER_METRICS if METRIC_TABLE[name].level == level)
 
 
 # The per-step training log (runs/<id>/metrics.parquet).
@@ -107,6 +117,10 @@ TRAIN_COLUMNS: dict[str, str] = {
     "lr": "float",
     "seconds": "float",  # wall-clock seconds of training so far (excludes evaluation)
     "images_per_s": "float",
+}
+# Optional training-log columns: written by runs that measure them; NaN-filled when runs are concatenated.
+TRAIN_OPTIONAL_COLUMNS: dict[str, str] = {
+    "clean_train_error": "float",  # eval mode, un-augmented fixed subset of training images (NaN when not evaluated)
 }
 
 _CANONICAL = {"str": "category", "int": "int64", "float": "float64"}
@@ -156,7 +170,7 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
 
 def validate_train(df: pd.DataFrame) -> pd.DataFrame:
     """Check a per-step training log (metrics.parquet)."""
-    return _check(df, TRAIN_COLUMNS, {}, "training-metrics")
+    return _check(df, TRAIN_COLUMNS, TRAIN_OPTIONAL_COLUMNS, "training-metrics")
 
 
 def _coerce(df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
@@ -177,7 +191,7 @@ def coerce(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def coerce_train(df: pd.DataFrame) -> pd.DataFrame:
-    return validate_train(_coerce(df, TRAIN_COLUMNS))
+    return validate_train(_coerce(df, {**TRAIN_COLUMNS, **TRAIN_OPTIONAL_COLUMNS}))
 
 
 def empty(per_channel: bool = False) -> pd.DataFrame:

@@ -58,8 +58,9 @@ def _run_one(config: TrainConfig, out: str, threads: int | None) -> dict:
     except KeyboardInterrupt:
         raise
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the sweep; train() recorded it
-        return {"run": config.run_id, "status": "failed", "step": -1, "train_error": float("nan"),
-                "test_error": float("nan"), "seconds": float("nan"), "reason": f"{type(err).__name__}: {err}"}
+        nan = float("nan")
+        return _row(RunResult(config.run_id, Path(out) / config.run_id, "failed", -1, nan, nan, nan,
+                              reason=f"{type(err).__name__}: {err}"))
 
 
 def _steps_done(config: TrainConfig, out: str) -> int:
@@ -111,7 +112,7 @@ def run_sweep(configs: list[TrainConfig], out: str | os.PathLike = "runs", *, wo
     finally:
         bar.close()
     order = {c.run_id: i for i, c in enumerate(configs)}
-    table = pd.DataFrame(rows, columns=["run", "status", "step", "train_error", "test_error", "seconds", "reason"])
+    table = pd.DataFrame(rows, columns=list(runs.SUMMARY_COLUMNS))
     return table.sort_values("run", key=lambda s: s.map(order)).reset_index(drop=True)
 
 

@@ -7,15 +7,19 @@ are stand-ins for plumbing, never results.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from resviz import schema
+from resviz.models import check_depth, cifar_resnet
+from resviz.probes import build_plan
 
-BLOCK_METRICS = ("branch_std", "skip_std", "sum_std", "branch_ratio", "act_grad_norm", "channel_sq_mean", "channel_var")
-DEFAULT_METRICS = ("response_std", "grad_norm", *BLOCK_METRICS)
+DEFAULT_METRICS = ("response_std", "grad_norm", *schema.metrics_at("block"))  # what these nets record
+STAND_INS = ("branch_scale", "response_channel_std")  # not recorded here: one row per block at the block's name
+FAMILIES = {"response": "response_std", "block": "branch_ratio", "param": "grad_norm"}  # family -> its rows
 
 
 @dataclass(frozen=True)
@@ -39,41 +43,35 @@ def _as_run(r) -> SyntheticRun:
     return r if isinstance(r, SyntheticRun) else SyntheticRun(*r)
 
 
+@functools.lru_cache(maxsize=None)
+def _catalog(depth: int, arch: str = "resnet") -> pd.DataFrame:
+    """The (metric, layer, layer_index, stage, block) rows the Recorder writes for a resviz net of `depth`,
+    from its plan (width 4: the layout does not depend on the width)."""
+    check_depth(depth)
+    model = cifar_resnet(depth, plain=arch == "plain", width=4)
+    cat = build_plan(model, frozenset(DEFAULT_METRICS)).rows
+    return pd.DataFrame({k: getattr(cat, k) for k in ("metric", "layer", "layer_index", "stage", "block")})
+
+
 def layers(depth: int, family: str) -> pd.DataFrame:
     """The (layer, layer_index, stage, block) rows of one metric family: "response", "block" or "param"."""
-    n = (depth - 2) // 6
-    if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"depth={depth} must be 6n+2, e.g. 20, 56 or 110")
-    rows: list[tuple[str, int, int]] = []
-    blocks = [(s, i) for s in (1, 2, 3) for i in range(n)]
-    if family == "response":
-        rows.append(("bn1", 0, -1))
-        rows += [(f"layer{s}.{i}.bn{k}", s, i) for s, i in blocks for k in (1, 2)]
-    elif family == "block":
-        rows += [(f"layer{s}.{i}", s, i) for s, i in blocks]
-    elif family == "param":
-        rows += [("conv1.weight", 0, -1), ("bn1.weight", 0, -1), ("bn1.bias", 0, -1)]
-        for s, i in blocks:
-            rows += [(f"layer{s}.{i}.{p}", s, i) for p in
-                     ("conv1.weight", "bn1.weight", "bn1.bias", "conv2.weight", "bn2.weight", "bn2.bias")]
-        rows += [("linear.weight", 4, -1), ("linear.bias", 4, -1)]
-    else:
+    if family not in FAMILIES:
         raise ValueError(f"family={family!r} must be 'response', 'block' or 'param'")
-    out = pd.DataFrame(rows, columns=["layer", "stage", "block"])
-    out.insert(1, "layer_index", np.arange(len(out), dtype=np.int64))
-    return out
+    cat = _catalog(depth)
+    rows = cat[cat["metric"] == FAMILIES[family]]
+    return rows[["layer", "layer_index", "stage", "block"]].reset_index(drop=True)
 
 
-# The Recorder's layer names for block metrics: "layerS.i" + suffix; channel_var has two rows per block.
-SUFFIXES: dict[str, tuple[str, ...]] = {
-    "branch_std": (".probe_branch",), "skip_std": (".probe_skip",), "sum_std": (".probe_sum",),
-    "branch_ratio": ("",), "act_grad_norm": (".probe_out",), "channel_sq_mean": (".probe_out",),
-    "channel_var": (".probe_branch", ".probe_out"),
-}
-
-
-def _family(metric: str) -> str:
-    return "response" if metric == "response_std" else "param" if metric == "grad_norm" else "block"
+def _layout(run: SyntheticRun, metric: str) -> tuple[pd.DataFrame, list[str]]:
+    """The metric's rows for this run's net (empty where it has none: a plain net's skip) and the points per
+    layer_index, in the Recorder's order ("probe_branch", "probe_out" for channel_var; one "" otherwise)."""
+    if metric in STAND_INS:
+        return layers(run.depth, "block"), [""]
+    cat = _catalog(run.depth, run.arch)
+    rows = cat[cat["metric"] == metric].reset_index(drop=True)
+    first = rows[rows["layer_index"] == 0]["layer"].tolist()
+    points = [name.rpartition(".")[2] if len(first) > 1 else "" for name in first]
+    return rows, points
 
 
 def _values(run: SyntheticRun, metric: str, n_layers: int, steps: np.ndarray, rng) -> np.ndarray:
@@ -119,20 +117,17 @@ def stats_frame(
     parts = []
     for run in map(_as_run, runs):
         for metric in metrics:
-            if metric in ("skip_std", "branch_ratio") and run.arch == "plain":
+            lay, points = _layout(run, metric)
+            if not len(lay):
                 continue  # plain nets have no skip path
-            base = layers(run.depth, _family(metric))
+            n_layers = len(lay) // len(points)
             rng = np.random.default_rng([run.depth, run.seed, len(metric), sum(map(ord, metric + run.arch))])
-            suffixes = SUFFIXES.get(metric, ("",))
-            # one row per (block, suffix), suffixes adjacent: the Recorder's order
-            lay = base.loc[base.index.repeat(len(suffixes))].reset_index(drop=True)
-            lay["layer"] = lay["layer"] + np.tile(np.asarray(suffixes, dtype=object), len(base))
             chunks = []
-            for suffix in suffixes:  # the branch variance follows branch_std, the output variance skip/sum
-                like = "branch_std" if (metric, suffix) == ("channel_var", ".probe_branch") else metric
-                v = _values(run, like, len(base), steps, rng)
+            for point in points:  # the branch variance follows branch_std, the output variance skip/sum
+                like = "branch_std" if (metric, point) == ("channel_var", "probe_branch") else metric
+                v = _values(run, like, n_layers, steps, rng)
                 chunks.append(v ** 2 if like != metric else v)
-            vals = np.stack(chunks, axis=2).reshape(len(steps), -1)  # (S, L * parts), suffixes adjacent
+            vals = np.stack(chunks, axis=2).reshape(len(steps), -1)  # (S, L * parts), points adjacent
             S, L = vals.shape
             parts.append(pd.DataFrame({
                 "run_id": run.id, "arch": run.arch, "depth": run.depth, "norm": run.norm,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import tarfile
 from pathlib import Path
 
@@ -13,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from resviz import bn_check, datasets, schema
+from resviz import datasets, schema
+from resviz.analysis import bn_check
 from resviz.models import cifar_resnet
 from resviz.probes import Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RESVIZ_SHARED", ROOT.parent / "shared"))
-CIFAR_JPEG = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
 
 
 def random_affine(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -162,12 +160,12 @@ def test_run_folders_give_their_final_weights(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- akamaster checkpoints
-def cifar_test_images(every: int = 20) -> torch.Tensor:
+def cifar_test_images(archive: Path, every: int = 20) -> torch.Tensor:
     """Every `every`-th test image of the CIFAR-10 JPEG copy (500 of 10,000: all classes), read from the archive."""
     from PIL import Image
 
     out = []
-    with tarfile.open(CIFAR_JPEG) as tar:
+    with tarfile.open(archive) as tar:
         k = 0
         for member in tar:
             if member.isfile() and member.name.split("/")[-3:-2] == ["test"]:
@@ -175,7 +173,7 @@ def cifar_test_images(every: int = 20) -> torch.Tensor:
                     data = tar.extractfile(member).read()
                     out.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
                 k += 1
-    assert out, f"no test/ images in {CIFAR_JPEG}"
+    assert out, f"no test/ images in {archive}"
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
 
 
@@ -192,16 +190,14 @@ def test_akamaster_batch_statistics_exact(akamaster):
     assert summary["log_r"].min() > 0.9999
 
 
-def test_akamaster_running_statistics_on_cifar10_agree(akamaster):
+def test_akamaster_running_statistics_on_cifar10_agree(akamaster, cifar_jpeg_archive):
     """Measured (eval mode, 500 CIFAR-10 test images of the JPEG copy) against the γ/β prediction.
 
     Measured on this machine: median ratio 0.930 (ResNet-20) / 0.942 (ResNet-56), all 74 layers within
     0.77-1.10, correlation of log measured with log predicted across layers 0.991 / 0.977. Measured is a little
     below predicted: the lossy JPEG copy has less fine detail than the images BN's running statistics saw.
     """
-    if not CIFAR_JPEG.is_file():
-        pytest.skip(f"CIFAR-10 JPEG copy not found at {CIFAR_JPEG}")
-    stats = bn_check.measure(akamaster, cifar_test_images())
+    stats = bn_check.measure(akamaster, cifar_test_images(cifar_jpeg_archive))  # skips without the copy
     summary = bn_check.agreement(bn_check.cross_check(akamaster, stats)).set_index("run_id")
     print(summary.to_string())
     assert summary["median_ratio"].between(0.85, 1.05).all()

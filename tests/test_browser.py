@@ -80,12 +80,14 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """(base URL, token, root folder) of a JupyterLab serving a copy of 01_quickstart.ipynb."""
+    """(base URL, token, root folder) of a JupyterLab serving a copy of 01_quickstart.ipynb (and sizes.py)."""
     _require_browser()
     work = tmp_path_factory.mktemp("lab")
     root = work / "root"
     root.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    for helper in NOTEBOOK.parent.glob("*.py"):  # sizes.py: the notebooks import it from beside them
+        shutil.copy(helper, root / helper.name)
     settings = work / "settings"
     plugin, file, values = NOTIFICATION_SETTINGS
     (settings / plugin).mkdir(parents=True)

@@ -174,7 +174,7 @@ def test_explain_one_cell():
 
 
 def test_batch_dependence_of_nets_normalises_each_net_and_labels_it():
-    from resviz.bn_check import Net
+    from resviz.analysis.nets import Net
 
     torch.manual_seed(0)
     bn, ln = cifar_resnet(8, norm="batch", width=8), cifar_resnet(8, plain=True, norm="layer", width=8)

@@ -1,13 +1,13 @@
-"""lab_widgets.batch_size_explorer: set the slider's .value from Python and check the figure and the summary."""
+"""widgets.batch_size_explorer: set the slider's .value from Python and check the figure and the summary."""
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 import torch
 
-from resviz import lab_widgets
+from resviz import widgets
 from resviz.analysis.invariance import batch_dependence_nets
-from resviz.bn_check import Net
+from resviz.analysis.nets import Net
 from resviz.models import cifar_resnet
 
 
@@ -25,7 +25,7 @@ def percent(frame, net, batch_size):
 
 
 def test_slider_moves_bars_marker_and_summary(frame):
-    w = lab_widgets.batch_size_explorer(frame)
+    w = widgets.batch_size_explorer(frame)
     assert [v for _, v in w.slider.options] == [1, 2, 4, 8] and w.batch_size == 2  # smallest size above 1
     bars = {t.name: t for t in w.figure.data[4:]}
     assert set(bars) == {"ResNet-8, batch", "ResNet-8, layer"}
@@ -43,8 +43,8 @@ def test_slider_moves_bars_marker_and_summary(frame):
 
 
 def test_explicit_start_and_bad_input(frame):
-    assert lab_widgets.batch_size_explorer(frame, batch_size=4).batch_size == 4
+    assert widgets.batch_size_explorer(frame, batch_size=4).batch_size == 4
     with pytest.raises(ValueError, match=r"batch_size=5 was not measured"):
-        lab_widgets.batch_size_explorer(frame, batch_size=5)
+        widgets.batch_size_explorer(frame, batch_size=5)
     with pytest.raises(ValueError, match=r"missing column\(s\) \['logit_scale'\]"):
-        lab_widgets.batch_size_explorer(frame.drop(columns="logit_scale"))
+        widgets.batch_size_explorer(frame.drop(columns="logit_scale"))

@@ -219,7 +219,7 @@ def test_cli_lesion_json_and_bad_block(tmp_path, capsys, akamaster_dir):
 # many nets at once, and a test set read from an ImageFolder archive
 # ---------------------------------------------------------------------------------------------
 def test_lesion_nets_matches_lesion_single_and_random_per_net(trained, digits):
-    from resviz.bn_check import Net
+    from resviz.analysis.nets import Net
 
     _, _, xte, yte, mean, std = digits
     nets = [Net("r", trained["resnet"], mean, std, seed=3), Net("p", trained["plain"], mean, std)]
@@ -287,13 +287,9 @@ def test_test_set_from_an_archive_equals_the_extracted_tree(tmp_path):
         load_test_set(archive, n=0)
 
 
-def test_shared_jpeg_archive_gives_cifar_test_images():
+def test_shared_jpeg_archive_gives_cifar_test_images(cifar_jpeg_archive):
     """The real JPEG copy, read in place: 10 classes in CIFAR-10 order, 32x32 images."""
-    from resviz.notebook_sizes import shared_folder
-
-    copy = shared_folder("datasets", "cifar10-jpeg.tar.gz")
-    if copy is None:
-        pytest.skip("no shared CIFAR-10 JPEG archive beside the checkout")
+    copy = cifar_jpeg_archive  # skips without the shared CIFAR-10 JPEG archive
     test = load_test_set(copy, n=50)
     assert test.classes[:3] == ["airplane", "automobile", "bird"] and len(test.classes) == 10
     assert test.images.shape == (50, 3, 32, 32) and test.images.dtype == torch.uint8

@@ -1,11 +1,15 @@
-"""notebook_sizes: the smoke switch, folders from the environment, the data-set choice, shared smoke runs."""
+"""notebooks/sizes.py: the smoke switch, folders from the environment, the data-set choice, shared smoke runs.
+
+Local copies (checkpoints, the CIFAR-10 JPEG copy) come only from environment variables; the tests point them
+at ../shared (conftest's `dev_copies` and paths), the module itself never looks for that folder."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from resviz import notebook_sizes as ns
+import sizes as ns  # notebooks/sizes.py (conftest puts notebooks/ on sys.path, as Jupyter's cwd does)
 from resviz.sweep import grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def env(monkeypatch, tmp_path):
-    for key in (ns.SMOKE_ENV, ns.OUT_ENV, ns.DATA_ENV, ns.DATASET_ENV):
+    for key in (ns.SMOKE_ENV, ns.OUT_ENV, ns.DATA_ENV, ns.DATASET_ENV, ns.CHECKPOINTS_ENV, ns.CIFAR_JPEG_ENV):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv(ns.OUT_ENV, str(tmp_path / "out"))
     monkeypatch.setenv(ns.DATA_ENV, str(tmp_path / "data"))
@@ -104,13 +108,15 @@ def test_outside_a_checkout_folders_are_local(monkeypatch, tmp_path):
     assert ns.data_root() == tmp_path / "data"
 
 
-def test_shared_checkpoints_found_beside_the_checkout(monkeypatch):
+def test_checkpoint_folders_come_from_the_environment_only(monkeypatch, tmp_path, request):
     monkeypatch.chdir(ROOT / "notebooks")
-    shared = ROOT.parent / "shared" / "pretrained" / "akamaster"
-    if not shared.is_dir():
-        assert ns.checkpoint_dirs() == []
-        pytest.skip(f"no shared checkpoints at {shared}")
-    assert ns.checkpoint_dirs() == [shared]
+    monkeypatch.delenv(ns.CHECKPOINTS_ENV, raising=False)
+    assert ns.checkpoint_dirs() == []  # nothing found beside the checkout without the variable
+    monkeypatch.setenv(ns.CHECKPOINTS_ENV, f"{tmp_path / 'missing'}{os.pathsep}{tmp_path}")
+    assert ns.checkpoint_dirs() == [tmp_path]  # the folders named, those that exist
+    akamaster = request.getfixturevalue("akamaster_dir")  # skips without the shared checkpoints
+    monkeypatch.setenv(ns.CHECKPOINTS_ENV, str(akamaster))
+    assert ns.checkpoint_dirs() == [akamaster]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +160,7 @@ def test_lab_notebooks_full_mode(env, tmp_path):
 
 
 def test_lesion_test_set_prefers_cifar_images(env, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # outside a checkout: no shared folder
+    monkeypatch.chdir(tmp_path)  # no JPEG copy named by the environment
     spec, note = ns.lesion_test_set(tmp_path / "data")
     assert spec == "digits" and "near chance" in note and "RESVIZ_DATASET=cifar10" in note
     env.setenv(ns.DATASET_ENV, "digits")  # the digits are not a test set for CIFAR-10 nets: ignored
@@ -166,12 +172,16 @@ def test_lesion_test_set_prefers_cifar_images(env, tmp_path, monkeypatch):
                                                      "imagefolder:/x/cifar-jpeg (set by $RESVIZ_DATASET)")
 
 
-def test_lesion_test_set_uses_the_shared_jpeg_copy(env, tmp_path, monkeypatch):
+def test_lesion_test_set_uses_the_jpeg_copy_named_by_the_environment(env, tmp_path, monkeypatch, cifar_jpeg_archive):
     monkeypatch.chdir(ROOT / "notebooks")
-    archive = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
-    if not archive.is_file():
-        pytest.skip(f"no shared JPEG copy at {archive}")
+    archive = cifar_jpeg_archive
+    assert ns.lesion_test_set(tmp_path / "data")[0] == "digits"  # without the variable: no copy is looked for
+    env.setenv(ns.CIFAR_JPEG_ENV, str(archive))
     spec, note = ns.lesion_test_set(tmp_path / "data")  # no CIFAR-10 in this data folder
     assert spec == str(archive) and "JPEG copy" in note and "not a CIFAR-10 number" in note
     env.setenv(ns.SMOKE_ENV, "1")
     assert ns.sizes("06_lesion")["test_set"] == str(archive)  # even in smoke mode: real images
+    tree = tmp_path / "cifar10-jpeg"
+    (tree / "test").mkdir(parents=True)  # an extracted copy is read as an image folder
+    env.setenv(ns.CIFAR_JPEG_ENV, str(tree))
+    assert ns.lesion_test_set(tmp_path / "data")[0] == f"imagefolder:{tree}"

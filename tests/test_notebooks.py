@@ -1,7 +1,9 @@
 """Every notebooks/*.ipynb runs headless in smoke mode and is committed clean.
 
-Each notebook is executed with nbclient (cwd = notebooks/, RESVIZ_SMOKE=1, RESVIZ_OUT = one temporary folder
-for the whole module, so the smoke runs the notebooks share are trained once); any cell error fails the test.
+Each notebook is executed with nbclient (cwd = notebooks/, so its `import sizes` finds notebooks/sizes.py;
+RESVIZ_SMOKE=1, RESVIZ_OUT = one temporary folder for the whole module, so the smoke runs the notebooks share
+are trained once; the local checkpoints and JPEG copy from ../shared through conftest's `dev_copies`); any cell
+error fails the test.
 The static checks: no outputs, no widget state, no `def`/`class` in a cell (the package does the work).
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from resviz import notebook_sizes
+import sizes  # notebooks/sizes.py (conftest puts notebooks/ on sys.path, as the kernel's cwd does)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -53,10 +55,10 @@ def _skip_without_checkpoints(stem: str) -> None:
     from resviz.pretrained import find_local, hub_path
 
     try:
-        names = notebook_sizes.sizes(stem).get("checkpoints") or ["resnet20"]
+        names = sizes.sizes(stem).get("checkpoints") or ["resnet20"]
     except (KeyError, ValueError):  # a notebook without its own size table loads the smallest one
         names = ["resnet20"]
-    dirs = notebook_sizes.checkpoint_dirs()
+    dirs = sizes.checkpoint_dirs()
     missing = [n for n in names if find_local(n, dirs) is None and not hub_path(n).is_file()]
     if missing:
         pytest.skip(f"{stem} needs the akamaster checkpoints {missing}: not in ../shared, $RESVIZ_CHECKPOINTS "
@@ -69,8 +71,9 @@ def smoke_out(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_executes(path: Path, smoke_out: Path, monkeypatch):
+def test_notebook_executes(path: Path, smoke_out: Path, monkeypatch, dev_copies):
     monkeypatch.setenv("RESVIZ_SMOKE", "1")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # the kernel's `import sizes` leaves no __pycache__ here
     monkeypatch.setenv("RESVIZ_OUT", str(smoke_out))
     monkeypatch.delenv("RESVIZ_DATASET", raising=False)  # smoke mode: the built-in digits
     if path.stem in NEEDS_CHECKPOINTS:
@@ -86,7 +89,7 @@ def test_notebook_executes(path: Path, smoke_out: Path, monkeypatch):
     assert not errors, errors
     after = sorted(p.name for p in NOTEBOOK_DIR.iterdir())
     assert after == before, f"{path.name} wrote into notebooks/: {sorted(set(after) - set(before))}"
-    if path.stem in notebook_sizes.NOTEBOOKS:  # the notebooks that export: their files landed under RESVIZ_OUT
+    if path.stem in sizes.NOTEBOOKS:  # the notebooks that export: their files landed under RESVIZ_OUT
         written = sorted((smoke_out / "figures" / path.stem).glob("*.html"))
         assert written, f"{path.name} exported no figure into {smoke_out / 'figures' / path.stem}"
     print(f"{path.name}: {seconds:.1f} s")

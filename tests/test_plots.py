@@ -1,4 +1,4 @@
-"""plots.py: trace counts, values against the table, axis titles and types, sorted view, styles, colours."""
+"""resviz.plots (style, selection, depth, training, bn_check): trace counts, values against the table, axis titles and types, sorted view, styles, colours."""
 from __future__ import annotations
 
 import numpy as np
@@ -205,6 +205,27 @@ def test_heatmap_needs_a_run_when_several(stats):
 def luminance(color: str) -> float:
     r, g, b = unlabel_rgb(color)
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_run_meta_one_row_per_run_with_defaults():
+    frame = pd.DataFrame({"arch": ["resnet", "resnet", "plain"], "depth": [20, 20, 8], "value": [1.0, 2.0, 3.0]})
+    meta = plots.run_meta(frame)
+    assert list(meta.columns) == list(plots.RUN_COLUMNS) and len(meta) == 2  # in order of first appearance
+    assert meta.iloc[0].tolist() == ["", "resnet", 20, "unknown", "unknown", 0]
+    assert meta["depth"].dtype == np.int64 and meta["seed"].dtype == np.int64
+    assert plots.run_key(meta.iloc[1]) == ("", "plain", 8, "unknown", "unknown", 0)
+    with pytest.raises(ValueError, match="neither run_id nor arch"):
+        plots.run_meta(frame.drop(columns="arch"))
+
+
+def test_profile_traces_are_what_plot_profile_draws(stats):
+    profs = plots.profiles(stats, "grad_norm", step=100)
+    fig = plots.plot_profile(stats, "grad_norm", step=100)
+    assert fig.to_json() == plots.profile_figure(profs, "grad_norm", step=100).to_json()
+    specs = plots.profile_traces(profs, "grad_norm", sort=True, widget_hover=True)  # the dashboard's form
+    assert [s["name"] for s in specs] == [t.name for t in fig.data]
+    assert list(specs[0]["text"][:1]) == [profs[0].layer[np.nanargmax(profs[0].value)]]  # largest first
+    assert plots.profile_axes(profs, "grad_norm")["yaxis"]["type"] == "log"  # from schema.METRIC_TABLE
 
 
 def test_colours_consistent_warm_cool_and_darker_when_deeper(stats, train):

@@ -1,4 +1,4 @@
-"""plots.py, the labs section: every figure's numbers against the analysis frames it draws (small real inputs)."""
+"""resviz.plots lab figures (invariance, norms, lesion, shattered, signal): every figure's numbers against the analysis frames it draws (small real inputs)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ import torch
 import synthetic
 from resviz import plots
 from resviz.analysis import invariance, lesion, shattered, signal
-from resviz.bn_check import Net
+from resviz.analysis.nets import Net
 from resviz.models import cifar_resnet
 from resviz.probes import Recorder
 
@@ -54,6 +54,18 @@ def test_invariance_grid_marks_a_disagreement_and_refuses_other_tables(grid_fram
     assert fig.data[0].text[i][j].startswith("no") and fig.data[0].text[i][j].endswith("≠")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['paper'\]; pass resviz.analysis.invariance"):
         plots.plot_invariance_grid(grid_frame.drop(columns="paper"))
+
+
+def test_invariance_grid_reads_labels_and_explanations_from_the_frame(grid_frame):
+    """A frame that carries `transformation_label` and `why` is drawn from its own columns (no analysis import)."""
+    words = grid_frame.assign(
+        transformation_label=[invariance.TRANSFORMATION_LABELS[t] for t in grid_frame["transformation"]],
+        why=[f"because {n}/{t}" for n, t in zip(grid_frame["norm"], grid_frame["transformation"])],
+    )
+    measured, _ = plots.plot_invariance_grid(words).data
+    assert list(measured.x) == [invariance.TRANSFORMATION_LABELS[t] for t in invariance.TRANSFORMATIONS]
+    i, j = invariance.NORMS.index("rms"), invariance.TRANSFORMATIONS.index("dataset_recenter")
+    assert "why: because rms/dataset_recenter" in measured.customdata[i][j]
 
 
 # ----------------------------------------------------------------------------------- batch dependence

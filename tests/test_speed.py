@@ -132,7 +132,7 @@ def test_reference_loop_sees_the_same_images():
         from reference_loop import reference_loader
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    from resviz.train import BatchStream
+    from resviz.loader import DeviceLoader
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -141,10 +141,11 @@ def test_reference_loop_sees_the_same_images():
     loader = reference_loader(images, labels, mean=mean, std=std, batch_size=4, workers=0, augment=False,
                               shuffle=False)
     config = TrainConfig(batch_size=4, augment=False, seed=0)
-    stream = BatchStream(images, labels, config, mean, std, "cpu")
+    stream = DeviceLoader(images, labels, batch_size=config.batch_size, train=True, mean=mean, std=std,
+                          device="cpu", seed=config.seed, augment=config.augment)  # as train() makes it
     ref = torch.cat([x for x, _ in loader])  # (12, 3, 32, 32) in order
     ours, ours_y = stream.batch(0)
-    order = stream._perm[:4]
+    order = stream.order(0)[:4]
     torch.testing.assert_close(ours, ref[order], rtol=0, atol=2e-6)
     assert torch.equal(ours_y, labels[order])
     augmented = next(iter(reference_loader(images, labels, mean=mean, std=std, batch_size=12, workers=0,

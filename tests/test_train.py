@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,25 +17,7 @@ import torch
 from resviz import runs, schema
 from resviz.cli import main
 from resviz.train import TrainConfig, learning_rate, train
-
-# a seconds-long run on the built-in digits: ResNet-8 at width 8
-TINY = TrainConfig(dataset="digits", depth=8, width=8, steps=30, batch_size=32, log_every=10, eval_every=10,
-                   checkpoint_every=10, record_every=5, eval_batch_size=400, progress=False)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("data"))
-
-
-def tiny(data_root, **changes) -> TrainConfig:
-    return dataclasses.replace(TINY, root=data_root, **changes)
-
-
-def cli(*args: str, cwd=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "resviz.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
+from tiny_training import TINY, cli, data_root, tiny  # noqa: F401 - data_root is a fixture
 
 def test_paper_recipe_defaults():
     c = TrainConfig()
@@ -156,83 +137,6 @@ def test_divergence_is_recorded_not_raised(tmp_path, data_root):
     assert not math.isfinite(metrics["loss"].iloc[-1])  # the non-finite row is kept, never dropped
     assert all(math.isfinite(v) for v in metrics["loss"].iloc[:-1])
     assert (result.folder / "stats.parquet").is_file()
-
-
-def test_sweep_skips_finished_runs(tmp_path, data_root):
-    from resviz.sweep import grid, run_sweep
-
-    configs = grid(tiny(data_root, steps=10, checkpoint_every=10), depths=(8,), archs=("plain", "resnet"))
-    assert [c.arch for c in configs] == ["plain", "resnet"]
-    first = run_sweep(configs, tmp_path, progress=False)
-    assert first["status"].tolist() == ["done", "done"]
-    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-    second = run_sweep(configs, tmp_path, progress=False)
-    assert second["status"].tolist() == ["done", "done"]
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
-
-
-def test_sweep_with_two_worker_processes(tmp_path, data_root):
-    from resviz.sweep import grid, run_sweep
-
-    configs = grid(tiny(data_root, steps=10, checkpoint_every=10), depths=(8,), archs=("plain", "resnet"))
-    table = run_sweep(configs, tmp_path, workers=2, progress=False)
-    assert table["run"].tolist() == [c.run_id for c in configs]  # the grid's order, whatever finished first
-    assert table["status"].tolist() == ["done", "done"]
-    alone = train(configs[1], tmp_path / "alone")  # a worker process trains exactly what one process would
-    loss = pd.read_parquet(tmp_path / configs[1].run_id / "metrics.parquet")["loss"]
-    assert loss.tolist() == pd.read_parquet(alone.folder / "metrics.parquet")["loss"].tolist()
-
-
-def test_cli_train_and_sweep_summary(tmp_path, data_root):
-    r = cli("sweep", "--dataset", "digits", "--root", data_root, "--depths", "8", "--arch", "plain,resnet",
-            "--width", "8", "--steps", "10", "--batch-size", "32", "--log-every", "5", "--checkpoint-every", "10",
-            "--eval-every", "10", "--no-progress", "--out", str(tmp_path))
-    assert r.returncode == 0, r.stderr
-    assert "digits-plain8-batch-w8-s0" in r.stdout and "digits-resnet8-batch-scA-w8-s0" in r.stdout
-    assert "test_error" in r.stdout and "done" in r.stdout
-
-
-def test_config_file(tmp_path, data_root):
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"dataset: digits\nroot: {data_root}\ndepth: 8\nwidth: 8\nsteps: 10\nbatch_size: 32\n"
-                   "log_every: 5\ncheckpoint_every: 10\neval_every: 10\nprogress: false\n")
-    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 0
-    config = json.loads((tmp_path / "r" / "digits-resnet8-batch-scA-w8-s0" / "config.json").read_text())
-    assert config["steps"] == 10 and config["batch_size"] == 32
-
-
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--depth", "21"], r"depth=21 must be 6n\+2"),
-        (["--norm", "instance"], r"norm='instance' is unknown"),
-        (["--shortcut", "C"], r"shortcut='C' is unknown"),
-        (["--dataset", "mnist"], r"mnist"),
-        (["--steps", "0"], r"steps=0 must be a positive integer"),
-        (["--steps", "ten"], r"--steps='ten' must be an integer"),
-        (["--batch-size", "5000"], r"batch_size=5000 is larger than the training set \(1437 images\)"),
-    ],
-)
-def test_bad_train_input(tmp_path, data_root, capsys, args, message):
-    base = ["train", "--dataset", "digits", "--root", data_root, "--steps", "10", "--out", str(tmp_path)]
-    code = main(base + args)
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.startswith("resviz: error: ") and len(err.strip().splitlines()) == 1
-    import re
-
-    assert re.search(message, err), err
-
-
-def test_bad_config_files(tmp_path, capsys):
-    unknown = tmp_path / "a.json"
-    unknown.write_text('{"depth": 8, "learning_rate": 0.1}')
-    assert main(["train", "--config", str(unknown)]) == 2
-    assert "unknown config key(s) ['learning_rate']" in capsys.readouterr().err
-    wrong = tmp_path / "b.yaml"
-    wrong.write_text("depth: eight\n")
-    assert main(["train", "--config", str(wrong)]) == 2
-    assert "config key 'depth' must be an integer, got 'eight'" in capsys.readouterr().err
 
 
 def test_refuses_resume_with_other_config(tmp_path, data_root, capsys):

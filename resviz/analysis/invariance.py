@@ -27,13 +27,15 @@ normalisation is not; the measurement agrees with the table (h scales with delta
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+from resviz.analysis.modes import batch_stats_mode  # also re-exported from here (its old home)
+from resviz.analysis.nets import normalise_images
 
 NORMS = ("batch", "weight", "layer", "rms")
 TRANSFORMATIONS = (
@@ -180,6 +182,8 @@ def measure_invariance(
                     max_deviation=dev,
                     relative_deviation=rel,
                     paper=PAPER_TABLE.get(norm, {}).get(t),
+                    transformation_label=TRANSFORMATION_LABELS[t],  # the figure's words come with the data
+                    why=THEORY[norm][t][1],
                 )
             )
     return pd.DataFrame(rows)
@@ -293,22 +297,6 @@ def invariance_flags(frame: pd.DataFrame) -> dict[str, dict[str, bool]]:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def batch_stats_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Train mode (norms use batch statistics) without changing running statistics; all restored on exit."""
-    modes = {m: m.training for m in model.modules()}
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    model.train()
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
-        for m, mode in modes.items():
-            m.training = mode
-
-
 def _label(model: nn.Module) -> str:
     spec = getattr(model, "spec", None)
     return spec.norm if spec is not None else type(model).__name__
@@ -372,7 +360,7 @@ def batch_dependence_nets(
     draws: int = 5,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """`batch_dependence` for trained nets (`resviz.bn_check.Net`: a model with its input mean/std).
+    """`batch_dependence` for trained nets (`resviz.analysis.nets.Net`: a model with its input mean/std).
 
     images_uint8: (N, 3, H, W) uint8, normalised per net. Rows as `batch_dependence` plus `net` (e.g.
     "ResNet-8, layer"), arch, depth and relative_change = max_change / logit_scale; `norm` is the net's norm.
@@ -382,13 +370,11 @@ def batch_dependence_nets(
         raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}; "
                          "pass e.g. datasets.load('digits').test_images[:64]")
     if len(nets) == 0:
-        raise ValueError("no nets given; pass bn_check.run_nets(folder)")
+        raise ValueError("no nets given; pass nets.run_nets(folder) (resviz.analysis.nets)")
     frames = []
     for net in nets:
         spec = net.model.spec
-        mean = torch.tensor(net.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(net.std, dtype=torch.float32).view(1, 3, 1, 1)
-        x = (images.float() / 255 - mean) / std  # (N, 3, H, W)
+        x = normalise_images(images, net.mean, net.std, "cpu")  # (N, 3, H, W)
         arch = "ResNet" if spec.arch == "resnet" else spec.arch
         label = f"{arch}-{spec.depth}, {spec.norm}"
         f = batch_dependence({label: net.model}, x, batch_sizes, example=example, draws=draws, seed=seed)

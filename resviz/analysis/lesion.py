@@ -14,7 +14,8 @@ Removal swaps the block's `forward` for the duration of a `with` block and alway
     with removed_blocks(model, ["layer2.3", 5]):
         error = error_rate(model, images, labels, mean=MEAN, std=STD)
 
-Many nets at once (akamaster checkpoints, your runs: `resviz.bn_check.Net`s, each with its input mean/std):
+Many nets at once (akamaster checkpoints, your runs: `resviz.analysis.nets.Net`s, each with its input
+mean/std):
 
     test = load_test_set("cifar10", n=2000)          # or an ImageFolder tree / its .tar.gz
     single, random = lesion_nets(nets, test.images, test.labels, ks=(1, 2, 4, 8))
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resviz.analysis.modes import eval_mode  # noqa: F401 (re-exported from here, its old home)
 from resviz.models import ShortcutA, iter_blocks
 
 _MISSING = object()
@@ -124,18 +126,6 @@ def removed_blocks(model: nn.Module, blocks: Iterable[int | str]) -> Iterator[li
                 block.forward = old
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Every module in eval mode inside the `with`; each module's own flag restored on exit."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
 def error_rate(
     model: nn.Module,
     images_uint8: torch.Tensor | np.ndarray,
@@ -174,8 +164,8 @@ def lesion_single(
     """Remove each block in turn (or only `blocks`) and measure the test error.
 
     images_uint8: (N, 3, H, W) uint8, normalised with mean/std (0..1 scale); device: moves the model there
-    (default: where it is). Returns one row per removed block: position, block, stage, index, downsample, error, delta (error minus
-    the intact net's error, which is also in `frame.attrs["baseline_error"]`).
+    (default: where it is). Returns one row per removed block: position, block, stage, index, downsample, error,
+    delta (error minus the intact net's error, which is also in `frame.attrs["baseline_error"]`).
     """
     if device is not None:
         model.to(device)
@@ -255,15 +245,16 @@ def lesion_nets(
     batch_size: int = 500,
     progress: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """`lesion_single` (every block) and, with `ks`, `lesion_random` for each net (`resviz.bn_check.Net`: a model
-    with the input mean/std it was trained with).
+    """`lesion_single` (every block) and, with `ks`, `lesion_random` for each net (`resviz.analysis.nets.Net`: a
+    model with the input mean/std it was trained with).
 
     Returns (single, random or None), each with the net in columns run_id (its name), arch, depth, norm,
     shortcut, seed and the intact net's error in `baseline_error`. k larger than a net's number of blocks is
     left out for that net.
     """
     if len(nets) == 0:
-        raise ValueError("no nets given; pass bn_check.akamaster_nets([...]) and/or bn_check.run_nets(folder)")
+        raise ValueError("no nets given; pass nets.akamaster_nets([...]) and/or nets.run_nets(folder) "
+                         "(resviz.analysis.nets)")
     singles, randoms = [], []
     for net in nets:
         spec = getattr(net.model, "spec", None)

@@ -14,8 +14,7 @@ statistics. Everything is restored on exit.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from resviz.analysis.modes import calibrated_eval  # also re-exported from here (its old home)
 from resviz.models import cifar_resnet
 
 
@@ -44,33 +44,6 @@ def line_inputs(
         raise ValueError(f"start {tuple(a.shape)} and end {tuple(b.shape)} must have the same shape")
     t = torch.linspace(0.0, 1.0, n).reshape(n, *([1] * a.ndim))  # (n, 1, 1, 1)
     return a + t * (b - a)  # (n, C, H, W)
-
-
-@contextlib.contextmanager
-def calibrated_eval(model: nn.Module, inputs: torch.Tensor) -> Iterator[nn.Module]:
-    """Eval mode, with every BatchNorm's running stats set to `inputs`' batch statistics; restored on exit."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    modes = {m: m.training for m in model.modules()}
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    momenta = {m: m.momentum for m in bns}
-    try:
-        if bns:
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average: after one pass, running = batch statistics
-            model.train()
-            with torch.no_grad():
-                model(inputs)
-        model.eval()
-        yield model
-    finally:
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
-        for m, momentum in momenta.items():
-            m.momentum = momentum
-        for m, mode in modes.items():
-            m.training = mode
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Signal propagation at initialisation (Brock, De & Smith 2021) and the branch inits that tame it.
 
-`signal_propagation` hooks each block's probe points and records, per point, Brock et al.'s
+`signal_propagation` records with a Recorder, at each block's probe points, Brock et al.'s
     channel_sq_mean = mean_c (mean_{N,H,W} x_c)^2        channel_var = mean_c var_{N,H,W} x_c
 as a tidy stats table (schema.STATS_COLUMNS; layer = "layer2.3.probe_out", layer_index = block position).
 Their sum is the pooled second moment E[x^2] of the point.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,12 +33,14 @@ import torch
 from torch import nn
 
 from resviz import schema
-from resviz.analysis.invariance import batch_stats_mode
-from resviz.analysis.lesion import eval_mode
+from resviz.analysis.modes import batch_stats_mode, eval_mode
 from resviz.models import check_depth, cifar_resnet, iter_blocks
+from resviz.probes import Recorder
+from resviz.probes.plan import moment_rows
 
 POINTS = ("probe_out", "probe_branch", "probe_sum", "probe_skip")
 MODES = ("train", "eval")
+SIGNAL_METRICS = ("channel_sq_mean", "channel_var")
 
 
 def channel_stats(x: torch.Tensor) -> torch.Tensor:
@@ -50,30 +52,45 @@ def channel_stats(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([(mu**2).mean(), var.mean()])
 
 
-@contextlib.contextmanager
-def signal_hooks(model: nn.Module, points: Sequence[str] = ("probe_out", "probe_branch")) -> Iterator[dict]:
-    """Hooks on every block's probe points; yields {(block name, point): (2,) device tensor} filled on forward."""
+def _recorder(model: nn.Module, points: Sequence[str], run_info: dict | None = None) -> Recorder:
+    """A Recorder whose rows are Brock et al.'s two metrics at each block's `points` (per block, in forward
+    order: branch, skip, sum, out)."""
     bad = [p for p in points if p not in POINTS]
     if bad:
         raise ValueError(f"point {bad[0]!r} is unknown; use {', '.join(POINTS)}")
-    store: dict[tuple[str, str], torch.Tensor] = {}
-    handles = []
-    try:
-        for _, _, name, block in iter_blocks(model):
-            for point in points:
-                probe = getattr(block, point, None)
-                if probe is None:  # plain nets have no skip path
-                    continue
+    rows = moment_rows(tuple(p.removeprefix("probe_") for p in points))
+    return Recorder(model, every=1, metrics=SIGNAL_METRICS, run_info=run_info, block_rows=rows)
 
-                def hook(_module, _inp, out, key=(name, point)):
-                    with torch.no_grad():
-                        store[key] = channel_stats(out)
 
-                handles.append(probe.register_forward_hook(hook))
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
+class _LiveMoments(Mapping):
+    """{(block name, point): (2,) tensor [channel_sq_mean, channel_var]} of the Recorder's current step, read
+    from it when looked at (points a forward pass has not reached are absent)."""
+
+    def __init__(self, rec: Recorder):
+        self._rec = rec
+
+    def _read(self) -> dict[tuple[str, str], torch.Tensor]:
+        frame = self._rec.peek()
+        pairs: dict[tuple[str, str], list[float]] = {}
+        for layer, metric, value in zip(frame["layer"].astype(str), frame["metric"].astype(str), frame["value"]):
+            pairs.setdefault(tuple(layer.rsplit(".", 1)), [math.nan, math.nan])[SIGNAL_METRICS.index(metric)] = value
+        return {key: torch.tensor(v) for key, v in pairs.items()}
+
+    def __getitem__(self, key):
+        return self._read()[key]
+
+    def __iter__(self):
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+
+@contextlib.contextmanager
+def signal_hooks(model: nn.Module, points: Sequence[str] = ("probe_out", "probe_branch")) -> Iterator[Mapping]:
+    """A Recorder on every block's probe points; yields {(block name, point): (2,) tensor} of the last forward."""
+    with _recorder(model, points) as rec:
+        yield _LiveMoments(rec)
 
 
 def _label(model: nn.Module) -> str:
@@ -92,7 +109,8 @@ def signal_propagation(
     seed: int = 0,
     step: int = 0,
 ) -> pd.DataFrame:
-    """One forward pass of `inputs` (B, C, H, W); Brock et al.'s metrics at each block's probe points.
+    """One forward pass of `inputs` (B, C, H, W); Brock et al.'s metrics at each block's probe points, recorded
+    by a Recorder (layer = "layer2.3.probe_out", layer_index = block position).
 
     mode "train": norms use batch statistics (running stats left untouched); "eval": running statistics.
     run_id labels the rows (default e.g. "resnet20-none-fixup"). Returns a coerced stats table.
@@ -103,36 +121,12 @@ def signal_propagation(
         raise ValueError(f"inputs must be a batch (B >= 2, C, H, W), got shape {tuple(inputs.shape)}; use B >= 64")
     device = next(model.parameters()).device
     ctx = batch_stats_mode(model) if mode == "train" else eval_mode(model)
-    with ctx, signal_hooks(model, points) as store, torch.no_grad():
+    run_info = dict(run_id=run_id if run_id is not None else _label(model), seed=seed)
+    with ctx, _recorder(model, points, run_info) as rec, torch.no_grad():
+        rec.begin_step(step)
         model(inputs.to(device))
-    keys = list(store)
-    values = torch.stack([store[k] for k in keys]).cpu().numpy() if keys else np.zeros((0, 2))  # one copy
-    spec = model.spec
-    positions = {name: (pos, stage, index) for pos, (stage, index, name, _) in enumerate(iter_blocks(model))}
-    rows = []
-    for (name, point), (sq_mean, var) in zip(keys, values):
-        pos, stage, index = positions[name]
-        for metric, value in (("channel_sq_mean", sq_mean), ("channel_var", var)):
-            rows.append(
-                dict(
-                    run_id=run_id if run_id is not None else _label(model),
-                    arch=spec.arch,
-                    depth=spec.depth,
-                    norm=spec.norm,
-                    shortcut=spec.shortcut,
-                    seed=seed,
-                    step=step,
-                    epoch=math.nan,
-                    layer=f"{name}.{point}",
-                    layer_index=pos,
-                    stage=stage,
-                    block=index,
-                    metric=metric,
-                    value=float(value),
-                )
-            )
-    frame = pd.DataFrame(rows, columns=list(schema.STATS_COLUMNS))
-    return schema.coerce(frame) if rows else schema.empty()
+        rec.end_step(step)
+    return rec.frame()
 
 
 def second_moments(frame: pd.DataFrame, point: str = "probe_out") -> pd.DataFrame:

@@ -15,9 +15,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from resviz import plots
+from resviz.widgets.view import View
 
 
-class BatchSizeExplorer:
+class BatchSizeExplorer(View):
     """A batch-size slider, the batch-dependence figure and a one-line summary; display the object in a notebook.
 
     `slider.value = 16` from Python drives it as a click does.
@@ -37,14 +38,6 @@ class BatchSizeExplorer:
         self.slider.observe(self._on_change, names="value")
         self.widget = widgets.VBox([self.slider, self.figure, self.summary])
         self._describe(chosen)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
 
     @property
     def batch_size(self) -> int:
@@ -66,6 +59,7 @@ class BatchSizeExplorer:
         self._describe(batch_size)
 
     def _describe(self, batch_size: int) -> None:
+        # the experiment's own summary; imported here so that `import resviz.widgets` needs no torch
         from resviz.analysis.invariance import summarise_batch_dependence
 
         table = summarise_batch_dependence(self.frame)
@@ -79,6 +73,3 @@ class BatchSizeExplorer:
 def batch_size_explorer(frame: pd.DataFrame, *, batch_size: int | None = None) -> BatchSizeExplorer:
     """The batch-size slider over `batch_dependence_nets(...)` (or `batch_dependence(...)`) rows."""
     return BatchSizeExplorer(frame, batch_size=batch_size)
-
-
-__all__ = ["BatchSizeExplorer", "batch_size_explorer"]

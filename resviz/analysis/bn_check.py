@@ -8,19 +8,17 @@ when x̂_c has mean 0 and variance 1 (var_c: population variance over the C chan
 Fig. 7 is set mostly by the learned affine parameters. `predicted_response_std(model)` computes the right-hand
 side from the weights alone; `measure` records the real response std with the Recorder (one forward pass of
 the given images, BN with its running statistics as at test time, or with the batch's own statistics as in
-training, where the identity holds up to BN's eps); `cross_check` puts the two side by side.
+training, where the identity holds up to BN's eps); `cross_check` puts the two side by side. The nets
+(`Net`, `akamaster_nets`, `run_nets`, `describe`) live in `resviz.analysis.nets` and are re-exported here.
 
-    nets = akamaster_nets(["resnet20", "resnet56"]) + run_nets("runs/demo")
+    nets = akamaster_nets(["resnet20", "resnet56"]) + run_nets("runs/demo")   # resviz.analysis.nets
     stats = measure(nets, images)                    # the tidy table: response_std (+ per channel)
     table = cross_check(nets, stats)                 # run, layer, measured, predicted, ratio
 """
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,92 +26,14 @@ import torch
 from torch import nn
 
 from resviz import schema
-from resviz.models import cifar_resnet
+from resviz.analysis.modes import batch_stats_mode, eval_mode
+from resviz.analysis.nets import Net, akamaster_nets, describe, normalise_images, run_nets  # noqa: F401 (re-exported)
 from resviz.probes import NORM_TYPES, SKIP_PATH_NAMES, Recorder
 
 BN_MODES = ("running", "batch")
 PREDICTED_COLUMNS = ("layer", "layer_index", "channels", "gamma_sq_mean", "beta_var", "predicted")
 CHECK_COLUMNS = ("run_id", "arch", "depth", "norm", "shortcut", "seed", "layer", "layer_index", "measured",
                  "predicted", "ratio")
-
-
-@dataclass(frozen=True, eq=False)
-class Net:
-    """A trained network with the input normalisation it was trained with (mean/std per channel, 0..1 scale)."""
-
-    name: str  # becomes run_id in the tables
-    model: nn.Module
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    seed: int = -1  # -1: unknown (a downloaded checkpoint)
-    source: str = ""  # where the weights came from
-
-
-def akamaster_nets(names: Sequence[str], *, search_dirs: Sequence[str | os.PathLike] = (),
-                   progress: bool = False) -> list[Net]:
-    """akamaster's CIFAR-10 ResNets by name, from `search_dirs`, $RESVIZ_CHECKPOINTS, or a download."""
-    from resviz.pretrained import AKAMASTER_FILES, AKAMASTER_MEAN, AKAMASTER_STD, find_local, pretrained
-
-    if isinstance(names, (str, os.PathLike)):
-        names = [names]
-    nets = []
-    for name in names:
-        model = pretrained(name, search_dirs=search_dirs, progress=progress)
-        key = str(name).lower()
-        if key in AKAMASTER_FILES:
-            label, source = key, find_local(key, search_dirs) or f"torch hub ({AKAMASTER_FILES[key]})"
-        else:
-            label, source = Path(name).stem, name
-        nets.append(Net(f"akamaster-{label}", model, AKAMASTER_MEAN, AKAMASTER_STD, source=str(source)))
-    return nets
-
-
-def run_nets(path_or_glob, *, mean=None, std=None) -> list[Net]:
-    """The final weights of run folders (`runs/<id>/checkpoint.pt`), normalised as their data set was.
-
-    mean/std: override the per-channel normalisation (default: the one the run trained with, from its checkpoint).
-    """
-    from resviz import runs
-    from resviz.evaluate import load_run_model
-
-    folders = runs.find_runs(path_or_glob)
-    with_weights = [f for f in folders if (f / "checkpoint.pt").is_file()]
-    if not with_weights:
-        raise FileNotFoundError(
-            f"no run with a checkpoint.pt under {path_or_glob}: train one first (resviz train, or sweep.run_sweep)"
-        )
-    nets = []
-    for folder in with_weights:
-        config = runs.read_json(folder / "config.json")
-        model, m, s = load_run_model(folder)  # normalised as its data set was, unless overridden
-        if mean is not None and std is not None:
-            m, s = mean, std
-        nets.append(Net(config.get("run_id", folder.name), model, tuple(m), tuple(s), seed=int(config["seed"]),
-                        source=str(folder)))
-    return nets
-
-
-def describe(nets: Sequence[Net]) -> pd.DataFrame:
-    """One row per net: name, architecture, depth, parameters, where its weights came from."""
-    rows = []
-    for net in nets:
-        spec = getattr(net.model, "spec", None)
-        rows.append({"name": net.name, "arch": getattr(spec, "arch", type(net.model).__name__),
-                     "depth": getattr(spec, "depth", -1), "parameters": sum(p.numel() for p in net.model.parameters()),
-                     "source": net.source})
-    return pd.DataFrame(rows, columns=["name", "arch", "depth", "parameters", "source"])
-
-
-def _normalise(images: torch.Tensor, mean, std, device) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float (N, 3, H, W) normalised per channel."""
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"images must be uint8 of shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}; "
-            "pass e.g. datasets.load('digits').test_images[:256]"
-        )
-    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return (images.to(device).float() / 255 - m) / s
 
 
 def measure(nets: Sequence[Net], images: torch.Tensor, *, bn: str = "running", per_channel: bool = False,
@@ -132,19 +52,17 @@ def measure(nets: Sequence[Net], images: torch.Tensor, *, bn: str = "running", p
         raise ValueError(f"got {len(images)} image(s); pass at least 2 (a std needs several values)")
     frames = []
     for net in nets:
-        model = copy.deepcopy(net.model) if bn == "batch" else net.model
-        was_training = model.training
-        model.to(device).train(bn == "batch")
-        x = _normalise(images, net.mean, net.std, device)  # (N, 3, H, W)
+        # batch statistics on a copy, so the caller's net stays on its device; each switch restores on exit
+        model = (copy.deepcopy(net.model) if bn == "batch" else net.model).to(device)
+        mode = batch_stats_mode if bn == "batch" else eval_mode
+        x = normalise_images(images, net.mean, net.std, device)  # (N, 3, H, W)
         info = {"run_id": net.name, "seed": int(net.seed)}
-        try:
-            with Recorder(model, every=1, metrics=["response_std"], per_channel=per_channel, run_info=info) as rec:
-                with torch.no_grad():
-                    model(x)
-                rec.step()
-            frames.append(rec.frame())
-        finally:
-            model.train(was_training)
+        with mode(model), Recorder(model, every=1, metrics=["response_std"], per_channel=per_channel,
+                                   run_info=info) as rec:
+            with torch.no_grad():
+                model(x)
+            rec.step()
+        frames.append(rec.frame())
     return schema.concat(frames)
 
 

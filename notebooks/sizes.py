@@ -1,6 +1,8 @@
 """What the notebooks run: a smoke version (RESVIZ_SMOKE=1, seconds on a CPU) or the full one, and where.
 
-`sizes(notebook)` returns everything a notebook needs, so the notebook itself holds no logic:
+This file sits beside the notebooks, not in the package: Jupyter runs a notebook in its own folder, so a
+notebook's first cell says `import sizes` and calls `sizes.sizes("01_quickstart")`, which returns everything
+the notebook needs, so the notebook itself holds no logic:
     smoke          RESVIZ_SMOKE read as a switch ("1"/"true"/"yes"/"on"; unset, "0"/"false"/"no"/"off")
     base, depths, archs   the runs: `sweep.grid(s["base"], depths=s["depths"], archs=s["archs"])`
     runs, figures  folders under $RESVIZ_OUT (default `<project>/runs/notebooks`): runs are grouped by the
@@ -18,9 +20,9 @@ Data sets: $RESVIZ_DATASET ("digits", "cifar10" (downloads if absent), "imagefol
 degradation, response-std, gradient, normalisation and branch-init notebooks use CIFAR-10 when it is already in
 `data_root`, else the built-in digits, and smoke mode always uses the digits. The lesion notebook's test set for
 the akamaster nets (`lesion_test_set`) is a CIFAR-10 test split even in smoke mode when one is local: CIFAR-10 in
-`data_root`, else the JPEG copy beside the project (`shared/datasets/cifar10-jpeg[.tar.gz]`, read in place).
-Checkpoints: $RESVIZ_CHECKPOINTS (read by `resviz.pretrained`), then a `shared/pretrained/akamaster` folder beside
-the project (a development copy) when one exists, else torch hub's cache / download.
+`data_root`, else the JPEG copy named by $RESVIZ_CIFAR_JPEG (a `test/` folder tree or its .tar.gz, read in place).
+Checkpoints: the folders named by $RESVIZ_CHECKPOINTS (also read by `resviz.pretrained`), else torch hub's
+cache / download. Local copies come only from these variables: nothing here looks for folders of its own.
 """
 from __future__ import annotations
 
@@ -28,14 +30,16 @@ import dataclasses
 import os
 from pathlib import Path
 
-from resviz import datasets
+from resviz import datasets, pretrained
 from resviz.demo import DEMO
-from resviz.train import TrainConfig
+from resviz.train import TrainConfig, dataset_slug
 
 SMOKE_ENV = "RESVIZ_SMOKE"
 OUT_ENV = "RESVIZ_OUT"
 DATA_ENV = "RESVIZ_DATA"
 DATASET_ENV = "RESVIZ_DATASET"
+CHECKPOINTS_ENV = pretrained.CHECKPOINTS_ENV  # "RESVIZ_CHECKPOINTS": folders holding akamaster's .th files
+CIFAR_JPEG_ENV = "RESVIZ_CIFAR_JPEG"  # a CIFAR-10 JPEG copy: a train/ and test/ tree, or its .tar.gz
 NOTEBOOKS = ("01_quickstart", "02_degradation", "03_response_std", "04_gradient_flow")
 LAB_NOTEBOOKS = ("05_layer_norm", "06_lesion", "07_shattered_gradients", "08_signal_propagation")
 ALL_NOTEBOOKS = NOTEBOOKS + LAB_NOTEBOOKS
@@ -108,22 +112,17 @@ def data_root() -> Path:
     return (project_root() or Path.cwd()) / "data"
 
 
-def shared_folder(*parts: str) -> Path | None:
-    """`shared/<parts>` beside the project (a development copy), if it exists."""
-    root = project_root()
-    candidates = [root.parent / "shared"] if root else []
-    candidates.append(Path.cwd().resolve().parent.parent / "shared")  # ../../shared from notebooks/
-    for base in candidates:
-        path = base.joinpath(*parts)
-        if path.exists():
-            return path
-    return None
-
-
 def checkpoint_dirs() -> list[Path]:
-    """Local folders holding akamaster checkpoints besides $RESVIZ_CHECKPOINTS: a shared development copy."""
-    found = shared_folder("pretrained", "akamaster")
-    return [found] if found is not None and found.is_dir() else []
+    """The existing folders named by $RESVIZ_CHECKPOINTS (os.pathsep-separated), where akamaster files may be."""
+    named = [Path(d).expanduser() for d in os.environ.get(CHECKPOINTS_ENV, "").split(os.pathsep) if d]
+    return [d for d in named if d.is_dir()]
+
+
+def cifar_jpeg_copy() -> Path | None:
+    """The CIFAR-10 JPEG copy named by $RESVIZ_CIFAR_JPEG (a folder tree or an archive), if it exists."""
+    raw = os.environ.get(CIFAR_JPEG_ENV, "").strip()
+    path = Path(raw).expanduser() if raw else None
+    return path if path is not None and path.exists() else None
 
 
 def cifar_present(root: str | os.PathLike) -> bool:
@@ -146,37 +145,32 @@ def choose_dataset(*, prefer_cifar: bool, is_smoke: bool, root: str | os.PathLik
         return "cifar10", f"CIFAR-10 from {root}"
     note = (f"{digits}: CIFAR-10 is not in {root}; set {DATASET_ENV}=cifar10 to download it (170 MB) or "
             f"{DATASET_ENV}=imagefolder:PATH for a train/ and test/ folder tree")
-    copy = shared_folder("datasets", "cifar10-jpeg.tar.gz")
-    if copy is not None:
+    copy = cifar_jpeg_copy()
+    if copy is not None and copy.is_dir():
+        note += f" (a JPEG copy is at {copy}: pass imagefolder:{copy})"
+    elif copy is not None:
         note += f" (a JPEG copy is at {copy}: extract it and pass imagefolder:<folder>)"
     return "digits", note
 
 
 def lesion_test_set(root: str | os.PathLike) -> tuple[str, str]:
     """(test-set spec for `resviz.analysis.lesion.load_test_set`, a sentence saying which and why) for nets
-    trained on CIFAR-10: $RESVIZ_DATASET unless it is the digits, CIFAR-10 in `root`, the JPEG copy beside the
-    project (an extracted tree, else the archive, read in place), else the digits (saying why that is poor)."""
+    trained on CIFAR-10: $RESVIZ_DATASET unless it is the digits, CIFAR-10 in `root`, the JPEG copy named by
+    $RESVIZ_CIFAR_JPEG (an extracted tree, or the archive read in place), else the digits (saying why that is
+    poor)."""
     env = os.environ.get(DATASET_ENV, "").strip()
     if env and env != "digits":
         return env, f"{env} (set by ${DATASET_ENV})"
     if cifar_present(root):
         return "cifar10", f"CIFAR-10's test split from {root}"
     jpeg = "lossy, so errors run a few points above CIFAR-10's: not a CIFAR-10 number"
-    tree = shared_folder("datasets", "cifar10-jpeg")
-    if tree is not None and (tree / "test").is_dir():
-        return f"imagefolder:{tree}", f"the CIFAR-10 JPEG copy at {tree} ({jpeg})"
-    copy = shared_folder("datasets", "cifar10-jpeg.tar.gz")
-    if copy is not None:
+    copy = cifar_jpeg_copy()
+    if copy is not None and (copy / "test").is_dir():
+        return f"imagefolder:{copy}", f"the CIFAR-10 JPEG copy at {copy} ({jpeg})"
+    if copy is not None and copy.is_file():
         return str(copy), f"the CIFAR-10 JPEG copy {copy}, test split read from the archive ({jpeg})"
     return "digits", ("the built-in digits: no CIFAR-10 here, so the akamaster nets (trained on CIFAR-10) are near "
                       f"chance; set {DATASET_ENV}=cifar10 (downloads 170 MB) or {DATASET_ENV}=imagefolder:PATH")
-
-
-def _data_slug(spec: str) -> str:
-    """"digits", "cifar10", or "if-<folder name>" for "imagefolder:PATH" (as in TrainConfig.run_id)."""
-    if spec.startswith("imagefolder:"):
-        return "if-" + Path(spec.split(":", 1)[1]).name
-    return spec
 
 
 def _name(notebook: str) -> str:
@@ -213,7 +207,7 @@ def sizes(notebook: str) -> dict:
         "base": base,
         "depths": depths,
         "archs": ARCHS,
-        "runs": out / f"{group}-{_data_slug(spec)}",  # one data set per folder: runs of a group compare
+        "runs": out / f"{group}-{dataset_slug(spec)}",  # one data set per folder: runs of a group compare
         "figures": out / "figures" / name,
         "data_root": root,
         "formats": ("html",) if is_smoke else ("html", "png"),  # PNG starts a Chromium: seconds
@@ -245,7 +239,7 @@ def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
     else:
         base, group = CIFAR_BASE, "depth"
     base = dataclasses.replace(base, dataset=spec, root=str(root), device="auto")
-    slug = _data_slug(spec)
+    slug = dataset_slug(spec)
     s.update(dataset=spec, dataset_note=note, base=base, archs=ARCHS)
     if name == "05_layer_norm":
         depth = 8 if is_smoke else 20
@@ -271,5 +265,5 @@ def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
     return s
 
 
-__all__ = ["ALL_NOTEBOOKS", "LAB_NOTEBOOKS", "NOTEBOOKS", "checkpoint_dirs", "choose_dataset", "data_root",
-           "lesion_test_set", "out_folder", "project_root", "sizes", "smoke"]
+__all__ = ["ALL_NOTEBOOKS", "LAB_NOTEBOOKS", "NOTEBOOKS", "checkpoint_dirs", "choose_dataset", "cifar_jpeg_copy",
+           "data_root", "lesion_test_set", "out_folder", "project_root", "sizes", "smoke"]

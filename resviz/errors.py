@@ -1,0 +1,20 @@
+"""Errors a user can fix, and error text cut to one line.
+
+`UserError` marks a failure the user can fix (a missing download, a batch too large for the GPU): the command
+line prints it as one line `resviz: error: ...` with exit status 2. Any other exception is a bug and keeps
+its traceback. `ValueError`s from validation count as user errors too (they name the bad value and the fix).
+"""
+from __future__ import annotations
+
+
+class UserError(RuntimeError):
+    """A failure the user can fix; its message names the fix. A RuntimeError, as these failures were before."""
+
+
+def first_line(err: BaseException, *, with_type: bool = False) -> str:
+    """The first non-blank line of an error's message (the type name when it has none), for one-line reports;
+    `with_type` prefixes it with the type name ("OSError: ...")."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return f"{type(err).__name__}: {lines[0]}" if with_type else lines[0]

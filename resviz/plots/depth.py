@@ -1,0 +1,305 @@
+"""Figures against depth: a metric along the layers of each run (He et al. Fig. 7, gradient flow, branch vs skip,
+signal propagation, per-channel std) and the layer × step heatmap of one run.
+
+`profile_traces` / `profile_axes` say how per-run profiles already selected are drawn, as plain keywords: the
+dashboard moves them into its FigureWidget, `profile_figure` makes a figure of them, and `plot_profile` and the
+named figures select the profiles from the stats table first.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from resviz.plots.selection import (
+    Profile,
+    by_run,
+    check_filters,
+    describe_filter,
+    metric_rows,
+    metrics_present,
+    pick_step,
+    profiles,
+    runs_of,
+    sorted_view,
+    split_parts,
+)
+from resviz.plots.style import (
+    DASHES,
+    FIG7_CAPTION,
+    HEIGHT,
+    STEP_AXIS,
+    WIDGET_HOVER,
+    axis_title,
+    base_layout,
+    customdata,
+    figure_title,
+    hover,
+    is_log,
+    step_text,
+    x_title,
+)
+
+
+def profile_traces(profs: list[Profile], metric: str, *, sort: bool = False, widget_hover: bool = False) -> list[dict]:
+    """The traces of a depth-profile figure as `go.Scatter` keywords, one per profile (colour = run, dash = part);
+    `sort=True` draws values in descending order (Fig. 7, bottom).
+
+    `widget_hover=True` puts the layer names in `text` and layer_index in `customdata` (see style.WIDGET_HOVER),
+    the form a FigureWidget sends fastest, and keeps the step out of the trace names (the dashboard's title names
+    it). Plain dicts, so the dashboard moves them into its FigureWidget without building a figure first.
+    """
+    multi = len({p.step for p in profs}) > 1 and not widget_hover
+    out = []
+    for p in profs:
+        if sort:
+            x, y, li, names = sorted_view(p)
+        else:
+            x, y, li, names = p.layer_index, p.value, p.layer_index, p.layer
+        if widget_hover:
+            where = dict(customdata=li, text=names, meta=metric, hovertemplate=WIDGET_HOVER)
+        else:
+            where = dict(customdata=customdata(names, li, p.step), hovertemplate=hover(metric))
+        out.append(dict(
+            x=x, y=y, mode="lines+markers", marker=dict(size=4),
+            line=dict(color=p.run.color, width=2, dash=DASHES[p.part_no % len(DASHES)]),
+            name=p.name + (f" @ {p.step}" if multi else ""), legendgroup=p.run.label, **where,
+        ))
+    return out
+
+
+def profile_axes(profs: list[Profile], metric: str, *, sort: bool = False, log_y: bool | None = None,
+                 step: int | None = None, title: str | None = None) -> dict:
+    """The title and axes of a depth-profile figure as layout keywords. `step` is the step asked for (it words
+    the default title); `log_y` defaults to the metric table's log scale."""
+    log_y = is_log(metric) if log_y is None else log_y
+    when = step_text([p.step for p in profs], step)
+    text = title or f"{figure_title(metric)} — {'sorted, ' if sort else ''}{when}"
+    xt = f"rank (sorted by {metric}, descending)" if sort else x_title(metric)
+    return dict(title=dict(text=text), xaxis=dict(title=dict(text=xt)),
+                yaxis=dict(title=dict(text=axis_title(metric)), type="log" if log_y else "linear"))
+
+
+def profile_figure(
+    profs: list[Profile], metric: str, *, sort: bool = False, log_y: bool | None = None, step: int | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Depth profiles already selected (`selection.profiles`) as a figure: `profile_traces` on `profile_axes`."""
+    fig = go.Figure([go.Scatter(**t) for t in profile_traces(profs, metric, sort=sort)])
+    fig = base_layout(fig, "")
+    return fig.update_layout(profile_axes(profs, metric, sort=sort, log_y=log_y, step=step, title=title))
+
+
+def plot_profile(
+    stats: pd.DataFrame, metric: str, *, step: int | None = None, sort: bool = False, log_y: bool | None = None,
+    runs=None, arch=None, depth=None, title: str | None = None,
+) -> go.Figure:
+    """Any metric against depth, one trace per run; `sort=True` draws values in descending order (Fig. 7, bottom)."""
+    profs = profiles(stats, metric, step=step, runs=runs, arch=arch, depth=depth)
+    return profile_figure(profs, metric, sort=sort, log_y=log_y, step=step, title=title)
+
+
+def plot_response_std(stats: pd.DataFrame, *, step: int | None = None, sort: bool = False, **filters) -> go.Figure:
+    """He et al. Fig. 7: std of every 3×3 layer's response against layer index (or sorted), one trace per run."""
+    fig = plot_profile(stats, "response_std", step=step, sort=sort, log_y=False, **filters)
+    fig.add_annotation(text=FIG7_CAPTION, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left",
+                       yanchor="top", showarrow=False, font=dict(size=11, color="#555"))
+    fig.update_layout(margin=dict(b=100))
+    return fig
+
+
+def plot_gradient_flow(stats: pd.DataFrame, metric: str = "grad_norm", *, step: int | None = None, **filters) -> go.Figure:
+    """`grad_norm` (per parameter) or `act_grad_norm` (per block output) against depth, log scale."""
+    if metric not in ("grad_norm", "act_grad_norm"):
+        raise ValueError(f"metric={metric!r} is not a gradient metric; use 'grad_norm' or 'act_grad_norm'")
+    return plot_profile(stats, metric, step=step, log_y=True, **filters)
+
+
+def _paired(stats, metrics, panels, step, filters, title, log_rows) -> go.Figure:
+    """One row per entry of `panels` ((subtitle, y title, [(metric, dash), ...])), one colour per run."""
+    found = {}
+    for m in metrics:
+        try:
+            found[m] = profiles(stats, m, step=step, **filters)
+        except ValueError:
+            continue
+    if not found:
+        raise ValueError(f"no rows for any of {list(metrics)}{describe_filter(**filters)}; "
+                         f"metrics present: {metrics_present(stats)}")
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=[t for t, _, _ in panels])
+    chosen = []
+    in_legend: set[str] = set()
+    for row, (_, ytitle, members) in enumerate(panels, start=1):
+        for metric, dash in members:
+            for p in found.get(metric, []):
+                chosen.append(p.step)
+                fig.add_trace(go.Scatter(
+                    x=p.layer_index, y=p.value, mode="lines+markers", marker=dict(size=3),
+                    line=dict(color=p.run.color, dash=dash if p.part_no == 0 else DASHES[p.part_no % len(DASHES)],
+                              width=2),
+                    name=p.name, legendgroup=p.run.label, showlegend=p.name not in in_legend,
+                    customdata=customdata(p.layer, p.layer_index, p.step), hovertemplate=hover(metric),
+                ), row=row, col=1)
+                in_legend.add(p.name)
+        fig.update_yaxes(title_text=ytitle, type="log" if row in log_rows else "linear", row=row, col=1)
+    fig = base_layout(fig, f"{title} — {step_text(chosen, step)}")
+    fig.update_xaxes(title_text=x_title(next(iter(found))), row=len(panels), col=1)
+    fig.update_layout(height=HEIGHT + 150)
+    return fig
+
+
+def plot_branch_skip(stats: pd.DataFrame, *, step: int | None = None, **filters) -> go.Figure:
+    """Per block: branch std (solid) and skip std (dotted) on top, branch/skip ratio (log) below."""
+    panels = [
+        ("branch std (solid) and skip std (dotted)", "std (a.u.)", [("branch_std", "solid"), ("skip_std", "dot")]),
+        ("branch-to-skip ratio", axis_title("branch_ratio"), [("branch_ratio", "solid")]),
+    ]
+    return _paired(stats, ("branch_std", "skip_std", "branch_ratio"), panels, step,
+                   check_filters(filters), "Residual branch vs skip path", {2})
+
+
+def plot_signal_propagation(stats: pd.DataFrame, *, step: int | None = None, **filters) -> go.Figure:
+    """Signal propagation plot (Brock et al. 2021): squared channel mean and channel variance per block, log."""
+    panels = [
+        ("squared channel mean", axis_title("channel_sq_mean"), [("channel_sq_mean", "solid")]),
+        ("channel variance", axis_title("channel_var"), [("channel_var", "solid")]),
+    ]
+    return _paired(stats, ("channel_sq_mean", "channel_var"), panels, step, check_filters(filters),
+                   "Signal propagation", {1, 2})
+
+
+# ---- heatmap: layer × step of one run -----------------------------------------------------------------------
+def _one_run(rows: pd.DataFrame, metric: str, run: str | None) -> tuple[pd.DataFrame, str]:
+    """The rows of `run` (the only run when None); ValueError naming the runs to choose from."""
+    ids = sorted(map(str, pd.unique(rows["run_id"].astype(str)))) if "run_id" in rows.columns else [""]
+    if run is None:
+        if len(ids) > 1:
+            raise ValueError(f"{len(ids)} runs have {metric!r} rows; choose one with run=, one of {ids}")
+        run = ids[0]
+    rows = rows[(rows["run_id"].astype(str) == run).to_numpy()] if "run_id" in rows.columns else rows
+    if rows.empty:
+        raise ValueError(f"run={run!r} has no {metric!r} rows; runs with it: {ids}")
+    return rows, run
+
+
+def _layer_step_grid(rows: pd.DataFrame, metric: str, part: str | None):
+    """(steps, z (layers, S), layer_index, layer, stage, block, part) of one part of one run's rows."""
+    steps, s_inv = np.unique(rows["step"].to_numpy(), return_inverse=True)
+    codes, uniq = pd.factorize(rows["layer"].astype(str))
+    n_names = len(uniq) + 1
+    cols, c_inv = np.unique(rows["layer_index"].to_numpy(np.int64) * n_names + codes, return_inverse=True)
+    z = np.full((len(cols), len(steps)), np.nan)  # (rows = (layer_index, layer) pairs, S)
+    z[c_inv, s_inv] = rows["value"].to_numpy(np.float64)
+    stage, block = np.full(len(cols), -1), np.full(len(cols), -1)
+    if "stage" in rows.columns:
+        stage[c_inv] = rows["stage"].to_numpy()
+    if "block" in rows.columns:
+        block[c_inv] = rows["block"].to_numpy()
+    parts = split_parts(cols // n_names, np.asarray(uniq, dtype=object)[cols % n_names])
+    labels = [label for label, _ in parts]
+    if part is None:
+        part = labels[0]
+    if part not in labels:
+        raise ValueError(f"part={part!r} is not a part of {metric!r}; choose one of {labels}")
+    keep = parts[labels.index(part)][1]
+    cols = cols[keep]
+    names = np.asarray(uniq, dtype=object)[cols % n_names]
+    return steps, z[keep], cols // n_names, names, stage[keep], block[keep], part
+
+
+def _stage_ticks(fig: go.Figure, idx: np.ndarray, stage: np.ndarray, block: np.ndarray) -> None:
+    """y ticks that mark the stages (stem, stage k, head) rather than every layer, white lines between them."""
+    starts = [i for i in range(len(idx)) if i == 0 or stage[i] != stage[i - 1]]
+    ends = starts[1:] + [len(idx)]
+
+    def tick(a: int, b: int) -> str:
+        if stage[a] < 0:
+            return f"{idx[a]}–{idx[b - 1]}"
+        if stage[a] == 0:
+            return "stem"
+        return "head" if block[a] < 0 else f"stage {stage[a]}"
+
+    fig.update_yaxes(tickvals=[(idx[a] + idx[b - 1]) / 2 for a, b in zip(starts, ends)],
+                     ticktext=[tick(a, b) for a, b in zip(starts, ends)])
+    for a in starts[1:]:
+        fig.add_hline(y=idx[a] - 0.5, line=dict(color="white", width=1))
+
+
+def plot_heatmap(
+    stats: pd.DataFrame, metric: str, *, run: str | None = None, log_z: bool | None = None, step: int | None = None,
+    part: str | None = None,
+) -> go.Figure:
+    """The whole training at a glance: layer (y) × step (x) heatmap of one run's `metric`.
+
+    Readable at any depth: y ticks mark the stages rather than every layer; hover names the layer.
+    `step` draws a vertical line at that step. A metric with several rows per layer index (channel_var:
+    block output and branch) shows one `part` (default: the first; see `split_parts`).
+    """
+    rows, run = _one_run(metric_rows(stats, metric), metric, run)
+    (info,) = runs_of(rows)[:1]
+    steps, z, idx, names, stage, block, part = _layer_step_grid(rows, metric, part)
+    log_z = is_log(metric) if log_z is None else log_z
+    shown = np.log10(np.where(z > 0, z, np.nan)) if log_z else z
+    colorbar = dict(title=dict(text=axis_title(metric).split(" (")[0] + (" (log)" if log_z else "")))
+    if log_z and np.isfinite(shown).any():
+        lo, hi = math.floor(np.nanmin(shown)), math.ceil(np.nanmax(shown))
+        ticks = list(range(lo, hi + 1))
+        colorbar.update(tickvals=ticks, ticktext=[f"1e{t}" for t in ticks])
+    fig = go.Figure(go.Heatmap(
+        x=steps, y=idx, z=shown, customdata=np.broadcast_to(names[:, None], z.shape),
+        colorscale="Viridis", colorbar=colorbar,
+        hovertemplate=f"<b>%{{customdata}}</b><br>index %{{y}} · step %{{x}}<br>{metric} = %{{text}}<extra></extra>",
+        text=np.vectorize(lambda v: f"{v:.4g}")(z),
+    ))
+    _stage_ticks(fig, idx, stage, block)
+    if step is not None:
+        fig.add_vline(x=pick_step(steps, step), line=dict(color="white", dash="dash", width=1))
+    title = f"{figure_title(metric)} over training — {info.label}" + (f" ({part})" if part else "")
+    fig = base_layout(fig, title, STEP_AXIS, x_title(metric), False)
+    fig.update_layout(height=HEIGHT + 100, legend=dict(title=None))
+    return fig
+
+
+def plot_channel_std(stats: pd.DataFrame, *, step: int | None = None, runs=None, arch=None,
+                     depth=None) -> go.Figure:
+    """Per-channel response std (dots, one per channel) of every norm layer against layer index, with the
+    pooled response_std (line) where recorded; runs side by side (small x offsets). Needs the rows of
+    `Recorder(..., per_channel=True)`."""
+    rows = metric_rows(stats, "response_channel_std", runs=runs, arch=arch, depth=depth)
+    pooled = {}
+    try:
+        pooled = {(p.run.key): p for p in profiles(stats, "response_std", step=step, runs=runs, arch=arch,
+                                                   depth=depth)}
+    except ValueError:
+        pass
+    groups = by_run(rows)
+    fig = go.Figure()
+    chosen = []
+    width = 0.5 / max(len(groups), 1)
+    for k, (run, g) in enumerate(groups):
+        s = pick_step(np.unique(g["step"].to_numpy()), step)
+        chosen.append(s)
+        at = g[(g["step"] == s).to_numpy()].sort_values(["layer_index", "channel"], kind="stable")
+        shift = (k - (len(groups) - 1) / 2) * width
+        li, names = at["layer_index"].to_numpy(np.int64), at["layer"].astype(str).to_numpy()
+        cd = np.empty((len(at), 3), dtype=object)  # (rows, 3): layer, index, channel
+        cd[:, 0], cd[:, 1], cd[:, 2] = names, li, at["channel"].to_numpy()
+        fig.add_trace(go.Scatter(
+            x=li + shift, y=at["value"].to_numpy(np.float64), mode="markers", name=f"{run.label} channels",
+            legendgroup=run.label, marker=dict(color=run.color, size=4, opacity=0.45), customdata=cd,
+            hovertemplate=("<b>%{customdata[0]}</b> channel %{customdata[2]}<br>index %{customdata[1]}<br>"
+                           "std = %{y:.4g}<extra>%{fullData.name}</extra>"),
+        ))
+        p = pooled.get(run.key)
+        if p is not None:
+            fig.add_trace(go.Scatter(
+                x=p.layer_index + shift, y=p.value, mode="lines", name=f"{run.label} pooled", legendgroup=run.label,
+                line=dict(color=run.color, width=2), customdata=customdata(p.layer, p.layer_index, p.step),
+                hovertemplate=hover("response_std"),
+            ))
+    title = f"Per-channel response std (dots) and pooled std (line) — {step_text(chosen, step)}"
+    return base_layout(fig, title, x_title("response_std"), axis_title("response_channel_std"), False)

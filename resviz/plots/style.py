@@ -1,0 +1,192 @@
+"""How every figure looks: run colours and labels, palettes, axis and figure titles, hover text, the shared layout.
+
+Per-metric words (axis title, title, short title, log scale) come from `resviz.schema.METRIC_TABLE`; this module
+only adds what is about drawing: colours that depend on the run alone (so figures agree), the legend label of a
+run, the hover template that names the layer, and `base_layout`, which every figure ends with.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+
+from resviz.schema import LOG_METRICS, METRIC_TABLE
+
+STEP_AXIS = "iteration (optimiser steps)"
+FIG7_CAPTION = (
+    "Reference, He et al. 2015 Fig. 7: ResNet responses are smaller than plain-net responses, "
+    "and smaller the deeper the ResNet."
+)
+HEIGHT = 500  # px, every figure's default height
+DASHES = ("solid", "dash", "dot", "dashdot")  # the k-th part of a profile (see selection.split_parts)
+
+# Depths that get evenly spaced shades; others fall between them on a log scale.
+_SHADE_DEPTHS = (8, 14, 20, 32, 44, 56, 110, 1202)
+# Hue moves along with lightness so neighbouring depths stay apart: plain light orange -> dark red,
+# ResNet teal -> blue -> deep purple.
+_SCALES = {
+    "plain": ["#fdb863", "#f28e2b", "#e66101", "#d7301f", "#a50f15", "#5c0011"],
+    "resnet": ["#66c2a5", "#1f9bb5", "#2166ac", "#3f3f9f", "#6a3d9a", "#2d0a5e"],
+}
+_OTHER_SCALE = "Purples"
+
+# Lab figures: fixed colours for named normalisations and residual variants, a palette for any other label.
+NORM_COLORS = {"batch": "#d62728", "layer": "#1f77b4", "group": "#2ca02c", "none": "#7f7f7f", "weight": "#9467bd",
+               "rms": "#8c564b"}
+VARIANT_COLORS = {"BN-ResNet": "#2166ac", "ResNet, no norm": "#d6604d", "SkipInit": "#1b9e77", "ReZero": "#7570b3",
+                  "Fixup": "#e6ab02", "plain, BN": "#a50f15", "plain, no norm": "#fdb863"}
+VARIANT_DASHES = {"ReZero": "dash", "Fixup": "dot"}  # SkipInit, ReZero and Fixup coincide at init: keep all visible
+_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+_ARCH_NORM_STYLE = {("plain", "batch"): ("#d7301f", "solid"), ("plain", "none"): ("#fdb863", "dash"),
+                    ("resnet", "batch"): ("#2166ac", "solid"), ("resnet", "none"): ("#66c2a5", "dash")}
+
+
+# ---- per-metric words, from the metric table ----------------------------------------------------------------
+def _fact(metric: str, field: str):
+    m = METRIC_TABLE.get(metric)
+    return getattr(m, field) if m else metric
+
+
+def axis_title(metric: str) -> str:
+    """y-axis (or colour-bar) title of a metric, with its unit; the name itself for a metric not in the table."""
+    return _fact(metric, "axis_title")
+
+
+def figure_title(metric: str) -> str:
+    return _fact(metric, "title")
+
+
+def short_title(metric: str) -> str:
+    return _fact(metric, "short_title")
+
+
+def is_log(metric: str) -> bool:
+    """Whether the metric table draws `metric` on a log axis (False for a metric not in the table)."""
+    return metric in LOG_METRICS
+
+
+def x_title(metric: str) -> str:
+    """x-axis title of a depth profile: layers for responses and gradients, blocks for block metrics."""
+    if metric in ("response_std", "response_channel_std"):
+        return "layer index (0 = stem conv)"
+    if metric == "grad_norm":
+        return "parameter index along depth (0 = stem)"
+    return "block index along depth (0 = first block)"
+
+
+# ---- runs: order, names, colours ----------------------------------------------------------------------------
+def arch_rank(arch: str) -> int:
+    """Sort key of an architecture: plain nets first, then ResNets, then anything else."""
+    return {"plain": 0, "resnet": 1}.get(str(arch), 2)
+
+
+def arch_name(arch: str) -> str:
+    return {"resnet": "ResNet", "plain": "plain"}.get(str(arch), str(arch))
+
+
+def run_label(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", seed: int = 0) -> str:
+    """Legend label of a run, e.g. "ResNet-56" or "plain-20 (norm=layer, seed=1)"; defaults are left out."""
+    base = f"{arch_name(arch)}-{depth}" if int(depth) > 0 else arch_name(arch)
+    extra = [f"norm={norm}"] if str(norm) != "batch" else []
+    if str(arch) != "plain" and str(shortcut) != "A":
+        extra.append(f"shortcut={shortcut}")
+    if int(seed) > 0:  # 0 is the default, -1 unknown (an ad-hoc Recorder)
+        extra.append(f"seed={seed}")
+    return base + (f" ({', '.join(extra)})" if extra else "")
+
+
+def run_color(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", seed: int = 0) -> str:
+    """The colour of a run in every figure: plain warm, ResNet cool, darker when deeper.
+
+    Depends only on the run itself (not on the other runs drawn), so figures agree. Runs that differ
+    only in norm, shortcut or seed get a small deterministic shift of shade.
+    """
+    d = max(int(depth), 1)
+    logs = np.log(_SHADE_DEPTHS)
+    rank = float(np.interp(math.log(d), logs, np.arange(len(_SHADE_DEPTHS)))) / (len(_SHADE_DEPTHS) - 1)
+    shade = rank  # 0 (depth 8) .. 1 (depth 1202)
+    default = str(norm) == "batch" and str(shortcut) in ("A", "none") and int(seed) <= 0
+    if not default:
+        h = hashlib.sha1(f"{norm}|{shortcut}|{seed}".encode()).digest()
+        shade += (h[0] / 255 - 0.5) * 0.12
+    shade = min(max(shade, 0.0), 1.0)
+    scale = _SCALES.get(str(arch))
+    if scale is None:
+        return sample_colorscale(_OTHER_SCALE, [0.4 + 0.5 * shade])[0]
+    return sample_colorscale(scale, [shade])[0]
+
+
+def label_color(label: str, known: dict[str, str] = VARIANT_COLORS) -> str:
+    """A fixed colour for a named variant (any case: "fixup" is "Fixup"); other labels get a palette colour from a
+    hash (stable across figures)."""
+    lowered = {k.lower(): v for k, v in known.items()}
+    if str(label).lower() in lowered:
+        return lowered[str(label).lower()]
+    return _PALETTE[hashlib.sha1(str(label).encode()).digest()[0] % len(_PALETTE)]
+
+
+def arch_norm_style(arch: str, norm: str, label: str) -> tuple[str, str]:
+    """(colour, dash) of a net drawn by architecture and normalisation (BN solid, no norm dashed); any other pair
+    gets `label_color(label)`, dotted."""
+    return _ARCH_NORM_STYLE.get((arch, norm), (label_color(label), "dot"))
+
+
+def short_run_names(ids) -> dict[str, str]:
+    """{run_id: the parts of it ("-"-separated) that not all ids share}, e.g. the three runs
+    "digits-resnet20-none-scA-{skipinit,rezero,fixup}-w8-s0" -> "skipinit", "rezero", "fixup". Ids are kept
+    whole when nothing is shared or the short names would clash."""
+    ids = list(dict.fromkeys(map(str, ids)))
+    if len(ids) < 2:
+        return {i: i for i in ids}
+    parts = [i.split("-") for i in ids]
+    shared = set(parts[0]).intersection(*map(set, parts[1:]))
+    short = {i: "-".join(t for t in p if t not in shared) for i, p in zip(ids, parts)}
+    if not shared or "" in short.values() or len(set(short.values())) < len(ids):
+        return {i: i for i in ids}
+    return short
+
+
+# ---- hover, captions, layout --------------------------------------------------------------------------------
+def hover(metric: str) -> str:
+    """Hover template naming the layer; customdata = (layer name, layer index, step)."""
+    return (
+        "<b>%{customdata[0]}</b><br>index %{customdata[1]} · step %{customdata[2]}<br>"
+        f"{metric} = %{{y:.4g}}<extra>%{{fullData.name}}</extra>"
+    )
+
+
+# The dashboard's hover: text = layer name, customdata = layer_index, meta = metric. Numbers only in customdata, so a
+# FigureWidget sends them as binary buffers (an object array of (name, index, step) travels as JSON).
+WIDGET_HOVER = "<b>%{text}</b><br>index %{customdata}<br>%{meta} = %{y:.4g}<extra>%{fullData.name}</extra>"
+
+
+def customdata(layer: np.ndarray, layer_index: np.ndarray, step: int) -> np.ndarray:
+    out = np.empty((len(layer), 3), dtype=object)  # (L, 3)
+    out[:, 0], out[:, 1], out[:, 2] = layer, layer_index, step
+    return out
+
+
+def step_text(chosen: list[int], step) -> str:
+    """How a title names the step shown: "step 300", or per run when runs were recorded at different steps."""
+    if len(set(chosen)) == 1:
+        return f"step {chosen[0]}"
+    return "each run's last step" if step is None else f"step ≤ {step} per run"
+
+
+def base_layout(fig: go.Figure, title: str, x: str | None = None, y: str | None = None,
+                log_y: bool | None = None) -> go.Figure:
+    """The layout every figure shares (template, height, legend, margins), plus its title and axis titles."""
+    fig.update_layout(
+        template="plotly_white", title=dict(text=title), height=HEIGHT, hovermode="closest",
+        legend=dict(title=dict(text="run")), margin=dict(t=70, b=60),
+    )
+    if x is not None:
+        fig.update_xaxes(title_text=x)
+    if y is not None:
+        fig.update_yaxes(title_text=y)
+    if log_y is not None:
+        fig.update_yaxes(type="log" if log_y else "linear")
+    return fig

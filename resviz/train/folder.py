@@ -1,0 +1,128 @@
+"""One training run's folder: create it or check it holds the same config, the result of a finished run, and
+the checkpoint a resume starts from (with the metrics and statistics rows saved up to it)."""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from resviz import runs, schema
+from resviz.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    folder: Path
+    status: str  # done | diverged | failed | interrupted
+    step: int
+    train_error: float
+    test_error: float
+    seconds: float
+    reason: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def versions() -> dict:
+    from resviz import __version__
+
+    return {"resviz": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+    keys = sorted((set(old) | set(new)) - set(TrainConfig.RESUME_SAFE) - {"run_id", "versions"})
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def prepare_folder(config: TrainConfig, out: str | os.PathLike, run_id: str | None = None) -> Path:
+    """Create (or check) the run folder; refuse a folder holding a run with a different config."""
+    run_id = run_id or config.run_id
+    folder = Path(out) / run_id
+    new = {**config.to_dict(), "run_id": run_id}
+    if runs.is_run_folder(folder):
+        old = runs.read_json(folder / "config.json")
+        differ = _config_diff(old, new)
+        if differ:
+            raise ValueError(
+                f"{folder} holds run {run_id!r} with a different config ({'; '.join(differ)}); "
+                "use another --out or --run-id, or the same config to resume"
+            )
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        runs.atomic_write_json(folder / "config.json", {**new, "versions": versions()})
+    except PermissionError:
+        raise PermissionError(f"cannot write to {folder}: choose a writable --out folder") from None
+    except OSError as err:
+        raise ValueError(f"cannot create run folder {folder} ({err.strerror}); choose a writable --out") from None
+    return folder
+
+
+def finished_result(config: TrainConfig, folder: Path) -> RunResult | None:
+    """The result of the run in `folder` if it is finished (done or diverged, with its metrics), else None;
+    a folder holding a different config is refused, naming the fields."""
+    if not runs.is_run_folder(folder):
+        return None
+    prepare_folder(config, folder.parent, folder.name)
+    status = runs.read_status(folder)
+    if status.get("status") not in runs.FINISHED or not (folder / "metrics.parquet").is_file():
+        return None
+    final = status.get("final") or status.get("last_finite") or {}
+    return RunResult(folder.name, folder, status["status"], int(status.get("step", 0)),
+                     float(final.get("train_error", float("nan"))), float(final.get("test_error", float("nan"))),
+                     float(final.get("seconds", float("nan"))), status.get("reason", ""))
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the next step, training seconds so far, the warm-up's end (None: no warm-up), and
+    the metrics rows and statistics saved so far."""
+
+    step: int
+    seconds: float
+    warmup_until: int | None
+    metrics: list[dict]
+    stats: pd.DataFrame
+
+
+def resume(folder: Path, config: TrainConfig, model, optimizer, device) -> Progress:
+    """Load the folder's checkpoint (if any) into `model` and `optimizer`; the progress to go on from."""
+    fresh = Progress(0, 0.0, config.warmup_steps if config.warmup_enabled else None, [], schema.empty())
+    path = folder / "checkpoint.pt"
+    if not path.is_file():
+        return fresh
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - a checkpoint that cannot be read is a failure we name
+        raise ValueError(f"checkpoint {path} cannot be read ({err}); delete it to restart the run") from None
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    progress = Progress(ckpt["step"], ckpt["seconds"], ckpt["warmup_until"], [], schema.empty())
+    if (folder / "metrics.parquet").is_file():
+        m = pd.read_parquet(folder / "metrics.parquet")
+        progress.metrics = m[m["step"] <= progress.step].to_dict("records")
+    if (folder / "stats.parquet").is_file():
+        s = pd.read_parquet(folder / "stats.parquet")
+        progress.stats = s[s["step"] < progress.step]
+    return progress
+
+
+def save(folder: Path, step: int, progress: Progress, model, optimizer, data, config: TrainConfig) -> None:
+    """Write the statistics, the metrics and the checkpoint at `step`, each atomically. The checkpoint holds
+    no RNG state: batches are a pure function of (seed, step)."""
+    runs.atomic_write_parquet(folder / "stats.parquet", progress.stats)
+    runs.atomic_write_parquet(folder / "metrics.parquet", metrics_frame(progress.metrics))
+    runs.atomic_torch_save(folder / "checkpoint.pt", {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+        "seconds": progress.seconds, "warmup_until": progress.warmup_until, "mean": tuple(data.mean),
+        "std": tuple(data.std), "classes": list(data.classes), "config": config.to_dict()})
+
+
+def metrics_frame(rows: list[dict]) -> pd.DataFrame:
+    if not rows:
+        return schema.empty_train()
+    return schema.coerce_train(pd.DataFrame(rows, columns=list(schema.TRAIN_COLUMNS)))

@@ -1,0 +1,279 @@
+"""The training loop: He et al.'s CIFAR recipe with the Recorder inside, checkpoints, resume, divergence.
+
+Host synchronisation happens only at the boundaries marked `# SYNC`: every `log_every` steps (loss and
+training error read back, divergence and warm-up checked), at evaluation and at checkpoints. On CUDA,
+RESVIZ_SYNC_DEBUG=error runs the steps between boundaries (after the first interval, which compiles and
+autotunes) under `torch.cuda.set_sync_debug_mode("error")`, so a hidden sync raises. The speed switches
+(channels_last, amp, cudnn_benchmark, compile, compile_mode) and their guards live in `speed.py`; out of GPU
+memory, the run is marked failed with the largest batch that fits (halving probe).
+Batches are a pure function of (seed, step) (`resviz.loader.DeviceLoader.batch`), so a resumed run sees
+exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from resviz import datasets, runs, schema
+from resviz.errors import UserError
+from resviz.evaluate import evaluate
+from resviz.loader import DeviceLoader
+from resviz.models import cifar_resnet
+from resviz.train import folder as run_folder
+from resviz.train.config import TrainConfig
+from resviz.train.folder import Progress, RunResult
+from resviz.train.speed import SyncCheck, TrainStep, cudnn_benchmark, largest_batch
+
+
+def learning_rate(config: TrainConfig, step: int, warmup_until: int | None) -> float:
+    """Learning rate for iteration `step` (0-based): warm-up, then step decay at the scaled milestones."""
+    if warmup_until is not None and step < warmup_until:
+        return config.warmup_lr
+    drops = sum(step >= m for m in config.scaled_milestones)
+    return config.lr * config.lr_decay**drops
+
+
+@dataclass
+class _Run:
+    """What the loop works on: the run's pieces and its progress."""
+
+    config: TrainConfig
+    folder: Path
+    data: datasets.Dataset
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DeviceLoader
+    progress: Progress
+    rec: object = None  # the Recorder
+    step_fn: TrainStep | None = None
+    step: int = 0  # the step in progress
+    step_done: int = 0  # steps completed (a Ctrl-C checkpoint is taken here)
+    phase: str = "training"  # or "evaluation": what ran out of memory
+    last_test: tuple[float, float] = (float("nan"), float("nan"))  # (test error, test loss)
+    last_finite: dict = field(default_factory=dict)  # the last metrics row with a finite loss
+    interval: "_Interval" = None
+
+
+class _Interval:
+    """Loss and errors summed on the device over one logging interval; read back at its end (the SYNC)."""
+
+    def __init__(self, device):
+        self.loss = torch.zeros((), device=device)
+        self.wrong = torch.zeros((), device=device)
+        self.restart()
+
+    def add(self, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += loss.detach() * len(y)
+        self.wrong += (logits.detach().argmax(1) != y).sum()
+        self.images += len(y)
+
+    def restart(self) -> None:
+        self.loss.zero_()
+        self.wrong.zero_()
+        self.images, self.start = 0, time.perf_counter()
+
+    def read(self) -> tuple[float, float, float]:
+        """(mean loss, training error, seconds) of the interval. SYNC."""
+        return ((self.loss / self.images).item(), (self.wrong / self.images).item(),
+                time.perf_counter() - self.start)
+
+
+def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str | None = None) -> RunResult:
+    """Train one run into `out/<run_id>/`, resuming it when it was cut; a finished run is returned as is."""
+    config.validate()
+    device = datasets.resolve_device(config.device)
+    sync_check = SyncCheck(device)  # checks $RESVIZ_SYNC_DEBUG before anything is written
+    folder = Path(out) / (run_id or config.run_id)
+    finished = run_folder.finished_result(config, folder)
+    if finished is not None:
+        return finished
+    data = datasets.load(config.dataset, root=config.root)
+    images, labels = _training_split(config, data)
+    folder = run_folder.prepare_folder(config, out, folder.name)
+    run = _setup(config, folder, data, images, labels, device)
+    bar = _progress_bar(config, run.progress.step, folder.name)
+    try:
+        with cudnn_benchmark(device, config.cudnn_benchmark), bar, sync_check:
+            runs.write_status(folder, "running", step=run.progress.step, pid=os.getpid())
+            return _run_steps(run, bar, sync_check)
+    except KeyboardInterrupt:
+        run.progress.seconds += time.perf_counter() - run.interval.start
+        _checkpoint(run, run.step_done)  # the interval in progress is logged short after the resume
+        runs.write_status(folder, "interrupted", "interrupted by the user (Ctrl-C); run again to resume",
+                          step=run.step_done)
+        raise
+    except torch.cuda.OutOfMemoryError:
+        pass  # handled below, once this handler has let go of the failed step's tensors
+    except Exception as err:
+        runs.write_status(folder, "failed", f"{type(err).__name__}: {err}", step=run.step)
+        raise
+    # only an out-of-GPU-memory error gets here: every other path through the loop returns or raises
+    raise _out_of_memory(run)
+
+
+def _training_split(config: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = data.train_images, data.train_labels
+    if config.train_subset is not None:
+        images, labels = images[: config.train_subset], labels[: config.train_subset]
+    if config.batch_size > len(images):
+        raise ValueError(
+            f"batch_size={config.batch_size} is larger than the training set ({len(images)} images); "
+            f"use --batch-size {len(images)} or less"
+        )
+    return images, labels
+
+
+def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _Run:
+    """The model (seeded), its optimiser, the loader and the Recorder, resumed from the folder's checkpoint."""
+    from resviz.probes import Recorder  # the recorder's module imports models; keep import order simple
+
+    torch.manual_seed(config.seed)
+    model = cifar_resnet(config.depth, plain=config.arch == "plain", shortcut=config.shortcut, norm=config.norm,
+                         branch_init=config.branch_init, width=config.width, num_classes=len(data.classes))
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    loader = DeviceLoader(images, labels, batch_size=config.batch_size, train=True, mean=data.mean, std=data.std,
+                          device=device, seed=config.seed, augment=config.augment,
+                          channels_last=config.channels_last)
+    progress = run_folder.resume(folder, config, model, optimizer, device)
+    run = _Run(config, folder, data, device, model, optimizer, loader, progress, step=progress.step,
+               step_done=progress.step,
+               last_finite=progress.metrics[-1] if progress.metrics else {}, interval=_Interval(device))
+    run.step_fn = TrainStep(model, compile=config.compile, mode=config.compile_mode, amp=config.amp, device=device)
+    model.train()
+    run.rec = Recorder(model, every=config.record_every, metrics=config.record_metrics,
+                       run_info={"run_id": folder.name, "seed": config.seed})
+    return run
+
+
+def _run_steps(run: _Run, bar, sync_check: SyncCheck) -> RunResult:
+    """Steps from the resumed one to the end, with a boundary every log_every steps; the run's result."""
+    config, rec = run.config, run.rec
+    with rec, sync_check:  # sync_check leaves first: the Recorder's closing flush syncs
+        rec.begin_step(run.step)
+        for step in range(run.step, config.steps):
+            # no host sync from here to the next boundary (RESVIZ_SYNC_DEBUG=error checks it on CUDA)
+            run.step = step
+            lr = _train_step(run, step)
+            bar.update(1)
+            done = step + 1
+            if done % config.log_every and done != config.steps:
+                continue
+            sync_check.disarm()  # SYNC: a log boundary
+            row = _log_row(run, done, lr, bar)
+            if not math.isfinite(row["loss"]):
+                return _diverged(run, done, row)
+            _end_interval(run, done, row)
+            sync_check.arm()  # end of the boundary
+    runs.write_status(run.folder, "done", step=config.steps, final=run.last_finite)
+    return RunResult(run.folder.name, run.folder, "done", config.steps,
+                     run.last_finite.get("train_error", float("nan")),
+                     run.last_finite.get("test_error", float("nan")), run.progress.seconds)
+
+
+def _train_step(run: _Run, step: int) -> float:
+    """One optimiser step at the scheduled learning rate, recorded; no host sync. Returns the learning rate."""
+    lr = learning_rate(run.config, step, run.progress.warmup_until)  # a Python float: no device tensor involved
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    x, y = run.loader.batch(step)
+    logits, loss = run.step_fn(run.rec, step, x, y)
+    run.rec.end_step(step, epoch=run.loader.epoch_of(step))
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step_done = step + 1
+    run.interval.add(logits, loss, y)
+    return lr
+
+
+def _due(every: int, done: int, steps: int) -> bool:
+    """Whether a periodic event (evaluation, checkpoint) falls at step `done`: every `every` steps and at the end."""
+    return done % every == 0 or done == steps
+
+
+def _log_row(run: _Run, done: int, lr: float, bar) -> dict:
+    """The interval's metrics row (with a test evaluation when one is due), appended to the run's rows. SYNC."""
+    config = run.config
+    images = run.interval.images
+    loss_mean, train_err, seconds = run.interval.read()
+    run.progress.seconds += seconds
+    evaluated = _due(config.eval_every, done, config.steps)
+    if evaluated:
+        run.phase = "evaluation"
+        with run.rec.paused():  # SYNC: evaluation boundary (one host copy at its end)
+            result = evaluate(run.model, run.data.test_images, run.data.test_labels, mean=run.data.mean,
+                              std=run.data.std, batch_size=config.eval_batch_size, device=run.device,
+                              progress=False)
+        run.last_test = (1.0 - result["accuracy"], result["loss"])
+        run.phase = "training"
+    row = {"run_id": run.folder.name, "step": done, "epoch": run.loader.epoch_of(done), "loss": loss_mean,
+           "train_error": train_err, "test_error": run.last_test[0] if evaluated else float("nan"),
+           "test_loss": run.last_test[1] if evaluated else float("nan"), "lr": lr, "seconds": run.progress.seconds,
+           "images_per_s": images / max(seconds, 1e-9)}
+    run.progress.metrics.append(row)
+    bar.set_postfix(loss=f"{loss_mean:.3f}", train_err=f"{train_err:.3f}", test_err=f"{run.last_test[0]:.3f}",
+                    lr=f"{lr:g}", img_s=f"{row['images_per_s']:.0f}")
+    return row
+
+
+def _diverged(run: _Run, done: int, row: dict) -> RunResult:
+    """Save the run with its non-finite row and mark it diverged (a result, not an error)."""
+    _checkpoint(run, done)
+    first = done - run.interval.images // run.config.batch_size
+    runs.write_status(run.folder, "diverged", f"loss became {row['loss']} between steps {first} and {done}",
+                      step=done, last_finite=run.last_finite)
+    return RunResult(run.folder.name, run.folder, "diverged", done, row["train_error"], run.last_test[0],
+                     run.progress.seconds, reason="non-finite loss", extra={"last_finite": run.last_finite})
+
+
+def _end_interval(run: _Run, done: int, row: dict) -> None:
+    """After a finite row: end the warm-up once training error is low, restart the sums, checkpoint if due."""
+    config, progress = run.config, run.progress
+    run.last_finite = row
+    if progress.warmup_until is not None and done < progress.warmup_until and row["train_error"] < config.warmup_error:
+        progress.warmup_until = done  # He et al.: 0.01 until training error < 80 %, then 0.1
+    run.interval.restart()
+    if _due(config.checkpoint_every, done, config.steps):
+        _checkpoint(run, done)
+        runs.write_status(run.folder, "running", step=done, pid=os.getpid())
+
+
+def _checkpoint(run: _Run, step: int) -> None:
+    """The statistics recorded so far joined to the saved ones, and everything written at `step`."""
+    run.progress.stats = schema.concat([run.progress.stats, run.rec.drain()])
+    run_folder.save(run.folder, step, run.progress, run.model, run.optimizer, run.data, run.config)
+
+
+def _out_of_memory(run: _Run) -> UserError:
+    """Mark the run failed with the fix: a smaller eval batch, or the largest training batch that fits."""
+    config = run.config
+    run.step_fn = None  # drop the compiled graphs (and their memory) before probing
+    if run.phase == "evaluation":
+        reason = (f"out of GPU memory evaluating depth={config.depth} at eval_batch_size={config.eval_batch_size}; "
+                  f"use a smaller --eval-batch-size, e.g. {max(1, config.eval_batch_size // 4)}")
+    else:
+        fits = largest_batch(run.model, config.batch_size, amp=config.amp, channels_last=config.channels_last,
+                             device=run.device)
+        fix = (f"the largest batch that fits is {fits}; use --batch-size {fits}" if fits else
+               "not even batch_size=1 fits; use a smaller --depth or --width, or a larger GPU")
+        reason = (f"out of GPU memory for depth={config.depth} at batch_size={config.batch_size} "
+                  f"({torch.cuda.get_device_name(run.device)}): {fix}")
+    runs.write_status(run.folder, "failed", reason, step=run.step)
+    return UserError(reason)
+
+
+def _progress_bar(config: TrainConfig, start: int, run_id: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.steps, initial=start, desc=run_id, unit="step", disable=not config.progress,
+                dynamic_ncols=True, file=sys.stderr, leave=True)
