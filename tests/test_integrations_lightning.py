@@ -142,3 +142,33 @@ def test_compiled_module_records_like_eager(tmp_path):
         frames[compiled] = runs.load(tmp_path / f"c{compiled}").stats
         assert no_hooks(net)
     assert_same_stats(frames[True], frames[False], rtol=1e-4)
+
+
+def test_image_classifier_validation_reaches_the_training_log(tmp_path):
+    """ImageClassifier + tensor_loaders (what notebook 10 uses): the validation error lands as test_error, equal
+    to the error of the trained net on the same validation batches computed here by hand."""
+    import torch
+
+    import resviz
+    from resviz import datasets, runs
+    from resviz.integrations.lightning_classifier import ImageClassifier, tensor_loaders
+
+    data = datasets.load("digits", root=tmp_path / "data", progress=False)
+    train_loader, test_loader = tensor_loaders(data, batch_size=32, seed=0)
+    L.seed_everything(0)
+    module = ImageClassifier(resviz.cifar_resnet(8, width=4), lr=0.05, milestones=(4,))
+    callback = RecorderCallback(every=2, out=tmp_path / "runs", run_id="clf", log_every=6)
+    trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=2,
+                        val_check_interval=6, num_sanity_val_steps=0, callbacks=[callback])
+    trainer.fit(module, train_loader, test_loader)
+    metrics = runs.load(tmp_path / "runs" / "clf").metrics
+    module.eval()
+    with torch.no_grad():
+        batches = list(test_loader)[:2]  # limit_val_batches=2: 256 + 104 images, the whole digits test split
+        wrong = sum(int((module(x).argmax(1) != y).sum()) for x, y in batches)
+    assert metrics["test_error"].notna().sum() == 1
+    assert metrics["test_error"].dropna().iloc[0] == pytest.approx(wrong / sum(len(y) for _, y in batches))
+    assert module.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.005)  # /10 at the milestone
+    with pytest.raises(ValueError, match="lr=-1 must be > 0"):
+        ImageClassifier(resviz.cifar_resnet(8, width=4), lr=-1)

@@ -19,7 +19,8 @@ When things happen (Lightning 2.x hooks):
 Rows of `stats.parquet` have step = trainer.global_step (optimiser steps before this one). `metrics.parquet` has
 one row every `log_every` optimiser steps: the mean training loss of the batches since (the `loss` that
 training_step returned, times the accumulation factor Lightning divided it by), the learning rate of the first
-optimiser's first group, seconds since fit start; columns nobody knows are NaN.
+optimiser's first group, seconds since fit start, and test_error / test_loss from the last validation when the
+module logged `val_error` / `val_loss` (on the first row after it); columns nobody knows are NaN.
 """
 from __future__ import annotations
 
@@ -56,6 +57,20 @@ def _trainer_settings(trainer: pl.Trainer) -> dict:
     return out
 
 
+# What a LightningModule's validation logs, by the names the runs' training log uses (first name found wins).
+EVAL_KEYS = {"test_error": ("val_error", "val/error", "valid_error"), "test_loss": ("val_loss", "val/loss", "valid_loss")}
+
+
+def _eval_columns(logged) -> dict:
+    """test_error / test_loss from the validation's logged values (`val_error`, `val_loss`, ...), where present."""
+    out = {}
+    for column, names in EVAL_KEYS.items():
+        name = next((n for n in names if n in logged), None)
+        if name is not None:
+            out[column] = float(logged[name])  # once per validation, outside any hook
+    return out
+
+
 class RecorderCallback(pl.Callback):
     """A Lightning callback that records per-layer statistics of the module it trains and writes a run folder.
 
@@ -89,6 +104,7 @@ class RecorderCallback(pl.Callback):
         self._losses = LossLog()
         self._start = time.perf_counter()
         self._images = 0
+        self._eval: dict = {}  # test_error / test_loss of the last validation, for the next metrics row
 
     @property
     def folder(self):
@@ -175,7 +191,8 @@ class RecorderCallback(pl.Callback):
         n = trainer.num_training_batches
         epoch = trainer.current_epoch + (self._batch_idx + 1) / n if isinstance(n, int) and n > 0 else math.nan
         self._losses.row(step=int(trainer.global_step), epoch=float(epoch), lr=lr, seconds=seconds,
-                         images_per_s=self._images / seconds if seconds > 0 else math.nan)
+                         images_per_s=self._images / seconds if seconds > 0 else math.nan, **self._eval)
+        self._eval = {}
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if self.recorder is not None:
@@ -183,13 +200,17 @@ class RecorderCallback(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self._pause.close()
+        if self.recorder is not None and not trainer.sanity_checking:
+            columns = _eval_columns(trainer.callback_metrics)  # joins this step's row, else the next one
+            if not self._losses.amend(int(trainer.global_step), **columns):
+                self._eval = columns
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.recorder is not None:
             self._save()
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if self.recorder is not None and self._losses.pending:
+        if self.recorder is not None and (self._losses.pending or self._eval):
             self._log_row(trainer)
         self._close("done", step=trainer.global_step)
 

@@ -184,6 +184,13 @@ class LossLog:
         self._rows.append((columns, mean))
         self._sum, self._count = None, 0
 
+    def amend(self, step: int, **columns) -> bool:
+        """Add columns to the last closed row if it is still held and was closed at `step`; False otherwise."""
+        if self._rows and self._rows[-1][0].get("step") == step:
+            self._rows[-1][0].update(columns)
+            return True
+        return False
+
     @property
     def pending(self) -> bool:
         return self._count > 0
