@@ -1,4 +1,9 @@
-"""Step time of a CIFAR ResNet with the Recorder off, every=1 and every=20, measured side by side.
+"""Step time of a model with the Recorder off, every=1 and every=20, measured side by side.
+
+Models (--model): "cifar" (resviz's CIFAR ResNet of --depth on 32x32 images, the default), "timm_resnet50"
+(`timm.create_model("resnet50")`, random init, --image-size images, 10 classes), "gpt2_tiny" (Hugging Face
+`GPT2LMHeadModel` from a tiny random config: 4 layers, 128 features, 4 heads, 256-token vocabulary, sequences of
+--seq tokens, next-token loss). The Recorder takes its default metrics on each, through the block-spec registry.
 
 One process, one model per variant (same initial weights), rounds interleaved (off, every=1, every=20 in a
 rotating order) so that load from other processes hits all variants alike. Each step is forward + backward +
@@ -13,12 +18,15 @@ are fixed, so it scales linearly).
     python benchmarks/recording_overhead.py                      # ResNet-56, batch 128, CPU, 1 thread (~2 min)
     python benchmarks/recording_overhead.py --repeats 3 --depth 20
     python benchmarks/recording_overhead.py --device cuda        # with torch.cuda.set_sync_debug_mode("error")
+    python benchmarks/recording_overhead.py --model timm_resnet50 --batch 8 --image-size 64
+    python benchmarks/recording_overhead.py --model gpt2_tiny --batch 8 --seq 128
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
+import os
 import statistics
 import time
 
@@ -31,8 +39,13 @@ from resviz.probes import Recorder
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--depth", type=int, default=56)
+    p.add_argument("--model", default="cifar", choices=MODELS, help="what to record (see above)")
+    p.add_argument("--depth", type=int, default=56, help="depth of the cifar model")
+    p.add_argument("--image-size", type=int, default=64, help="image side for timm_resnet50")
+    p.add_argument("--seq", type=int, default=128, help="tokens per sequence for gpt2_tiny")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated metrics for the Recorder (default: its default metrics)")
     p.add_argument("--repeats", type=int, default=9, help="interleaved rounds")
     p.add_argument("--steps", type=int, default=2, help="steps per variant per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
@@ -41,11 +54,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+MODELS = ("cifar", "timm_resnet50", "gpt2_tiny")
+
+
+def build(args, device: str):
+    """(model, inputs, targets, loss function, title) for --model."""
+    g = torch.Generator().manual_seed(0)
+    if args.model == "gpt2_tiny":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        config = GPT2Config(vocab_size=256, n_positions=args.seq, n_embd=128, n_layer=4, n_head=4)
+        model = GPT2LMHeadModel(config).to(device)
+        tokens = torch.randint(0, 256, (args.batch, args.seq + 1), generator=g).to(device)
+
+        def lm_loss(model, x, y):  # next-token cross-entropy
+            return F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())
+
+        return model, tokens[:, :-1], tokens[:, 1:], lm_loss, f"GPT-2 tiny (4x128), {args.seq} tokens"
+    if args.model == "timm_resnet50":
+        import timm
+
+        model = timm.create_model("resnet50", num_classes=10).to(device)
+        size, title = args.image_size, f"timm resnet50, {args.image_size}x{args.image_size} images"
+    else:
+        model, size, title = cifar_resnet(args.depth).to(device), 32, f"ResNet-{args.depth}"
+    x = torch.randn(args.batch, 3, size, size, generator=g).to(device)
+    y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
+    return model, x, y, lambda model, x, y: F.cross_entropy(model(x), y), title
+
+
 class Variant:
-    def __init__(self, name: str, model, every: int | None, device: str):
-        self.name, self.model, self.every, self.device = name, model, every, device
+    def __init__(self, name: str, model, every: int | None, device: str, loss_fn, metrics=None):
+        self.name, self.model, self.every, self.device, self.loss_fn = name, model, every, device, loss_fn
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        self.rec = Recorder(model, every=every) if every else None
+        self.rec = Recorder(model, every=every, metrics=metrics) if every else None
         self.step_no = 0
         self.times: list[tuple[int, bool, float]] = []  # (round, recording step?, seconds)
 
@@ -56,7 +98,7 @@ class Variant:
         recording = self.rec is not None and self.rec.recording
         t0 = time.perf_counter() if cuda else time.process_time()
         with sync_guard(cuda):
-            loss = F.cross_entropy(self.model(x), y)
+            loss = self.loss_fn(self.model, x, y)
             loss.backward()
             if self.rec is not None:
                 self.rec.end_step(self.step_no)
@@ -101,16 +143,16 @@ def sync_guard(cuda: bool):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    load_before = os.getloadavg()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = args.device
-    base = cifar_resnet(args.depth).to(device)
-    x = torch.randn(args.batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
+    base, x, y, loss_fn, title = build(args, device)
+    metrics = args.metrics.split(",") if args.metrics else None
     variants = [
-        Variant("off", base, None, device),
-        Variant("every=1", copy.deepcopy(base), 1, device),
-        Variant("every=20", copy.deepcopy(base), 20, device),
+        Variant("off", base, None, device, loss_fn),
+        Variant("every=1", copy.deepcopy(base), 1, device, loss_fn, metrics),
+        Variant("every=20", copy.deepcopy(base), 20, device, loss_fn, metrics),
     ]
     with contextlib.ExitStack() as stack:
         for v in variants:
@@ -133,8 +175,9 @@ def main(argv=None) -> None:
     paired20_off = paired_ratio(e20.round_means(False), base_rounds)
     paired20 = (19 * paired20_off + paired1) / 20
     clock = "wall" if device == "cuda" else "CPU"
+    print(f"metrics: {', '.join(variants[1].rec.metrics)}")
     print(
-        f"ResNet-{args.depth}, batch {args.batch}, {device}, {torch.get_num_threads()} thread(s), "
+        f"{title}, batch {args.batch}, {device}, {torch.get_num_threads()} thread(s), "
         f"{args.repeats} rounds x {args.steps} steps per variant, {clock} time per step, torch {torch.__version__}"
     )
     print(f"{'variant':<30}{'median ms':>10}{'ratio':>8}{'paired':>8}{'steps':>7}")
@@ -154,6 +197,8 @@ def main(argv=None) -> None:
         f"recorded step -> {table_bytes / recorded * 1000 / 1e6:.1f} MB per 1,000 recorded steps "
         f"(from {recorded} steps, {len(df)} rows); timed loop {wall:.0f} s"
     )
+    print("load average (1, 5, 15 min): before " + " ".join(f"{v:.2f}" for v in load_before)
+          + "; after " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from resviz.demo import DEMO
 from resviz.train import TrainConfig, dataset_slug
 
 SMOKE_ENV = "RESVIZ_SMOKE"
+SIZE_ENV = "RESVIZ_SIZE"  # "smoke" | "medium" | "full" (default full; RESVIZ_SMOKE=1 means smoke)
+SIZES = ("smoke", "medium", "full")
 OUT_ENV = "RESVIZ_OUT"
 DATA_ENV = "RESVIZ_DATA"
 DATASET_ENV = "RESVIZ_DATASET"
@@ -42,7 +44,8 @@ CHECKPOINTS_ENV = pretrained.CHECKPOINTS_ENV  # "RESVIZ_CHECKPOINTS": folders ho
 CIFAR_JPEG_ENV = "RESVIZ_CIFAR_JPEG"  # a CIFAR-10 JPEG copy: a train/ and test/ tree, or its .tar.gz
 NOTEBOOKS = ("01_quickstart", "02_degradation", "03_response_std", "04_gradient_flow")
 LAB_NOTEBOOKS = ("05_layer_norm", "06_lesion", "07_shattered_gradients", "08_signal_propagation")
-ALL_NOTEBOOKS = NOTEBOOKS + LAB_NOTEBOOKS
+STREAM_NOTEBOOKS = ("09_residual_streams",)  # timm / Hugging Face models, own sizes (`_stream_sizes`)
+ALL_NOTEBOOKS = NOTEBOOKS + LAB_NOTEBOOKS + STREAM_NOTEBOOKS
 ARCHS = ("plain", "resnet")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
@@ -61,6 +64,11 @@ DIGITS_DEPTHS = (8, 20, 44)
 # iterations, milestones scaled (lr / 10 at 8k and 12k): the depth ordering of Fig. 6 is there by then.
 CIFAR_BASE = TrainConfig(steps=16_000, record_every=100, log_every=100, eval_every=1_000, checkpoint_every=1_000)
 CIFAR_DEPTHS = (20, 32, 44, 56)
+# Medium (RESVIZ_SIZE=medium), 02-04: between smoke and full, `make demo`'s nets and steps (digits) or an eighth
+# of the full CIFAR-10 runs, at the shallowest and deepest depth, so a laptop CPU finishes in minutes.
+MEDIUM_BASE = dataclasses.replace(DIGITS_BASE, steps=400, eval_every=40, checkpoint_every=40)
+MEDIUM_CIFAR_BASE = dataclasses.replace(CIFAR_BASE, steps=2_000, record_every=50, log_every=50, eval_every=250,
+                                        checkpoint_every=250)
 AKAMASTER_FULL = ("resnet20", "resnet32", "resnet44", "resnet56")  # add "resnet110", "resnet1202" (downloads)
 AKAMASTER_SMOKE = ("resnet20", "resnet56")
 # 05: every normalisation, plain and ResNet, one depth; the batch-size sweep of BN vs LN.
@@ -86,6 +94,41 @@ def smoke() -> bool:
     raise ValueError(
         f"{SMOKE_ENV}={raw!r} is not a switch; use {SMOKE_ENV}=1 for the small version, 0 or unset for the full one"
     )
+
+
+def size() -> str:
+    """"smoke", "medium" or "full": $RESVIZ_SIZE, else "smoke" under $RESVIZ_SMOKE=1, else "full"."""
+    raw = os.environ.get(SIZE_ENV, "").strip().lower()
+    if raw and raw not in SIZES:
+        raise ValueError(f"{SIZE_ENV}={raw!r} is not a size; use one of {', '.join(SIZES)}")
+    return raw or ("smoke" if smoke() else "full")
+
+
+def demo_runs(root: Path | None = None) -> tuple[Path, TrainConfig] | None:
+    """`make demo`'s finished runs (`<project>/runs/demo`) and the base config that names them, or None: 01
+    reuses them instead of training the same four nets again."""
+    from resviz import runs
+    from resviz.demo import DEMO_DEPTHS, DEMO_OUT, demo_configs
+
+    folder = (root or project_root() or Path.cwd()) / DEMO_OUT
+    try:
+        status = runs.load(folder).status
+    except (FileNotFoundError, ValueError):
+        return None
+    done = status[status["status"].astype(str) == "done"]
+    if len(done) < 2 * len(DEMO_DEPTHS):
+        return None
+    config = runs.read_config(Path(done["folder"].iloc[0]))
+    base = dataclasses.replace(DEMO, root=str(config.get("root", DEMO.root)), device=str(config.get("device", "cpu")))
+    skip = {"run_id", "versions", *TrainConfig.RESUME_SAFE}
+    for c in demo_configs(root=base.root):
+        stored = folder / c.run_id
+        if c.run_id not in set(done["run_id"]) or not stored.is_dir():
+            return None
+        old, new = runs.read_config(stored), dataclasses.replace(c, device=base.device).to_dict()
+        if any(old.get(k) != v for k, v in new.items() if k not in skip):
+            return None  # not `make demo`'s current runs (an old smoke demo, other settings): train 01's own
+    return folder, base
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path | None:
@@ -187,11 +230,17 @@ def sizes(notebook: str) -> dict:
     out, root = out_folder(), data_root()
     if name in LAB_NOTEBOOKS:
         return _lab_sizes(name, is_smoke, out, root)
+    if name in STREAM_NOTEBOOKS:
+        return _stream_sizes(name, is_smoke, out, root)
     spec, note = choose_dataset(prefer_cifar=name != "01_quickstart", is_smoke=is_smoke, root=root)
+    medium = size() == "medium" and not is_smoke
     if is_smoke:
         base, depths, group = SMOKE_BASE, SMOKE_DEPTHS, "smoke"
     elif name == "01_quickstart":
         base, depths, group = DEMO, (8, 44), "quickstart"
+    elif medium:
+        base, depths, group = (MEDIUM_BASE, (8, 44), "medium") if spec == "digits" else (MEDIUM_CIFAR_BASE,
+                                                                                          (20, 56), "medium")
     elif spec == "digits":
         base, depths, group = DIGITS_BASE, DIGITS_DEPTHS, "depth"
     else:
@@ -199,6 +248,7 @@ def sizes(notebook: str) -> dict:
     if name in ("03_response_std", "04_gradient_flow") and not is_smoke:
         depths = (depths[0], depths[-1])  # shallow vs deep, a subset of 02's runs (trained once)
     base = dataclasses.replace(base, dataset=spec, root=str(root), device="auto")
+    reuse = demo_runs() if name == "01_quickstart" and not is_smoke else None
     s = {
         "notebook": name,
         "smoke": is_smoke,
@@ -212,7 +262,10 @@ def sizes(notebook: str) -> dict:
         "data_root": root,
         "formats": ("html",) if is_smoke else ("html", "png"),  # PNG starts a Chromium: seconds
         "progress": not is_smoke,
+        "size": "smoke" if is_smoke else size(),
     }
+    if reuse is not None:  # `make demo` trained these four nets already: use them, train nothing
+        s.update(runs=reuse[0], base=reuse[1], depths=(8, 44))
     if name == "03_response_std":
         s["checkpoints"] = AKAMASTER_SMOKE if is_smoke else AKAMASTER_FULL
         s["checkpoint_dirs"] = checkpoint_dirs()
@@ -265,5 +318,19 @@ def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
     return s
 
 
+def _stream_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
+    """09: a timm ResNet and ViT on the digits upscaled, a byte-level GPT-2 on the standard library's source."""
+    steps, every = (6, 3) if is_smoke else (600, 50)
+    return {"notebook": name, "smoke": is_smoke, "data_root": root, "figures": out / "figures" / name,
+            "formats": ("html",) if is_smoke else ("html", "png"), "progress": not is_smoke,
+            "dataset": "digits", "dataset_note": "the built-in digits, upscaled; the Python standard library's source",
+            "steps": steps, "every": every, "side": 32, "batch": 16 if is_smoke else 64,
+            "cnn": "resnet18" if is_smoke else "resnet50",
+            "vit": dict(img_size=32, patch_size=8, depth=3 if is_smoke else 12),
+            "gpt2": dict(layers=2 if is_smoke else 6, width=32 if is_smoke else 128, window=32 if is_smoke else 128,
+                         batch=8 if is_smoke else 32, corpus_bytes=200_000 if is_smoke else 5_000_000,
+                         steps=steps, every=every)}
+
+
 __all__ = ["ALL_NOTEBOOKS", "LAB_NOTEBOOKS", "NOTEBOOKS", "checkpoint_dirs", "choose_dataset", "cifar_jpeg_copy",
-           "data_root", "lesion_test_set", "out_folder", "project_root", "sizes", "smoke"]
+           "data_root", "demo_runs", "lesion_test_set", "out_folder", "project_root", "size", "sizes", "smoke"]

@@ -136,6 +136,7 @@ def _csv(text: str | None, kind: type = str) -> tuple:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from resviz.io import make_folder
     from resviz.sweep import format_summary, grid, run_sweep
 
     base = _config_from_args(args, skip=("depth", "arch", "norm", "shortcut", "seed", "branch_init"))
@@ -143,10 +144,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                    shortcuts=_csv(args.shortcut), seeds=_csv(args.seeds, int), branch_inits=_csv(args.branch_init))
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers={args.workers} must be at least 1")
+    make_folder(args.out)
     print(f"sweep: {len(configs)} runs into {args.out}")
     table = run_sweep(configs, args.out, workers=args.workers or 1, progress=base.progress)
     print(format_summary(table))
-    return 0 if table["status"].isin(["done", "diverged"]).all() else 3
+    if table["status"].isin(["done", "diverged"]).all():
+        return 0
+    print(f"resviz: {(~table['status'].isin(['done', 'diverged'])).sum()} of {len(table)} runs did not finish; "
+          "fix the reasons above and run the same command again: finished runs are skipped, cut ones resumed",
+          file=sys.stderr)
+    return 3
 
 
 def add_sweep(sub: argparse._SubParsersAction) -> None:
@@ -170,24 +177,38 @@ COMMANDS.extend([add_train, add_sweep])
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from resviz import export
     from resviz.demo import run_demo
 
-    done = run_demo(args.out, smoke=args.smoke, root=args.root, progress=not args.no_progress,
-                    formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()))
+    formats = export.parse_formats(args.formats) if args.formats is not None else None  # before any training
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"--out {args.out} is a file, not a folder; choose a folder for the demo's runs")
+    try:
+        done = run_demo(args.out, smoke=args.smoke, root=args.root, progress=not args.no_progress, formats=formats)
+    except export.BrowserNotFoundError as err:  # formats asked for by name: the user can install a browser
+        raise UserError(str(err)) from err
     print(done["text"])
     for path in done["figures"]:
         print(f"wrote {path}")
+    if done["note"]:
+        print(done["note"])
+    print(done["next"])
     return 0
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="plain vs residual, shallow vs deep, on the built-in digits (CPU, minutes)",
                        description="Train plain and residual nets at a shallow and a deep depth on the built-in "
-                       "digits, record them, and write OUT plus training-curve and response-std figures.")
-    p.add_argument("--out", default="runs/demo", help="folder for the demo's runs and figures (default: runs/demo)")
+                       "digits, record them, and write their report page OUT/report/index.html.")
+    p.add_argument("--out", default=None,
+                   help="folder for the demo's runs and report (default: runs/demo; runs/demo-smoke with --smoke)")
     p.add_argument("--root", default="data", help="folder for datasets and their caches (default: data)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long version (tiny depths, 20 steps) for tests")
-    p.add_argument("--formats", default="html,png", help="figure formats (default: html,png)")
+    p.add_argument("--formats", default=None,
+                   help="figure files beside the report, from html,png,svg,pdf; formats named here must be made "
+                   "(default: png when a browser is found, else the page alone)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
@@ -264,42 +285,40 @@ COMMANDS.append(add_evaluate)
 # report (resviz.plots, resviz.export)
 # ---------------------------------------------------------------------------------------------
 def _cmd_report(args: argparse.Namespace) -> int:
-    from resviz import export, plots, runs
+    from resviz import export
+    from resviz.report import write_report
 
-    formats = export.parse_formats(args.formats)  # bad names fail before any loading
-    runset = runs.load(args.runs)
-    if len(runset) == 0:
-        raise FileNotFoundError(f"no run folders in {args.runs}: a run folder holds config.json (resviz train writes one)")
-    figs, skipped = plots.standard_figures(runset.stats, runset.metrics if len(runset.metrics) else None,
-                                           step=args.step)
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}", file=sys.stderr)
-    if not figs:
-        raise ValueError(f"no figure to draw for {args.runs}: the runs have no training rows or statistics yet")
+    formats = export.parse_formats(args.formats) if args.formats is not None else None  # before any loading
     try:
-        paths = export.export(figs, args.out, formats, plotlyjs=args.plotlyjs)
-    except export.BrowserNotFoundError as err:  # no Chromium for static images: the user can install one
-        for path in err.written:
-            print(path)
+        rep = write_report(args.runs, args.out, static=formats, step=args.step)
+    except export.BrowserNotFoundError as err:  # formats asked for by name: the user can install a browser
         raise UserError(str(err)) from err
-    for path in paths:
+    for name, why in rep.skipped.items():
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    if rep.static_note:
+        print(rep.static_note, file=sys.stderr)
+    for path in rep.files:
         print(path)
+    print(f"open {rep.index} in a browser (offline: plotly.min.js sits beside it)")
     return 0
 
 
 def add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="write the standard figures of some runs to HTML / PNG / SVG / PDF",
-        description="Draw the standard figures (Fig. 6 training curves, Fig. 7 response std, gradient flow, "
-        "branch vs skip, signal propagation, layer x step heatmaps) of the runs and write them to --out.",
+        help="one offline page (index.html) of every standard figure of some runs, with depth and step sliders",
+        description="Write OUT/index.html (and OUT/plotly.min.js beside it): what was run, an explorer of every "
+        "recorded metric against depth with depth and step sliders, and the standard figures (Fig. 6 training "
+        "curves, Fig. 7 response std, gradient flow, branch vs skip, signal propagation, layer x step heatmaps). "
+        "PNG, SVG and PDF of each figure go to OUT/figures when Chrome/Chromium is found.",
     )
     p.add_argument("runs", metavar="RUN_DIR_OR_GLOB", help="a run folder, a folder of runs, or a quoted glob")
-    p.add_argument("--out", default="figures", help="output folder (default: figures)")
-    p.add_argument("--formats", default="html,png", help="comma-separated: html,png,svg,pdf (default: html,png)")
-    p.add_argument("--step", type=int, default=None, help="training step to show (default: each run's last)")
-    p.add_argument("--plotlyjs", default="directory", choices=("directory", "embed"),
-                   help="HTML loads plotly.min.js written once beside it (default), or embeds it in every page")
+    p.add_argument("--out", default="report", help="output folder (default: report)")
+    p.add_argument("--formats", default=None,
+                   help="figure files beside the page, comma-separated from html,png,svg,pdf; formats named here "
+                   "must be made (default: png,svg,pdf when a browser is found, else the page alone)")
+    p.add_argument("--step", type=int, default=None, help="training step of the static figures (default: each "
+                   "run's last)")
     p.set_defaults(func=_cmd_report)
 
 
@@ -356,7 +375,7 @@ COMMANDS.append(add_invariance)
 def _cmd_lesion(args: argparse.Namespace) -> int:
     import torch
 
-    from resviz.analysis.lesion import lesion_random, lesion_single, resolve_blocks
+    from resviz.analysis.lesion import check_ks, lesion_random, lesion_single, resolve_blocks
     from resviz.evaluate import load_model_for_eval
     from resviz.train.config import parse_number
 
@@ -366,6 +385,7 @@ def _cmd_lesion(args: argparse.Namespace) -> int:
     model, mean, std = load_model_for_eval(args.checkpoint)
     blocks = resolve_blocks(model, _names(args.blocks)) if args.blocks else None  # bad index fails here
     ks = [parse_number(k, int, "random-k") for k in _names(args.random_k)] if args.random_k else []
+    check_ks(model, ks)  # before the per-block lesion, which takes a while
     data, images, labels = _load_split(args)
     if args.limit is not None:
         if args.limit < 1:
@@ -453,19 +473,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings from the package (a skipped damaged run) as one line, like the errors."""
+    print(f"resviz: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
         result = args.func(args)
-    except KeyboardInterrupt:
-        print("resviz: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # resviz.errors.Interrupted: the run saved itself at a step boundary
+        signum = getattr(err, "signum", 2)
+        print(f"resviz: {err}; run the same command again to resume" if str(err) else "resviz: interrupted",
+              file=sys.stderr)
+        return 128 + signum
     except USER_ERRORS as err:
         if os.environ.get("RESVIZ_DEBUG"):
             raise
         print(f"resviz: error: {first_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
     return int(result or 0)
 
 

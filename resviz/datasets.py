@@ -403,7 +403,10 @@ def decode_images(paths, *, desc: str = "decoding", progress: bool = True) -> to
 
 def _read_bytes(path) -> torch.Tensor:
     with open(path, "rb") as f:
-        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+        data = f.read()
+    if not data:
+        raise ValueError(f"{path} is empty (0 bytes), not an image; remove it or replace it with the image")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def _decode_one(path, data: torch.Tensor) -> torch.Tensor:

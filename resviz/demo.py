@@ -30,20 +30,45 @@ def demo_configs(smoke: bool = False, root: str = "data") -> list[TrainConfig]:
     return grid(base, depths=SMOKE_DEPTHS if smoke else DEMO_DEPTHS, archs=("plain", "resnet"))
 
 
-def run_demo(out: str | Path = "runs/demo", *, smoke: bool = False, root: str = "data",
-             figures: str | Path | None = None, formats=("html", "png"), progress: bool = True) -> dict:
-    """Train the four demo nets into `out`, then write the two paper-style figures. Returns what was written."""
-    from resviz import export, plots, runs
+DEMO_OUT = "runs/demo"
+SMOKE_OUT = "runs/demo-smoke"  # never the real demo's folder: its runs would clash with the 400-step ones
+NEXT_STEPS = "next: open {index} in a browser (depth and step sliders, no Jupyter needed), or `jupyter lab notebooks/`"
 
-    out = Path(out)
+
+def trained_only(runset, ids):
+    """The runs of `runset` among `ids` that finished (status done): a run that could not be trained, or one
+    of another sweep in the same folder, never reaches a figure."""
+    import dataclasses as dc
+
+    done = set(map(str, ids)) & set(runset.status.loc[runset.status["status"].astype(str) == "done", "run_id"])
+
+    def keep(frame):
+        return frame[frame["run_id"].astype(str).isin(done).to_numpy()] if len(frame) else frame
+
+    return dc.replace(runset, metrics=keep(runset.metrics), stats=keep(runset.stats), status=keep(runset.status))
+
+
+def run_demo(out: str | Path | None = None, *, smoke: bool = False, root: str = "data",
+             report: str | Path | None = None, formats=None, progress: bool = True) -> dict:
+    """Train the four demo nets into `out` (default runs/demo, or runs/demo-smoke), then write their report
+    page (`resviz.report`) to `report` (default OUT/report). Returns what was written.
+
+    `formats=None` adds a PNG of each figure when a browser is found and says in `note` why not
+    otherwise; formats named explicitly (e.g. ("png",)) must be made: BrowserNotFoundError otherwise.
+    """
+    from resviz import runs
+    from resviz.report import write_report
+
+    out = Path(out if out is not None else (SMOKE_OUT if smoke else DEMO_OUT))
+    configs = demo_configs(smoke, root)
     # two runs at a time, one thread each: small convs gain little from a second thread, a lot from a second run
     workers = 1 if smoke else max(1, min(2, os.cpu_count() or 1))
-    table = run_sweep(demo_configs(smoke, root), out, workers=workers, progress=progress)
-    runset = runs.load(out)
-    figs = {
-        "training_curves": plots.plot_training_curves(runset.metrics),
-        "response_std": plots.plot_response_std(runset.stats),
-    }
-    paths = export.export(list(figs.values()), Path(figures) if figures else out / "figures", formats=formats,
-                          names=list(figs))
-    return {"summary": table, "figures": paths, "text": format_summary(table)}
+    table = run_sweep(configs, out, workers=workers, progress=progress)
+    runset = trained_only(runs.load(out), [c.run_id for c in configs])
+    if len(runset) == 0:
+        raise ValueError(f"no demo run finished in {out}; see the table above for each run's reason")
+    # PNG only unless asked: each static format costs a browser render per figure, and `make demo` has 5 minutes
+    rep = write_report(runset, Path(report) if report else out / "report", static=formats, auto_static=("png",))
+    text = format_summary(table)
+    return {"summary": table, "report": rep.index, "figures": rep.files, "note": rep.static_note, "text": text,
+            "next": NEXT_STEPS.format(index=rep.index)}

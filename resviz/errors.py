@@ -18,3 +18,26 @@ def first_line(err: BaseException, *, with_type: bool = False) -> str:
     if not lines:
         return type(err).__name__
     return f"{type(err).__name__}: {lines[0]}" if with_type else lines[0]
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM after saving itself at a step boundary; `signum` says which, and the
+    command line exits 128 + signum (130 for Ctrl-C, 143 for SIGTERM). A KeyboardInterrupt, as Ctrl-C was."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or f"interrupted by signal {signum}")
+        self.signum = signum
+
+    def __reduce__(self):  # pickled from a pool worker to the sweep: keep the signal
+        return type(self), (self.signum, str(self))
+
+
+class RunBusy(UserError):
+    """A run folder held by another live process (its lock); `pid` is the holder."""
+
+    def __init__(self, message: str, pid: int | None = None):
+        super().__init__(message)
+        self.pid = pid
+
+    def __reduce__(self):
+        return type(self), (str(self), self.pid)

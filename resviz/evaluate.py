@@ -60,6 +60,9 @@ def load_model_for_eval(name_or_path: str | os.PathLike) -> tuple[nn.Module, tup
 
     if os.path.isdir(name_or_path):
         return load_run_model(name_or_path)
+    parent = os.path.dirname(os.path.abspath(name_or_path))
+    if os.path.basename(str(name_or_path)) == "checkpoint.pt" and os.path.isfile(os.path.join(parent, "config.json")):
+        return load_run_model(parent)  # a run's checkpoint.pt: the run folder it is in says what it holds
     return pretrained(name_or_path), AKAMASTER_MEAN, AKAMASTER_STD
 
 

@@ -66,3 +66,17 @@ def read_json(path: str | os.PathLike) -> dict:
     with open(path) as f:
         return json.load(f)
 
+
+def make_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create the folder `path` (and its parents), or a ValueError naming it and the fix when it cannot be."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is an existing file, not a folder; choose a folder for {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise PermissionError(f"cannot create {path}: permission denied; choose a writable {flag}") from None
+    except OSError as err:
+        raise ValueError(f"cannot create folder {path} ({err.strerror}); choose a writable {flag}") from None
+    return path
+

@@ -22,6 +22,7 @@ from torch import nn
 NORMS = ("batch", "layer", "group", "none")
 SHORTCUTS = ("A", "B")
 BRANCH_INITS = (None, "skipinit", "rezero", "fixup")
+FIXUP_LAYERS_PER_BRANCH = 2  # m in Fixup's L^(-1/(2m-2)): conv1 and conv2 of a basic block
 GROUPS = 8  # GroupNorm groups for norm="group" (2/4/8 channels per group in the 16/32/64 stages)
 
 
@@ -97,12 +98,13 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.plain = plain
         self.branch_init = branch_init
+        self.downsamples = stride != 1 or in_planes != planes
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = make_norm(norm, planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = make_norm(norm, planes)
         if not plain:
-            if stride != 1 or in_planes != planes:
+            if self.downsamples:
                 if shortcut == "A":
                     self.shortcut = ShortcutA(planes)
                 else:
@@ -114,7 +116,7 @@ class BasicBlock(nn.Module):
             self.probe_skip = Probe()
         if branch_init in ("skipinit", "rezero"):
             self.branch_scale = nn.Parameter(torch.zeros(()))
-        elif branch_init == "fixup":
+        elif branch_init == "fixup":  # Zhang et al. 2019: a scalar bias before each conv and activation, a scale
             self.branch_scale = nn.Parameter(torch.ones(()))
             self.fixup_bias1a = nn.Parameter(torch.zeros(()))
             self.fixup_bias1b = nn.Parameter(torch.zeros(()))
@@ -138,7 +140,9 @@ class BasicBlock(nn.Module):
         if self.plain:
             out = self.probe_sum(branch)
         else:
-            out = self.probe_sum(branch + self.probe_skip(self.shortcut(x)))
+            # Fixup's official code feeds the downsampling shortcut x + bias1a (the input of conv1 as well)
+            skip_in = x + self.fixup_bias1a if self.branch_init == "fixup" and self.downsamples else x
+            out = self.probe_sum(branch + self.probe_skip(self.shortcut(skip_in)))
         if self.branch_init != "rezero":  # ReZero: x_{l+1} = x_l + a F(x_l), nothing after the sum
             out = F.relu(out)
         return self.probe_out(out)
@@ -170,6 +174,9 @@ class CifarResNet(nn.Module):
                 in_planes = planes
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
         self.linear = nn.Linear(4 * w, spec.num_classes)
+        if spec.branch_init == "fixup":  # Fixup's scalar biases before the stem's ReLU and before the classifier
+            self.fixup_bias1 = nn.Parameter(torch.zeros(()))
+            self.fixup_bias2 = nn.Parameter(torch.zeros(()))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -177,18 +184,31 @@ class CifarResNet(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
         if self.spec.branch_init == "fixup":
-            num_blocks = 3 * check_depth(self.spec.depth)
+            self._init_fixup()
+
+    def _init_fixup(self) -> None:
+        """Zhang et al. 2019, rules 1-3, as their official CIFAR code (hongyi-zhang/Fixup) does them: the classifier
+        and each branch's last conv at zero; each branch's first conv He-initialised (normal, fan-out, gain √2)
+        then scaled by L^(-1/(2m-2)), L = residual branches, m = 2 layers per branch, i.e. L^(-1/2); the scalar
+        biases at 0 and the branch multipliers at 1 (set where they are made)."""
+        num_branches, layers_per_branch = 3 * check_depth(self.spec.depth), FIXUP_LAYERS_PER_BRANCH
+        scale = num_branches ** (-1.0 / (2 * layers_per_branch - 2))
+        with torch.no_grad():
             for _, _, _, block in iter_blocks(self):
-                # Zhang et al. 2019: m = 2 layers per branch -> scale the first by L^(-1/(2m-2)) = L^(-1/2)
-                block.conv1.weight.data.mul_(num_blocks ** -0.5)
-                nn.init.zeros_(block.conv2.weight)
-            nn.init.zeros_(self.linear.weight)
-            nn.init.zeros_(self.linear.bias)
+                w = block.conv1.weight  # (out, in, 3, 3)
+                fan_out = w.shape[0] * w.shape[2] * w.shape[3]
+                w.normal_(0.0, (2.0 / fan_out) ** 0.5 * scale)
+                block.conv2.weight.zero_()
+            self.linear.weight.zero_()
+            self.linear.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 32, 32) -> (B, num_classes)
-        out = F.relu(self.bn1(self.conv1(x)))
+        fixup = self.spec.branch_init == "fixup"
+        out = self.bn1(self.conv1(x))
+        out = F.relu((out + self.fixup_bias1) if fixup else out)
         out = self.layer3(self.layer2(self.layer1(out)))
-        return self.linear(out.mean((2, 3)))  # global average pool over H, W
+        pooled = out.mean((2, 3))  # global average pool over H, W: (B, 4w)
+        return self.linear((pooled + self.fixup_bias2) if fixup else pooled)
 
 
 def cifar_resnet(

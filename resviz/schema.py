@@ -31,8 +31,22 @@ STATS_COLUMNS: dict[str, str] = {
 # The run metadata columns: what identifies a run in every row (the Recorder's run_info keys).
 RUN_COLUMNS: dict[str, str] = {c: STATS_COLUMNS[c] for c in ("run_id", "arch", "depth", "norm", "shortcut", "seed")}
 
-# Optional columns: present only when asked for (Recorder(per_channel=True)).
+# The model a row was measured on, beside the run columns: the Recorder always writes them (after the stats
+# columns); tables written before them, or built by hand, may lack them (`concat` fills in "unknown").
+MODEL_COLUMNS: dict[str, str] = {
+    "model": "str",  # the model's name: "resnet20", timm's "convnext_atto", HF's "gpt2" / its name_or_path
+    "family": "str",  # where it comes from: "resviz", "torchvision resnet", "timm vision_transformer", "hf llama"
+}
+# What a parameter row is about (param-level metrics: grad_norm, grad_rel_norm, branch_scale): the Recorder always
+# writes it ("" on rows that are not about a parameter); `concat` fills in "unknown" on param rows of tables
+# written before it, "" on their other rows. Kinds: probes.blocks.PARAM_KINDS.
+PARAM_COLUMNS: dict[str, str] = {
+    "param_kind": "str",  # "weight" (conv/linear), "norm_scale", "norm_shift", "bias", "embedding", "other", ""
+}
+RECORDER_COLUMNS: dict[str, str] = {**MODEL_COLUMNS, **PARAM_COLUMNS}  # written by the Recorder after STATS_COLUMNS
+# Optional columns: the model and parameter-kind columns, and the channel (only with Recorder(per_channel=True)).
 OPTIONAL_COLUMNS: dict[str, str] = {
+    **RECORDER_COLUMNS,
     "channel": "int",  # channel index for per-channel rows, -1 for pooled rows
 }
 
@@ -63,14 +77,22 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
     Metric("branch_std", "block", "a.u.", "branch std (a.u.)", "Residual branch std per block",
            "Branch std per block", "std of the residual branch F(x) at its end, before the addition"),
     Metric("skip_std", "block", "a.u.", "skip std (a.u.)", "Skip path std per block", "Skip std per block",
-           "std of the skip path (identity or projection), before the addition"),
+           "std of the skip path (identity or projection), before the addition; at an option-A downsampling "
+           "block over the channels that carry signal (the zero-padded ones left out)"),
     Metric("sum_std", "block", "a.u.", "branch + skip std (a.u.)", "Std of branch + skip per block",
            "Branch + skip std per block", "std of branch + skip, before the block's ReLU"),
     Metric("branch_ratio", "block", "ratio", "‖F(x)‖ / ‖skip‖ (ratio)", "Branch-to-skip ratio per block",
-           "Branch/skip ratio per block", "||F(x)|| / ||skip||, per block", log_scale=True),
+           "Branch/skip ratio per block", "||F(x)|| / ||skip||, per block; at an option-A downsampling block both norms over the channels the "
+           "skip carries (its zero-padded channels left out of branch and skip alike)", log_scale=True),
     Metric("grad_norm", "param", "loss per weight unit", "‖∂L/∂W‖₂ (loss per weight unit)",
            "Gradient norm per parameter", "Gradient norm per parameter",
-           "L2 norm of a parameter's gradient after backward()", log_scale=True),
+           "L2 norm of a parameter's gradient after backward(); column param_kind says what the parameter is "
+           "(conv/linear weight, norm scale or shift, bias: their scales differ several-fold)", log_scale=True),
+    Metric("grad_rel_norm", "param", "ratio", "‖∂L/∂W‖₂ / ‖W‖₂ (ratio)", "Relative gradient norm per weight tensor",
+           "‖g‖/‖W‖ per weight tensor",
+           "||dL/dW|| / ||W|| per conv/linear weight tensor (param_kind 'weight'), after backward(): the relative "
+           "update size an SGD step of lr 1 would make (inf where W is all zero, e.g. Fixup's zero-initialised "
+           "layers)", log_scale=True),
     Metric("act_grad_norm", "block", "loss per a.u.", "‖∂L/∂x‖₂ at block output (loss per a.u.)",
            "Gradient norm w.r.t. each block's output", "Output-gradient norm per block",
            "L2 norm of the loss gradient w.r.t. a block's output (scales with 1/batch size: the loss is a mean)",
@@ -194,14 +216,21 @@ def coerce_train(df: pd.DataFrame) -> pd.DataFrame:
     return validate_train(_coerce(df, {**TRAIN_COLUMNS, **TRAIN_OPTIONAL_COLUMNS}))
 
 
-def empty(per_channel: bool = False) -> pd.DataFrame:
-    """An empty stats table with the right columns and dtypes."""
-    cols = {**STATS_COLUMNS, **(OPTIONAL_COLUMNS if per_channel else {})}
+def empty(per_channel: bool = False, model: bool = False) -> pd.DataFrame:
+    """An empty stats table with the right columns and dtypes (and, when `model`, the columns the Recorder adds:
+    RECORDER_COLUMNS; when `per_channel`, the channel column)."""
+    cols = {**STATS_COLUMNS, **(RECORDER_COLUMNS if model else {}), **({"channel": "int"} if per_channel else {})}
     return pd.DataFrame({c: pd.Series([], dtype=_CANONICAL[k]) for c, k in cols.items()})
 
 
 def empty_train() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series([], dtype=_CANONICAL[k]) for c, k in TRAIN_COLUMNS.items()})
+
+
+def _unknown_kind(df: pd.DataFrame) -> list[str]:
+    """param_kind for a table written without it: "unknown" on param-level rows, "" on the others."""
+    param = set(metrics_at("param"))
+    return ["unknown" if m in param else "" for m in df["metric"].astype(str)]
 
 
 def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -212,5 +241,11 @@ def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     per_channel = any("channel" in f.columns for f in frames)
     if per_channel:
         frames = [f if "channel" in f.columns else f.assign(channel=-1) for f in frames]
-    plain = [f.astype({c: str for c in STATS_COLUMNS if STATS_COLUMNS[c] == "str"}) for f in frames]
+    for column in MODEL_COLUMNS:
+        if any(column in f.columns for f in frames):
+            frames = [f if column in f.columns else f.assign(**{column: "unknown"}) for f in frames]
+    if any("param_kind" in f.columns for f in frames):
+        frames = [f if "param_kind" in f.columns else f.assign(param_kind=_unknown_kind(f)) for f in frames]
+    strings = {c: str for c, kind in {**STATS_COLUMNS, **RECORDER_COLUMNS}.items() if kind == "str" and c in frames[0]}
+    plain = [f.astype(strings) for f in frames]
     return coerce(pd.concat(plain, ignore_index=True))

@@ -1,13 +1,16 @@
-"""`resviz demo --smoke`: the seconds-long version of `make demo` runs and writes its runs and figures."""
+"""`resviz demo --smoke`: the seconds-long version of `make demo`. On a machine without any browser it exits 0,
+writes its runs and the report page, and says in one line what it skipped and how to get it. Smoke runs live
+apart from the real demo's, and only finished runs reach the report."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 
 from resviz import runs, schema
-from resviz.demo import DEMO, DEMO_DEPTHS, demo_configs
+from resviz.demo import DEMO, DEMO_DEPTHS, DEMO_OUT, SMOKE_OUT, demo_configs, trained_only
 
 
 def test_demo_is_a_fair_comparison():
@@ -20,23 +23,45 @@ def test_demo_is_a_fair_comparison():
         assert {k: v for k, v in c.to_dict().items() if k not in ("arch", "depth", "root")} == {
             k: v for k, v in shared.items() if k != "root"}
     assert DEMO.warmup == "on" and DEMO.device == "cpu" and DEMO.dataset == "digits"
+    assert SMOKE_OUT != DEMO_OUT
 
 
-def test_demo_smoke_writes_runs_and_figures(tmp_path):
-    out = tmp_path / "demo"
+def _demo(tmp_path, *extra, path=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "resviz.cli", "demo", "--smoke", "--no-progress", "--out", str(out),
-                        "--root", str(tmp_path / "data"), "--formats", "html"],
-                       capture_output=True, text=True, env=env, timeout=600)
+    if path is not None:  # a fresh machine: no browser anywhere
+        env.update(PATH=path, BROWSER_PATH=str(tmp_path / "no-chrome"))
+    return subprocess.run([sys.executable, "-m", "resviz.cli", "demo", "--smoke", "--no-progress",
+                           "--root", str(tmp_path / "data"), *extra], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=tmp_path)
+
+
+def test_demo_smoke_without_a_browser_exits_0_and_writes_the_report(tmp_path):
+    r = _demo(tmp_path, path=os.path.dirname(sys.executable))  # `make demo`'s command, no chromium on PATH
     assert r.returncode == 0, r.stderr
+    out = tmp_path / SMOKE_OUT  # the default smoke folder, apart from runs/demo
     rs = runs.load(out)
     assert len(rs) == 4 and set(rs.status["status"]) == {"done"}
-    assert set(rs.status["arch"]) == {"plain", "resnet"}
     schema.validate(rs.stats)
-    assert {"response_std", "grad_norm"} <= set(rs.stats["metric"].astype(str))
-    for name in ("training_curves.html", "response_std.html"):
-        html = (out / "figures" / name).read_text()
-        assert "plotly.js v" in html  # plotly.js itself is inside: the page opens offline
-        assert not re.search(r"<script[^>]+src=[\"']?(https?:)?//", html), "the page loads a script from the network"
-        assert f"wrote {out / 'figures' / name}" in r.stdout
+    index = out / "report" / "index.html"
+    page = index.read_text()
+    assert not re.search(r"<script[^>]+src=[\"']?(https?:)?//", page), "the page loads a script from the network"
+    assert sorted(p.name for p in (out / "report").rglob("*.*")) == ["index.html", "plotly.min.js"]
+    skipped = [line for line in r.stdout.splitlines() if "not written" in line]
+    assert len(skipped) == 1 and "apt-get install chromium" in skipped[0]
+    assert r.stdout.strip().splitlines()[-1] == (
+        f"next: open {index.relative_to(tmp_path)} in a browser (depth and step sliders, no Jupyter needed), "
+        "or `jupyter lab notebooks/`")
     assert "digits-plain8-batch-w8-s0" in r.stdout  # the summary table
+    # an explicit static format cannot be made without a browser: refused before any training, in one line
+    bad = _demo(tmp_path, "--out", str(tmp_path / "other"), "--formats", "gif")
+    assert bad.returncode == 2 and "unknown format(s) ['gif']" in bad.stderr and not (tmp_path / "other").exists()
+
+
+def test_only_finished_runs_of_the_demo_reach_the_report(tmp_path):
+    folder = tmp_path / "runs"
+    for rid, status in (("a", "done"), ("b", "failed"), ("c", "done")):
+        (folder / rid).mkdir(parents=True)
+        (folder / rid / "config.json").write_text(json.dumps({"run_id": rid, "arch": "plain", "depth": 8}))
+        runs.write_status(folder / rid, status)
+    kept = trained_only(runs.load(folder), ["a", "b"])  # c: another sweep's run in the same folder
+    assert list(kept.status["run_id"]) == ["a"]

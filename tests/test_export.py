@@ -28,7 +28,8 @@ def assert_offline_html(text: str) -> None:
 
 @needs_browser
 def test_batch_export_every_format_with_one_browser(figs, tmp_path):
-    paths = export.export(figs, tmp_path / "out", formats=("html", "png", "svg", "pdf"), width=640, height=400)
+    paths = export.export(figs, tmp_path / "out", formats=("html", "png", "svg", "pdf"), width=640, height=400,
+                          plotlyjs="embed")
     names = [p.name for p in paths]
     assert names == ["fig7.html", "fig7.png", "fig7.svg", "fig7.pdf",
                      "grads.html", "grads.png", "grads.svg", "grads.pdf"]
@@ -46,8 +47,8 @@ def test_batch_export_every_format_with_one_browser(figs, tmp_path):
     assert oct((tmp_path / "out" / "fig7.png").stat().st_mode & 0o777) != oct(0o600)
 
 
-def test_html_directory_mode_writes_plotlyjs_once(figs, tmp_path):
-    paths = export.export(list(figs.values()), tmp_path, formats="html", plotlyjs="directory")
+def test_html_writes_plotlyjs_once_per_folder_by_default(figs, tmp_path):
+    paths = export.export(list(figs.values()), tmp_path, formats="html")
     assert paths[0].name.startswith("response-std-of-each-3-3-layer-after-norm") and len(paths[0].name) <= 65
     assert paths[1].name == "gradient-norm-per-parameter-step-100.html"  # names from the titles
     js = tmp_path / "plotly.min.js"
@@ -104,7 +105,7 @@ def test_no_browser_still_writes_html(figs, tmp_path, monkeypatch):
                        match=r"PNG/PDF export needs Chrome or Chromium: no browser at BROWSER_PATH=.*no-such-chromium.*"
                              r"apt-get install chromium.*set BROWSER_PATH.*the HTML was written \(2 file"):
         export.export(figs, tmp_path / "out", formats="html,png,pdf")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fig7.html", "grads.html"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fig7.html", "grads.html", "plotly.min.js"]
     try:
         export.export(figs, tmp_path / "out2", formats="png")
     except export.BrowserNotFoundError as err:
@@ -125,14 +126,18 @@ def write_run(root, run_id, arch, depth, steps=(0, 100)):
 def test_report_command_html(tmp_path, capsys):
     write_run(tmp_path / "runs", "r20", "resnet", 20)
     write_run(tmp_path / "runs", "p20", "plain", 20)
-    out = tmp_path / "figures"
+    out = tmp_path / "report"
     assert cli.main(["report", str(tmp_path / "runs"), "--out", str(out), "--formats", "html"]) == 0
-    printed = capsys.readouterr().out.split()
-    expected = ["training_curves", "response_std", "response_std_sorted", "grad_norm", "act_grad_norm",
-                "branch_skip", "signal_propagation", "heatmap_response_std_p20", "heatmap_response_std_r20"]
-    assert printed == [str(out / f"{n}.html") for n in expected]
-    assert (out / "plotly.min.js").is_file()
-    assert "ResNet-20" in (out / "response_std.html").read_text()
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [str(out / "plotly.min.js"), str(out / "index.html"),
+                       f"open {out / 'index.html'} in a browser (offline: plotly.min.js sits beside it)"]
+    page = (out / "index.html").read_text()
+    assert_offline_html(page)
+    for name in ("training_curves", "response_std", "response_std_sorted", "grad_norm", "act_grad_norm",
+                 "branch_skip", "signal_propagation", "error_vs_depth", "heatmap_response_std_p20",
+                 "heatmap_response_std_r20"):
+        assert f'id="{name}"' in page
+    assert "ResNet-20" in page
 
 
 @needs_browser
@@ -140,9 +145,10 @@ def test_report_command_png(tmp_path, capsys):
     write_run(tmp_path, "r20", "resnet", 20)
     out = tmp_path / "png"
     assert cli.main(["report", str(tmp_path / "r20"), "--out", str(out), "--formats", "png", "--step", "0"]) == 0
-    printed = capsys.readouterr().out.split()
-    assert len(printed) == 8 and all(p.endswith(".png") for p in printed)
+    printed = [p for p in capsys.readouterr().out.split() if p.endswith(".png")]
+    assert len(printed) == 9 and all(p.startswith(str(out / "figures")) for p in printed)
     assert all(open(p, "rb").read(8) == MAGIC["png"] for p in printed)
+    assert 'href="figures/response_std.png"' in (out / "index.html").read_text()
 
 
 def test_report_command_errors(tmp_path, capsys, monkeypatch):
@@ -152,8 +158,9 @@ def test_report_command_errors(tmp_path, capsys, monkeypatch):
     assert "resviz: error: no run folders in" in capsys.readouterr().err
     write_run(tmp_path, "r20", "resnet", 20)
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "missing"))
+    monkeypatch.setenv("PATH", "/nonexistent")
     assert cli.main(["report", str(tmp_path / "r20"), "--out", str(tmp_path / "o"), "--formats", "html,png"]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("resviz: error: PNG export needs Chrome or Chromium")
     assert "apt-get install chromium" in captured.err and len(captured.err.strip().splitlines()) == 1
-    assert len(captured.out.split()) == 8 and all(p.endswith(".html") for p in captured.out.split())
+    assert (tmp_path / "o" / "index.html").is_file()  # the page is written before the images are tried

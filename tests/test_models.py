@@ -76,15 +76,58 @@ def test_skipinit_and_rezero_start_as_identity():
         assert torch.equal(block(x), expected)
 
 
-def test_fixup_rescales_branches_and_zeroes_last_layers():
+@pytest.mark.parametrize("depth", [20, 110])
+def test_fixup_init_follows_the_papers_rules(depth):
+    """Zhang et al. 2019 at init: first branch conv He (fan-out) x L^(-1/(2m-2)), last branch conv and classifier
+    zero, scalar biases zero, branch multipliers one; the net's output is exactly zero."""
     torch.manual_seed(0)
-    model = cifar_resnet(110, branch_init="fixup", norm="none")
-    num_blocks = 54
-    he_std = (2 / (16 * 9)) ** 0.5
-    w = model.layer1[3].conv1.weight
-    assert w.std().item() == pytest.approx(he_std * num_blocks ** -0.5, rel=0.1)
-    assert all(torch.count_nonzero(b.conv2.weight) == 0 for *_, b in iter_blocks(model))
-    assert torch.count_nonzero(model.linear.weight) == 0
+    model = cifar_resnet(depth, branch_init="fixup", norm="none")
+    num_branches = 3 * check_depth(depth)  # L
+    scale = num_branches ** (-1 / (2 * 2 - 2))  # m = 2 layers per basic block
+    for stage, planes in ((1, 16), (2, 32), (3, 64)):
+        w = torch.cat([b.conv1.weight.flatten() for s, _, _, b in iter_blocks(model) if s == stage])
+        assert w.mean().item() == pytest.approx(0.0, abs=0.1 * w.std().item())
+        assert w.std().item() == pytest.approx((2 / (planes * 9)) ** 0.5 * scale, rel=0.05), stage
+    blocks = [b for *_, b in iter_blocks(model)]
+    assert all(torch.count_nonzero(b.conv2.weight) == 0 for b in blocks)
+    assert torch.count_nonzero(model.linear.weight) == 0 and torch.count_nonzero(model.linear.bias) == 0
+    biases = [model.fixup_bias1, model.fixup_bias2] + [getattr(b, f"fixup_bias{k}") for b in blocks
+                                                       for k in ("1a", "1b", "2a", "2b")]
+    assert len(biases) == 2 + 4 * num_branches and all(p.shape == () and p.item() == 0.0 for p in biases)
+    assert all(b.branch_scale.shape == () and b.branch_scale.item() == 1.0 for b in blocks)
+    stem = model.conv1.weight  # a layer outside the branches: standard He init (fan-in), not rescaled
+    assert stem.std().item() == pytest.approx((2 / 27) ** 0.5, rel=0.15)
+    assert torch.equal(model(torch.randn(2, 3, 32, 32)), torch.zeros(2, 10))
+
+
+def _fixup_reference(model, x):
+    """Fixup's forward written out from the paper / official CIFAR code, reading the model's parameters:
+    biases before each conv, activation and the classifier; branch * scale + bias; option A skip of x + bias1a."""
+    out = F.relu(F.conv2d(x, model.conv1.weight, padding=1) + model.fixup_bias1)
+    for *_, b in iter_blocks(model):
+        stride = b.conv1.stride
+        h = F.relu(F.conv2d(out + b.fixup_bias1a, b.conv1.weight, stride=stride, padding=1) + b.fixup_bias1b)
+        h = F.conv2d(h + b.fixup_bias2a, b.conv2.weight, padding=1) * b.branch_scale + b.fixup_bias2b
+        if b.downsamples:
+            pad = b.conv1.out_channels // 4
+            skip = F.pad((out + b.fixup_bias1a)[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad))
+        else:
+            skip = out
+        out = F.relu(h + skip)
+    return F.linear(out.mean((2, 3)) + model.fixup_bias2, model.linear.weight, model.linear.bias)
+
+
+def test_fixup_forward_places_every_bias_and_scale_as_published():
+    torch.manual_seed(0)
+    model = cifar_resnet(14, branch_init="fixup", norm="none", width=8)
+    with torch.no_grad():  # move every parameter off its init so each bias and scale matters
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(3, 3, 16, 16)
+    torch.testing.assert_close(model(x), _fixup_reference(model, x), rtol=1e-5, atol=1e-6)
+    names = {n for n, _ in model.named_parameters()}
+    assert {"fixup_bias1", "fixup_bias2", "layer2.0.fixup_bias1a", "layer3.1.branch_scale"} <= names
+    assert not any("fixup" in n for n, _ in cifar_resnet(14).named_parameters())  # default nets: akamaster's
 
 
 def test_probe_points_see_branch_skip_and_sum():

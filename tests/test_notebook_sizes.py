@@ -125,7 +125,7 @@ def test_checkpoint_folders_come_from_the_environment_only(monkeypatch, tmp_path
 def test_lab_notebooks_in_smoke_mode_are_small_and_valid(env, tmp_path):
     env.setenv(ns.SMOKE_ENV, "1")
     s5, s6, s7, s8 = (ns.sizes(name) for name in ns.LAB_NOTEBOOKS)
-    assert ns.ALL_NOTEBOOKS == ns.NOTEBOOKS + ns.LAB_NOTEBOOKS
+    assert ns.ALL_NOTEBOOKS == ns.NOTEBOOKS + ns.LAB_NOTEBOOKS + ns.STREAM_NOTEBOOKS
     for s in (s5, s6, s7, s8):
         assert s["smoke"] and s["formats"] == ("html",) and not s["progress"]
         assert s["figures"] == tmp_path / "out" / "figures" / s["notebook"]

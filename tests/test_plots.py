@@ -243,6 +243,15 @@ def test_colours_consistent_warm_cool_and_darker_when_deeper(stats, train):
     assert plots.run_color("resnet", 56, seed=1) != plots.run_color("resnet", 56)
 
 
+@pytest.mark.parametrize("arch", ["plain", "resnet"])
+def test_neighbouring_depths_differ_at_a_glance(arch):
+    depths = (8, 14, 20, 32, 44, 56, 110, 1202)
+    rgb = [np.array(unlabel_rgb(plots.run_color(arch, d)), dtype=float) for d in depths]
+    gaps = [np.linalg.norm(a - b) for a, b in zip(rgb, rgb[1:])]
+    assert min(gaps) > 60, gaps  # not just a lighter shade of one hue (issue 16: ResNet-14 vs ResNet-20)
+    assert plots.run_color(arch, 20) == plots.run_color(arch, 22)  # other depths: the nearest one's colour
+
+
 def test_labels_tell_variants_apart():
     runs = [SyntheticRun("resnet", 20), SyntheticRun("resnet", 20, seed=1), SyntheticRun("resnet", 20, norm="layer")]
     fig = plots.plot_response_std(synthetic.stats_frame(runs, metrics=("response_std",)))
@@ -259,7 +268,8 @@ def test_standard_figures(stats, train):
         "heatmap_response_std_resnet56-batch-s0"]
     assert skipped == {}
     figs, skipped = plots.standard_figures(stats[stats["metric"] == "response_std"], None)
-    assert set(skipped) == {"training_curves", "grad_norm", "act_grad_norm", "branch_skip", "signal_propagation"}
+    assert set(skipped) == {"training_curves", "error_vs_depth", "grad_norm", "act_grad_norm", "branch_skip",
+                            "signal_propagation"}
     assert "no 'grad_norm' rows" in skipped["grad_norm"]
 
 
@@ -282,7 +292,7 @@ def test_real_recorder_frame_resnet8_and_plain8():
         frames.append(rec.frame())
     stats = pd.concat(frames, ignore_index=True)
     figs, skipped = plots.standard_figures(stats)
-    assert set(skipped) == {"training_curves"}
+    assert set(skipped) == {"training_curves", "error_vs_depth"}
     fig7 = figs["response_std"]
     assert sorted(t.name for t in fig7.data) == ["ResNet-8", "plain-8"]
     assert all(list(t.x) == list(range(7)) for t in fig7.data)  # depth - 1 norm layers
@@ -301,7 +311,7 @@ def test_real_recorder_frame_resnet8_and_plain8():
 
 
 def test_error_vs_depth_takes_each_runs_final_errors(train):
-    fig = plots.plot_error_vs_depth(train)
+    fig = plots.plot_error_vs_depth(train, paper=False)
     assert [t.name for t in fig.data] == ["plain train", "plain test", "ResNet train", "ResNet test"]
     for arch, label in (("plain", "plain"), ("resnet", "ResNet")):
         rows = train[train["arch"] == arch]
@@ -379,3 +389,80 @@ def test_bn_check_scatter_against_the_diagonal():
         plots.plot_bn_check(table.drop(columns=["measured"]))
     with pytest.raises(ValueError, match="cross-check table is empty"):
         plots.plot_bn_check(table.iloc[:0])
+
+
+def test_error_vs_depth_overlays_the_published_cifar10_errors(train):
+    fig = plots.plot_error_vs_depth(train)
+    he = trace(fig, "He et al. 2015, Table 6 (CIFAR-10) ResNet test")
+    assert list(he.x) == [20, 32, 44, 56, 110, 1202] and list(he.y) == [8.75, 7.51, 7.17, 6.97, 6.43, 7.93]
+    aka = trace(fig, "akamaster/pytorch_resnet_cifar10 (CIFAR-10) ResNet test")
+    assert list(aka.x) == [20, 32, 44, 56, 110] and list(aka.y) == [8.27, 7.37, 6.90, 6.61, 6.32]
+    assert "not these runs' data" in fig.layout.annotations[0].text  # a digits run is never read as CIFAR-10
+    assert fig.layout.xaxis.type == "log" and 1202 in fig.layout.xaxis.tickvals
+
+
+def test_seeds_are_aggregated_mean_and_band():
+    runs = [SyntheticRun("resnet", 20, seed=s) for s in (0, 1, 2)] + [SyntheticRun("plain", 20)]
+    train = synthetic.train_frame(runs, steps=(0, 100, 200), eval_every=100)
+    train["clean_train_error"] = np.where(train["step"] % 100 == 0, train["train_error"] / 2, np.nan)
+    fig = plots.plot_training_curves(train)
+    named = [t.name for t in fig.data if t.showlegend is not False]
+    assert named == ["plain-20 train", "plain-20 clean train", "plain-20 test",
+                     "ResNet-20 train", "ResNet-20 clean train", "ResNet-20 test"]
+    res = train[train["arch"] == "resnet"].pivot(index="step", columns="seed", values="test_error")
+    np.testing.assert_allclose(trace(fig, "ResNet-20 test").y, 100 * res.mean(axis=1).to_numpy())
+    assert list(trace(fig, "ResNet-20 test").customdata) == [3, 3, 3]
+    bands = [t for t in fig.data if t.fill == "tonexty"]
+    assert len(bands) == 3  # train, clean train and test of the ResNet (one seed of plain: no band)
+    assert trace(fig, "ResNet-20 clean train").line.dash == "dot"
+    assert "clean training (dotted)" in fig.layout.title.text and "band min–max" in fig.layout.annotations[0].text
+    depth = plots.plot_error_vs_depth(train, paper=False)
+    per_seed = [t for t in depth.data if t.name == "ResNet test per seed"]
+    assert len(per_seed) == 1 and len(per_seed[0].y) == 3
+
+
+def test_axes_read_cleanly(stats):
+    flat = stats[stats["metric"] == "response_std"].copy()
+    flat["value"] = 1.0 + 1e-4 * np.sin(np.arange(len(flat)))  # noise around 1: the axis must not zoom into it
+    fig = plots.plot_response_std(flat)
+    lo, hi = fig.layout.yaxis.range
+    assert lo <= 0.95 and hi >= 1.05 and "%{y:.5g}" in fig.data[0].hovertemplate
+    assert [s.y0 for s in fig.layout.shapes] == [1.0]  # BN at initialisation
+    assert fig.layout.xaxis.tickformat == "d"
+    grads = plots.plot_gradient_flow(stats)
+    assert grads.layout.yaxis.exponentformat == "power" and grads.layout.yaxis.dtick == 1
+    blocks = plots.plot_profile(stats, "branch_ratio", depth=20)
+    assert blocks.layout.xaxis.dtick == 1 and blocks.layout.xaxis.tickformat == "d"  # 0, 1, 2: never 0.5
+    at_init = plots.plot_profile(stats[stats["step"] == 0], "grad_norm")
+    assert "step" not in at_init.layout.title.text
+
+
+def test_heatmaps_that_are_compared_share_one_labelled_scale(stats):
+    figs, _ = plots.standard_figures(stats)
+    maps = [f.data[0] for k, f in figs.items() if k.startswith("heatmap_")]
+    assert len(maps) == 3 and len({(m.zmin, m.zmax) for m in maps}) == 1 and maps[0].zmin is not None
+    assert all(m.colorbar.title.text for m in maps)
+
+
+def test_variants_the_metadata_cannot_tell_apart_get_short_names_and_own_colours():
+    ids = [f"digits-resnet8-none-scA-{v}-w8-s0" for v in ("skipinit", "rezero", "fixup")]
+    runs = [SyntheticRun("resnet", 8, norm="none", run_id=i) for i in ids]
+    train = synthetic.train_frame(runs, steps=(0, 100), eval_every=100)
+    fig = plots.plot_training_curves(train, arch="resnet")
+    named = {t.name: t.line.color for t in fig.data}
+    assert set(named) == {f"ResNet-8 (norm=none) {v} {k}" for v in ("skipinit", "rezero", "fixup")
+                          for k in ("train", "test")}
+    assert len({named[f"ResNet-8 (norm=none) {v} test"] for v in ("skipinit", "rezero", "fixup")}) == 3
+    assert fig.layout.title.text.startswith("ResNet nets: training")  # 02's plain and ResNet figures differ
+
+
+def test_fig7_defaults_to_the_eval_mode_metric_and_says_which(stats):
+    evals = stats[stats["metric"] == "response_std"].assign(metric="response_std_eval")
+    evals["value"] = evals["value"] * 0.5
+    both = pd.concat([stats, evals], ignore_index=True)
+    fig = plots.plot_response_std(both)
+    assert fig.layout.yaxis.title.text == plots.AXIS_TITLES["response_std_eval"]
+    np.testing.assert_allclose(trace(fig, "ResNet-20").y, 0.5 * trace(plots.plot_response_std(stats), "ResNet-20").y)
+    assert "eval mode" in fig.layout.annotations[0].text and "Seeds 0" in fig.layout.annotations[0].text
+    old = plots.plot_response_std(stats)  # a table without the eval rows: train mode, and the caption says so
+    assert "train mode" in old.layout.annotations[0].text and "no eval-mode rows" in old.layout.annotations[0].text

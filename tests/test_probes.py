@@ -23,7 +23,7 @@ from probes_reference import (
 )
 
 from resviz import schema
-from resviz.models import cifar_resnet, iter_blocks
+from resviz.models import ShortcutA, cifar_resnet, iter_blocks
 from resviz.probes import DEFAULT_METRICS, METRICS, Recorder, write_moments
 
 
@@ -46,6 +46,15 @@ def batch(n=8, seed=0, device="cpu"):
 def net(depth=8, seed=0, **kw):
     torch.manual_seed(seed)
     return cifar_resnet(depth, **kw)
+
+
+def signal_slice(model, block: str, t: torch.Tensor) -> torch.Tensor:
+    """By hand: the channels of a skip tensor that carry signal. An option-A shortcut pads `pad` zero channels on
+    each side (models.ShortcutA), so they are t[:, pad:C-pad]; every other block keeps all of t."""
+    shortcut = getattr(model.get_submodule(block), "shortcut", None)
+    if isinstance(shortcut, ShortcutA):
+        return t[:, shortcut.pad : t.shape[1] - shortcut.pad]
+    return t
 
 
 def record_one_step(model, x, y, **kw):
@@ -99,8 +108,9 @@ def test_activation_stats_equal_layer_by_layer_computation(kw, device):
             assert got == {}  # absent, not zero
             continue
         assert list(got) == [f"{b}.{point}" for b in blocks], metric
-        for layer, v in got.items():
-            assert v == pytest.approx(fn(ref[layer]), **tol), (metric, layer)
+        for b, (layer, v) in zip(blocks, got.items()):
+            want = fn(signal_slice(model, b, ref[layer]) if metric == "skip_std" else ref[layer])
+            assert v == pytest.approx(want, **tol), (metric, layer)
     cvar = values(df, "channel_var")
     assert len(cvar) == 2 * len(blocks)
     for layer, v in cvar.items():
@@ -110,8 +120,8 @@ def test_activation_stats_equal_layer_by_layer_computation(kw, device):
         assert ratio == {}
     else:
         for b in blocks:
-            want = norm(ref[f"{b}.probe_branch"]) / norm(ref[f"{b}.probe_skip"])
-            assert ratio[b] == pytest.approx(want, rel=2e-5)
+            branch, skip = (signal_slice(model, b, ref[f"{b}.{p}"]) for p in ("probe_branch", "probe_skip"))
+            assert ratio[b] == pytest.approx(norm(branch) / norm(skip), rel=2e-5)
     assert set(df["metric"]) <= set(METRICS)
 
 
@@ -136,7 +146,13 @@ def test_sum_is_branch_plus_skip_and_its_variance_decomposes():
         assert total[f"{name}.probe_sum"] == pytest.approx(std(b + s), rel=2e-5)
         bd, sd = b.double().flatten(), s.double().flatten()
         cov = ((bd - bd.mean()) * (sd - sd.mean())).sum().item() / (bd.numel() - 1)
-        want = branch[f"{name}.probe_branch"] ** 2 + skip[f"{name}.probe_skip"] ** 2 + 2 * cov
+        # the recorded skip std leaves option A's zero channels out; the decomposition needs the whole tensor's
+        recorded_skip = skip[f"{name}.probe_skip"]
+        whole_skip = std(s)
+        assert recorded_skip == pytest.approx(std(signal_slice(model, name, s)), rel=2e-5)
+        if signal_slice(model, name, s) is s:
+            assert recorded_skip == pytest.approx(whole_skip, rel=2e-5)
+        want = branch[f"{name}.probe_branch"] ** 2 + whole_skip**2 + 2 * cov
         assert total[f"{name}.probe_sum"] ** 2 == pytest.approx(want, rel=1e-4)
 
 
@@ -238,8 +254,9 @@ def test_frame_is_schema_valid_and_canonical():
     df, _ = record_one_step(model, x, y, run_info={"run_id": "r1", "seed": 3})
     schema.validate(df)
     pd.testing.assert_frame_equal(schema.coerce(df), df)
-    assert list(df.columns) == list(schema.STATS_COLUMNS)
+    assert list(df.columns) == [*schema.STATS_COLUMNS, *schema.RECORDER_COLUMNS]
     first = df.iloc[0]
+    assert (first["model"], first["family"]) == ("resnet8", "resviz")
     assert (first["run_id"], first["arch"], first["depth"], first["norm"], first["shortcut"], first["seed"]) == (
         "r1", "resnet", 8, "batch", "A", 3,
     )
@@ -262,10 +279,10 @@ def test_metrics_subset_only_those_rows():
 def test_frame_before_any_step_is_empty_with_columns():
     rec = Recorder(net(8))
     df = rec.frame()
-    assert len(df) == 0 and list(df.columns) == list(schema.STATS_COLUMNS)
+    assert len(df) == 0 and list(df.columns) == [*schema.STATS_COLUMNS, *schema.RECORDER_COLUMNS]
     with Recorder(net(8), per_channel=True) as rec:
         df = rec.frame()
-    assert len(df) == 0 and list(df.columns) == [*schema.STATS_COLUMNS, "channel"]
+    assert len(df) == 0 and list(df.columns) == [*schema.STATS_COLUMNS, *schema.RECORDER_COLUMNS, "channel"]
 
 
 # ---------------------------------------------------------------------------------------------------- steps

@@ -104,16 +104,6 @@ class MarkedBlock(nn.Module):
         return self.probe_out(F.gelu(self.probe_sum(self.probe_branch(self.norm(self.conv(x))) + self.probe_skip(x))))
 
 
-class UnmarkedResidualBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.norm = nn.BatchNorm2d(c)
-
-    def forward(self, x):
-        return F.relu(x + self.norm(self.conv(x)))
-
-
 class Net(nn.Module):
     def __init__(self, block):
         super().__init__()
@@ -145,20 +135,6 @@ def test_a_block_marked_with_probes_is_recorded():
             h = F.gelu(branch + h)
             assert values(df, "channel_var")[f"{name}.probe_out"] == pytest.approx(channel_var(h), rel=2e-5)
     assert set(df["run_id"]) == {"mine"} and set(df["stage"]) == {-1}
-
-
-def test_unknown_block_is_named_with_how_to_mark_it():
-    model = Net(UnmarkedResidualBlock)
-    message = r"block type .*UnmarkedResidualBlock \(at 'blocks\.0'\): mark its branch and skip"
-    with pytest.raises(ValueError, match=message):
-        Recorder(model)
-    with pytest.raises(ValueError, match=r"self\.probe_branch = Probe\(\)"):
-        Recorder(model, metrics=["sum_std"])
-    x = torch.randn(2, 3, 8, 8)
-    with Recorder(model, every=1, metrics=["response_std", "grad_norm"]) as rec:
-        model(x).sum().backward()
-        rec.step()
-    assert values(rec.frame(), "response_std")["blocks.1.norm"] > 0
 
 
 def test_wrapped_models_are_unwrapped():

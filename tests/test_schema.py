@@ -86,6 +86,20 @@ def test_concat_keeps_canonical_dtypes_and_fills_the_channel_column():
     assert len(schema.concat([schema.empty(), schema.empty()])) == 0
 
 
+def test_concat_fills_param_kind_unknown_on_param_rows_of_older_tables_and_empty_elsewhere():
+    old = schema.coerce(stats_rows(2, run_id=["old"] * 2, metric=["grad_norm", "response_std"]))
+    new = schema.coerce(stats_rows(2, run_id=["new"] * 2, metric=["grad_norm", "grad_rel_norm"])
+                        .assign(param_kind=["norm_scale", "weight"]))
+    both = schema.concat([old, new])
+    assert canonical(both, {**schema.STATS_COLUMNS, **schema.OPTIONAL_COLUMNS})
+    assert both["param_kind"].tolist() == ["unknown", "", "norm_scale", "weight"]
+    assert "param_kind" not in schema.concat([old, old]).columns
+    assert list(schema.empty(model=True).columns) == [*schema.STATS_COLUMNS, *schema.RECORDER_COLUMNS]
+    assert set(schema.RECORDER_COLUMNS) == {*schema.MODEL_COLUMNS, *schema.PARAM_COLUMNS} <= set(schema.OPTIONAL_COLUMNS)
+    with pytest.raises(ValueError, match=r"param_kind is int64, expected str"):
+        schema.validate(stats_rows(1).assign(param_kind=[3]))
+
+
 # ---------------------------------------------------------------------------------- the metric table
 def test_every_metric_has_every_field():
     fields = [f.name for f in dataclasses.fields(schema.Metric)]

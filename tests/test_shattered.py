@@ -117,3 +117,99 @@ def test_correlation_matrices_one_per_net_and_the_table():
             "mean_correlation"].mean())
     with pytest.raises(ValueError, match=r"value='lag2' is not a column"):
         shattering_table(frame, "lag2")
+
+
+# ---- Balduzzi et al.'s 1-D experiment ----------------------------------------------------------------------
+
+from resviz.analysis.shattered import (  # noqa: E402
+    SETTING_1D,
+    SETTING_IMAGE,
+    autocorrelation_1d,
+    covariance_1d,
+    fc_net,
+    gradients_1d,
+    gradients_1d_frame,
+    line_1d,
+    shattering_1d_vs_depth,
+)
+
+
+@pytest.mark.parametrize("arch", ["plain", "resnet"])
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_1d_gradients_match_central_finite_differences(arch, norm):
+    net = fc_net(4, arch=arch, norm=norm, width=16, seed=3)
+    x = line_1d(32)
+    got = gradients_1d(net, x)
+    assert got.shape == (32,) and net.training  # the net is put back in train mode
+    h = 1e-6
+    with calibrated_eval(net, x), torch.no_grad():  # the same fixed function: statistics of the line batch
+        fd = ((net(x + h) - net(x - h)) / (2 * h))[:, 0].numpy()
+    np.testing.assert_allclose(got, fd, rtol=1e-5, atol=1e-8)
+    assert np.ptp(got) > 0  # not a constant: the biases put kinks on the line
+
+
+def test_autocorrelation_1d_against_numpy():
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal(50)
+    d = g - g.mean()
+    expected = np.correlate(d, d, "full")[49:] / (d @ d)
+    np.testing.assert_allclose(autocorrelation_1d(g, 10), expected[:11], atol=1e-12)
+    noise = rng.standard_normal(4096)  # white noise: lag-1 ≈ 0 (sd 1/64); brown noise: ≈ 1
+    assert abs(autocorrelation_1d(noise, 1)[1]) < 0.1 and autocorrelation_1d(np.cumsum(noise), 1)[1] > 0.95
+    with pytest.raises(ValueError, match=r"max_lag=50 must be below the 50 points"):
+        autocorrelation_1d(g, 50)
+
+
+def test_1d_frames_are_tidy_and_labelled():
+    frame = shattering_1d_vs_depth(depths=(1, 3), archs=("plain", "resnet"), norms=("none",), seeds=2, width=8,
+                                   n_inputs=20, max_lag=4)
+    assert list(frame.columns) == ["setting", "arch", "norm", "depth", "seed", "lag", "autocorrelation"]
+    assert len(frame) == 2 * 2 * 2 * 5 and set(frame["setting"]) == {SETTING_1D}
+    np.testing.assert_allclose(frame[frame["lag"] == 0]["autocorrelation"], 1.0)
+    one = frame[(frame["arch"] == "resnet") & (frame["depth"] == 3) & (frame["seed"] == 1)]
+    direct = autocorrelation_1d(gradients_1d(fc_net(3, arch="resnet", norm="none", width=8, seed=1), line_1d(20)), 4)
+    np.testing.assert_allclose(one["autocorrelation"].to_numpy(), direct)
+    image = shattering_vs_depth(depths=(8,), norms=("none",), archs=("plain",), width=4, n_inputs=6, image_size=8)
+    assert set(image["setting"]) == {SETTING_IMAGE}
+    with pytest.raises(ValueError, match=r"arch='vgg' is unknown; use 'plain' or 'resnet'"):
+        fc_net(2, arch="vgg")
+    with pytest.raises(ValueError, match=r"depth=0 must be an integer >= 1"):
+        fc_net(0)
+    with pytest.raises(ValueError, match=r"norm='layer' is unknown for the 1-D nets; use 'batch' or 'none'"):
+        fc_net(2, norm="layer")
+
+
+def test_1d_covariance_over_initialisations():
+    frame = gradients_1d_frame(depths=(2,), archs=("plain",), norms=("batch",), seeds=3, width=8, n_inputs=12)
+    assert list(frame.columns) == ["setting", "arch", "norm", "depth", "seed", "x", "gradient"] and len(frame) == 36
+    cov = covariance_1d(frame)
+    assert list(cov) == ["plain-2, BN"] and cov["plain-2, BN"].shape == (12, 12)
+    grads = np.stack([gradients_1d(fc_net(2, arch="plain", norm="batch", width=8, seed=s), line_1d(12))
+                      for s in range(3)])  # (seeds, n), measured directly
+    centred = grads - grads.mean(0)
+    np.testing.assert_allclose(cov["plain-2, BN"], centred.T @ centred / 2, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"plain-2 has 1 seed; a covariance over initialisations needs"):
+        covariance_1d(frame[frame["seed"] == 0])
+
+
+def test_1d_plain_bn_gradients_turn_to_white_noise_with_depth():
+    """Balduzzi et al.'s main 1-D finding, with a margin far beyond seed noise (sd of a white-noise lag-1 ≈ 0.06)."""
+    frame = shattering_1d_vs_depth(depths=(1, 24), archs=("plain",), norms=("batch",), seeds=2, width=64,
+                                   max_lag=1)
+    lag1 = frame[frame["lag"] == 1].set_index(["depth", "seed"])["autocorrelation"]
+    assert all(lag1[1, s] > 0.9 for s in (0, 1))
+    assert all(abs(lag1[24, s]) < 0.3 for s in (0, 1))
+
+
+def test_1d_figure_draws_the_seed_mean_and_says_the_setting():
+    from resviz.plots.shattered_1d import plot_shattering_1d
+
+    frame = shattering_1d_vs_depth(depths=(1, 4), norms=("none",), seeds=2, width=8, n_inputs=16, max_lag=2)
+    fig = plot_shattering_1d(frame)
+    assert [t.name for t in fig.data] == ["plain, no norm", "ResNet, no norm"]
+    lag1 = frame[(frame["lag"] == 1) & (frame["arch"] == "resnet")].groupby("depth")["autocorrelation"]
+    np.testing.assert_allclose(fig.data[1].y, lag1.mean().to_numpy())
+    np.testing.assert_allclose(fig.data[1].error_y.array, (lag1.max() - lag1.mean()).to_numpy())
+    assert SETTING_1D in fig.layout.title.text and "2 seed(s)" in fig.layout.title.text
+    with pytest.raises(ValueError, match=r"lag=5 is not in the frame"):
+        plot_shattering_1d(frame, lag=5)

@@ -194,3 +194,9 @@ def test_export_without_browser_keeps_html(stats, tmp_path, monkeypatch):
     assert "apt-get install chromium" in d.message.value
     assert [p.suffix for p in d.last_export] == [".html"] and d.last_export[0].is_file()
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_dashboard_opens_on_the_eval_mode_fig7_when_recorded(stats):
+    evals = stats[stats["metric"] == "response_std"].assign(metric="response_std_eval")
+    assert widgets.explore(pd.concat([stats, evals], ignore_index=True)).metric_dropdown.value == "response_std_eval"
+    assert widgets.explore(stats).metric_dropdown.value == "response_std"  # older runs: the train-mode one

@@ -184,6 +184,15 @@ def lesion_single(
     return frame
 
 
+def check_ks(model: nn.Module, ks: Sequence[int]) -> list[str]:
+    """The model's block names, once every k of `ks` is a number of blocks it can lose (else a ValueError)."""
+    names = list(block_table(model)["block"])
+    bad = [k for k in ks if not 0 <= int(k) <= len(names)]
+    if bad:
+        raise ValueError(f"k={bad[0]} blocks cannot be removed from {_describe(model)}: use 0..{len(names)}")
+    return names
+
+
 def lesion_random(
     model: nn.Module,
     images_uint8: torch.Tensor | np.ndarray,
@@ -205,10 +214,7 @@ def lesion_random(
     """
     if device is not None:
         model.to(device)
-    names = list(block_table(model)["block"])
-    bad = [k for k in ks if not 0 <= int(k) <= len(names)]
-    if bad:
-        raise ValueError(f"k={bad[0]} blocks cannot be removed from {_describe(model)}: use 0..{len(names)}")
+    names = check_ks(model, ks)
     if draws < 1:
         raise ValueError(f"draws={draws} must be at least 1")
     kw = dict(mean=mean, std=std, device=device, batch_size=batch_size)
@@ -405,6 +411,7 @@ def _progress(items, enabled: bool, desc: str):
 __all__ = [
     "TestSet",
     "block_table",
+    "check_ks",
     "error_rate",
     "eval_mode",
     "is_archive",

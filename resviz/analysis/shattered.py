@@ -1,9 +1,18 @@
 """Shattered gradients (Balduzzi et al. 2017): how alike are the input gradients of nearby inputs?
 
-Inputs lie on a line segment in image space, x_j = a + t_j (b - a), t_j = j / (n - 1), with a, b standard
-Gaussian images by default. The scalar output is a fixed random unit projection of the logits (or one logit).
-For each input the gradient g_j = d out / d x_j (a whole image) is taken; the correlation between inputs i, j
-is the cosine similarity of g_i and g_j, and the lag-k autocorrelation is its mean over pairs k steps apart.
+Two settings, each labelled in its frames' `setting` column:
+
+SETTING_1D, the paper's own experiment: a fully connected net with one input and one output, the input swept
+over 256 evenly spaced points of [-2, 2], the gradient d out / d x (a scalar) at each point, its
+autocorrelation function over lags and its covariance over random initialisations; plain and residual nets,
+with and without BN, against depth (`fc_net`, `gradients_1d`, `autocorrelation_1d`, `shattering_1d_vs_depth`,
+`gradients_1d_frame`, `covariance_1d`).
+
+SETTING_IMAGE, resviz's adaptation to the CIFAR conv nets (below): inputs lie on a line segment in image space,
+x_j = a + t_j (b - a), t_j = j / (n - 1), with a, b standard Gaussian images by default. The scalar output is
+a fixed random unit projection of the logits (or one logit). For each input the gradient g_j = d out / d x_j
+(a whole image) is taken; the correlation between inputs i, j is the cosine similarity of g_i and g_j, and the
+lag-k autocorrelation is its mean over pairs k steps apart.
 Balduzzi et al.: in deep feed-forward nets the gradients decorrelate ("white noise"), with skips they do not.
 
 BatchNorm: each input's gradient must be the gradient of one fixed function, so BN runs in eval mode with its
@@ -24,6 +33,9 @@ from torch import nn
 
 from resviz.analysis.modes import calibrated_eval  # also re-exported from here (its old home)
 from resviz.models import cifar_resnet
+
+SETTING_1D = "1-D input on [-2, 2], fully connected nets (Balduzzi et al. 2017's experiment)"
+SETTING_IMAGE = "line between two images, CIFAR conv nets (resviz's adaptation)"
 
 
 def line_inputs(
@@ -110,8 +122,8 @@ def shattering_vs_depth(
 ) -> pd.DataFrame:
     """Gradient correlation at initialisation for every (arch, norm, depth), averaged over `seeds` nets.
 
-    Rows: arch, norm, depth, seed, autocorrelation (lag 1), autocorrelation_lag8, mean_correlation
-    (mean over all pairs i != j on the line).
+    Rows: setting (SETTING_IMAGE), arch, norm, depth, seed, autocorrelation (lag 1), autocorrelation_lag8,
+    mean_correlation (mean over all pairs i != j on the line).
     """
     bad = [a for a in archs if a not in ("plain", "resnet")]
     if bad:
@@ -129,6 +141,7 @@ def shattering_vs_depth(
                     off = (gc.correlation.sum() - np.trace(gc.correlation)) / (n * (n - 1))
                     rows.append(
                         dict(
+                            setting=SETTING_IMAGE,
                             arch=arch,
                             norm=norm,
                             depth=depth,
@@ -178,8 +191,161 @@ def correlation_matrices(
     return out
 
 
+# ---- Balduzzi et al.'s 1-D experiment -------------------------------------------------------------------
+
+
+class FCNet(nn.Module):
+    """A fully connected net R -> R with `depth` ReLU layers of `width` units, in float64.
+
+    plain:    h <- relu(N(W h + b)), `depth` times (the first W is 1 x width), then out = w . h + b
+    residual: h <- W_in x + b_in, then `depth` blocks h <- h + W relu(N(h)) + b (Balduzzi et al.'s one-layer
+              skip block), then out = w . h + b
+    N is a BatchNorm1d (norm="batch") or nothing (norm="none"). Weights: He normal (fan-in, gain √2); biases:
+    PyTorch's default U(±1/√fan_in), so the first layer's kinks spread over the input range (without biases a
+    ReLU net of a scalar input is linear on each side of 0 and nothing shatters).
+    """
+
+    def __init__(self, depth: int, *, residual: bool, norm: str = "batch", width: int = 200):
+        super().__init__()
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth={depth!r} must be an integer >= 1 (ReLU layers), e.g. 1, 2, 4, 8, 16, 24, 50")
+        if norm not in ("batch", "none"):
+            raise ValueError(f"norm={norm!r} is unknown for the 1-D nets; use 'batch' or 'none'")
+        self.residual, self.depth, self.norm = residual, depth, norm
+        self.inp = nn.Linear(1, width) if residual else None
+        fan_ins = [width] * depth if residual else [1] + [width] * (depth - 1)
+        self.layers = nn.ModuleList(nn.Linear(f, width) for f in fan_ins)
+        self.norms = nn.ModuleList(nn.BatchNorm1d(width) if norm == "batch" else nn.Identity() for _ in fan_ins)
+        self.out = nn.Linear(width, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (n, 1) -> (n, 1)
+        if not self.residual:
+            h = x
+            for layer, norm in zip(self.layers, self.norms):
+                h = torch.relu(norm(layer(h)))
+            return self.out(h)
+        h = self.inp(x)  # (n, width)
+        for layer, norm in zip(self.layers, self.norms):
+            h = h + layer(torch.relu(norm(h)))
+        return self.out(h)
+
+
+def fc_net(depth: int, *, arch: str = "plain", norm: str = "batch", width: int = 200, seed: int = 0) -> FCNet:
+    """`FCNet` of `depth` ReLU layers, initialised from `seed` (arch "plain" or "resnet")."""
+    if arch not in ("plain", "resnet"):
+        raise ValueError(f"arch={arch!r} is unknown; use 'plain' or 'resnet'")
+    torch.manual_seed(seed)
+    return FCNet(depth, residual=arch == "resnet", norm=norm, width=width)
+
+
+def line_1d(n: int = 256, low: float = -2.0, high: float = 2.0) -> torch.Tensor:
+    """n evenly spaced scalar inputs on [low, high]: (n, 1) float64 (Balduzzi et al.: 256 points on [-2, 2])."""
+    if n < 2:
+        raise ValueError(f"n={n} points cannot make a line; use n >= 2 (e.g. 256)")
+    return torch.linspace(low, high, n, dtype=torch.float64)[:, None]
+
+
+def gradients_1d(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """d out / d x at every point of x (n, 1) -> (n,). BatchNorm in eval mode with its statistics calibrated on
+    x itself (`calibrated_eval`: each point's gradient is that of one fixed function, forward values equal train
+    mode's); the net is restored on exit."""
+    x = x.detach().to(torch.float64).requires_grad_(True)
+    with calibrated_eval(model, x.detach()):
+        (grad,) = torch.autograd.grad(model(x).sum(), x)  # rows independent in eval mode
+    return grad[:, 0].numpy()
+
+
+def autocorrelation_1d(g: np.ndarray, max_lag: int = 16) -> np.ndarray:
+    """The autocorrelation function of a series g (n,) at lags 0..max_lag: A(k) = Σ_i (g_i − ḡ)(g_{i+k} − ḡ) /
+    Σ_i (g_i − ḡ)² (so A(0) = 1; white noise ≈ 0 at k ≥ 1, brown noise ≈ 1 at small k)."""
+    g = np.asarray(g, dtype=np.float64)
+    if max_lag >= len(g):
+        raise ValueError(f"max_lag={max_lag} must be below the {len(g)} points; use e.g. max_lag={len(g) // 4}")
+    d = g - g.mean()
+    denom = float(d @ d)
+    return np.array([float(d[: len(d) - k] @ d[k:]) / denom for k in range(max_lag + 1)])
+
+
+def _nets_1d(depths, archs, norms, seeds: int, seed: int, width: int):
+    for arch in archs:
+        for norm in norms:
+            for depth in depths:
+                for s in range(seed, seed + seeds):
+                    yield arch, norm, depth, s, fc_net(depth, arch=arch, norm=norm, width=width, seed=s)
+
+
+def shattering_1d_vs_depth(
+    depths: Sequence[int] = (1, 2, 4, 8, 16, 24, 50),
+    archs: Sequence[str] = ("plain", "resnet"),
+    norms: Sequence[str] = ("batch", "none"),
+    seeds: int = 4,
+    seed: int = 0,
+    *,
+    width: int = 200,
+    n_inputs: int = 256,
+    max_lag: int = 16,
+) -> pd.DataFrame:
+    """The autocorrelation function of d out / d x along [-2, 2] for every (arch, norm, depth, seed) at init.
+    Tidy rows: setting (SETTING_1D), arch, norm, depth, seed, lag (0..max_lag), autocorrelation."""
+    x = line_1d(n_inputs)
+    rows = []
+    for arch, norm, depth, s, net in _nets_1d(depths, archs, norms, seeds, seed, width):
+        acf = autocorrelation_1d(gradients_1d(net, x), max_lag)
+        rows += [dict(setting=SETTING_1D, arch=arch, norm=norm, depth=depth, seed=s, lag=k, autocorrelation=a)
+                 for k, a in enumerate(acf)]
+    return pd.DataFrame(rows)
+
+
+def gradients_1d_frame(
+    depths: Sequence[int] = (1, 24, 50),
+    archs: Sequence[str] = ("plain", "resnet"),
+    norms: Sequence[str] = ("batch",),
+    seeds: int = 1,
+    seed: int = 0,
+    *,
+    width: int = 200,
+    n_inputs: int = 256,
+) -> pd.DataFrame:
+    """The gradients themselves (Balduzzi et al.'s Fig. 1: d out / d x against x): tidy rows setting, arch, norm,
+    depth, seed, x, gradient."""
+    x = line_1d(n_inputs)
+    frames = []
+    for arch, norm, depth, s, net in _nets_1d(depths, archs, norms, seeds, seed, width):
+        frames.append(pd.DataFrame(dict(setting=SETTING_1D, arch=arch, norm=norm, depth=depth, seed=s,
+                                        x=x[:, 0].numpy(), gradient=gradients_1d(net, x))))
+    return pd.concat(frames, ignore_index=True)
+
+
+def covariance_1d(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per (arch, norm, depth) of a `gradients_1d_frame` with >= 2 seeds: the (n, n) covariance of the gradients
+    at every pair of points over the random initialisations (seeds), keyed by e.g. "plain-24, BN"."""
+    out = {}
+    for (arch, norm, depth), g in frame.groupby(["arch", "norm", "depth"], sort=False):
+        grads = g.pivot(index="seed", columns="x", values="gradient").to_numpy()  # (seeds, n)
+        if len(grads) < 2:
+            raise ValueError(f"{arch}-{depth} has {len(grads)} seed; a covariance over initialisations needs "
+                             "gradients_1d_frame(..., seeds=2 or more)")
+        shown = {"batch": "BN", "none": "no norm"}[norm]
+        out[f"{'ResNet' if arch == 'resnet' else 'plain'}-{depth}, {shown}"] = np.cov(grads, rowvar=False)
+    return out
+
+
 __all__ = [
+    "SETTING_1D",
+    "SETTING_IMAGE",
+    "FCNet",
     "GradientCorrelation",
+    "autocorrelation_1d",
+    "covariance_1d",
+    "fc_net",
+    "gradients_1d",
+    "gradients_1d_frame",
+    "line_1d",
+    "shattering_1d_vs_depth",
     "correlation_matrices",
     "calibrated_eval",
     "gradient_correlation",

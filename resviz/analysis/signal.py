@@ -223,17 +223,19 @@ def branch_scales(model: nn.Module) -> dict[str, float]:
 
 
 def branch_init_scales(model: nn.Module) -> pd.DataFrame:
-    """Per block: std of conv1's weights over the He std sqrt(2 / fan_in) (Fixup: ~ L^-1/2), the largest
-    |conv2 weight| (Fixup: 0) and the branch scale (NaN when the block has none)."""
+    """Per block: std of conv1's weights over the He std its init starts from (Fixup: ~ L^-1/2), the largest
+    |conv2 weight| (Fixup: 0) and the branch scale (NaN when the block has none). The He std is sqrt(2 / fan_in)
+    for resviz's default init (kaiming_normal_, as akamaster) and sqrt(2 / fan_out) for Fixup, whose official
+    CIFAR code draws the first branch layer with the fan-out He std."""
     scales = branch_scales(model)
     rows = []
     for _, _, name, block in iter_blocks(model):
-        w1 = block.conv1.weight.detach()
-        fan_in = w1[0].numel()
+        w1 = block.conv1.weight.detach()  # (C_out, C_in, k, k)
+        fan = w1[:, 0].numel() if getattr(block, "branch_init", None) == "fixup" else w1[0].numel()
         rows.append(
             dict(
                 block=name,
-                conv1_std_over_he=float(w1.std()) / math.sqrt(2.0 / fan_in),
+                conv1_std_over_he=float(w1.std()) / math.sqrt(2.0 / fan),
                 conv2_abs_max=float(block.conv2.weight.detach().abs().max()),
                 branch_scale=scales.get(name, math.nan),
             )

@@ -18,6 +18,7 @@ from types import MappingProxyType
 
 from resviz.plots.bn_check import plot_bn_check
 from resviz.plots.depth import (
+    heatmap_range,
     plot_branch_skip,
     plot_channel_std,
     plot_gradient_flow,
@@ -72,7 +73,7 @@ from resviz.plots.style import (
     short_title,
     x_title,
 )
-from resviz.plots.training import final_errors, plot_error_vs_depth, plot_training_curves
+from resviz.plots.training import PAPER_ERRORS, final_errors, plot_error_vs_depth, plot_training_curves
 from resviz.schema import LOG_METRICS, METRIC_TABLE
 
 # Read-only views of the metric table under the names plots had before the table existed.
@@ -83,7 +84,7 @@ SHORT_TITLES = MappingProxyType({name: m.short_title for name, m in METRIC_TABLE
 __all__ = [
     "AXIS_TITLES", "DASHES", "FIG7_CAPTION", "LOG_METRICS", "NORM_COLORS", "RUN_COLUMNS", "SHORT_TITLES",
     "STEP_AXIS", "TITLES", "VARIANT_COLORS", "WIDGET_HOVER", "arch_name", "arch_rank", "axis_title",
-    "base_layout", "by_run", "customdata", "default_batch_size", "figure_title", "final_errors", "hover",
+    "PAPER_ERRORS", "base_layout", "by_run", "heatmap_range", "customdata", "default_batch_size", "figure_title", "final_errors", "hover",
     "label_color", "metric_rows", "pick_step", "plot_autocorrelation", "plot_batch_dependence", "plot_bn_check",
     "plot_branch_scales", "plot_branch_skip", "plot_channel_std", "plot_error_vs_depth",
     "plot_final_error_by_norm", "plot_gradient_correlation", "plot_gradient_flow", "plot_heatmap",

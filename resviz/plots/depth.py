@@ -37,9 +37,13 @@ from resviz.plots.style import (
     base_layout,
     customdata,
     figure_title,
+    REFERENCE,
     hover,
+    index_axis,
     is_log,
     step_text,
+    value_axis,
+    widened,
     x_title,
 )
 
@@ -77,10 +81,14 @@ def profile_axes(profs: list[Profile], metric: str, *, sort: bool = False, log_y
     the default title); `log_y` defaults to the metric table's log scale."""
     log_y = is_log(metric) if log_y is None else log_y
     when = step_text([p.step for p in profs], step)
-    text = title or f"{figure_title(metric)} — {'sorted, ' if sort else ''}{when}"
+    when = "" if when == "step 0" else when  # a net at initialisation or a pretrained checkpoint: no step
+    text = title or " — ".join(t for t in (figure_title(metric), ("sorted, " if sort else "") + when) if t.strip())
+    text = text.rstrip(", ")
     xt = f"rank (sorted by {metric}, descending)" if sort else x_title(metric)
-    return dict(title=dict(text=text), xaxis=dict(title=dict(text=xt)),
-                yaxis=dict(title=dict(text=axis_title(metric)), type="log" if log_y else "linear"))
+    n = max((len(p.value) if sort else int(p.layer_index.max(initial=0))) for p in profs) if profs else 0
+    yaxis = value_axis([p.value for p in profs] if profs else [], log_y, REFERENCE.get(metric))
+    return dict(title=dict(text=text), xaxis=dict(title=dict(text=xt), **index_axis(n)),
+                yaxis=dict(title=dict(text=axis_title(metric)), **yaxis))
 
 
 def profile_figure(
@@ -102,12 +110,40 @@ def plot_profile(
     return profile_figure(profs, metric, sort=sort, log_y=log_y, step=step, title=title)
 
 
-def plot_response_std(stats: pd.DataFrame, *, step: int | None = None, sort: bool = False, **filters) -> go.Figure:
-    """He et al. Fig. 7: std of every 3×3 layer's response against layer index (or sorted), one trace per run."""
-    fig = plot_profile(stats, "response_std", step=step, sort=sort, log_y=False, **filters)
-    fig.add_annotation(text=FIG7_CAPTION, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left",
-                       yanchor="top", showarrow=False, font=dict(size=11, color="#555"))
-    fig.update_layout(margin=dict(b=100))
+FIG7_MODES = {
+    "response_std_eval": "eval mode (running statistics), a fixed held-out batch of test images",
+    "response_std": "train mode, the current augmented training batch (BN batch statistics: close to BN's γ)",
+}
+
+
+def fig7_metric(stats: pd.DataFrame, metric: str | None) -> tuple[str, str]:
+    """(metric drawn, note): `response_std_eval` (He et al.'s measurement) when the table has it, else
+    `response_std` with a note saying so."""
+    if metric is not None:
+        return metric, ""
+    present = set(pd.unique(stats["metric"].astype(str))) if "metric" in stats.columns else set()
+    if "response_std_eval" in present:
+        return "response_std_eval", ""
+    return "response_std", " — these runs have no eval-mode rows (response_std_eval)"
+
+
+def plot_response_std(stats: pd.DataFrame, *, step: int | None = None, sort: bool = False,
+                      metric: str | None = None, **filters) -> go.Figure:
+    """He et al. Fig. 7: std of every 3×3 layer's response against layer index (or sorted), one trace per run.
+
+    Draws `response_std_eval` (eval mode, held-out test images, as the paper measures it) when recorded, else
+    the train-mode `response_std`; the caption says which, over which seeds, and the dotted line is the value
+    at initialisation (1.0 for BN)."""
+    metric, note = fig7_metric(stats, metric)
+    fig = plot_profile(stats, metric, step=step, sort=sort, log_y=False, **filters)
+    seeds = sorted({int(s) for s in pd.unique(metric_rows(stats, metric, **check_filters(filters))["seed"])}) \
+        if "seed" in stats.columns else []
+    fig.add_hline(y=REFERENCE.get(metric, 1.0), line=dict(color="#888", dash="dot", width=1))
+    text = (f"Measured: {FIG7_MODES.get(metric, metric)}{note}.<br>Seeds {', '.join(map(str, seeds)) or 'unknown'}; "
+            f"dotted: BN at initialisation (1.0).<br>{FIG7_CAPTION.replace(': ', ':<br>', 1)}")
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left",
+                       yanchor="top", showarrow=False, font=dict(size=11, color="#555"), align="left")
+    fig.update_layout(margin=dict(b=150), height=560)
     return fig
 
 
@@ -145,8 +181,12 @@ def _paired(stats, metrics, panels, step, filters, title, log_rows) -> go.Figure
                     customdata=customdata(p.layer, p.layer_index, p.step), hovertemplate=hover(metric),
                 ), row=row, col=1)
                 in_legend.add(p.name)
-        fig.update_yaxes(title_text=ytitle, type="log" if row in log_rows else "linear", row=row, col=1)
-    fig = base_layout(fig, f"{title} — {step_text(chosen, step)}")
+        values = [p.value for m, _ in members for p in found.get(m, [])]
+        fig.update_yaxes(title_text=ytitle, row=row, col=1, **value_axis(values, row in log_rows))
+    when = step_text(chosen, step)
+    fig = base_layout(fig, title + ("" if when == "step 0" else f" — {when}"))
+    top = max((int(p.layer_index.max(initial=0)) for ps in found.values() for p in ps), default=0)
+    fig.update_xaxes(**index_axis(top))
     fig.update_xaxes(title_text=x_title(next(iter(found))), row=len(panels), col=1)
     fig.update_layout(height=HEIGHT + 150)
     return fig
@@ -231,13 +271,15 @@ def _stage_ticks(fig: go.Figure, idx: np.ndarray, stage: np.ndarray, block: np.n
 
 def plot_heatmap(
     stats: pd.DataFrame, metric: str, *, run: str | None = None, log_z: bool | None = None, step: int | None = None,
-    part: str | None = None,
+    part: str | None = None, zrange: tuple[float, float] | None = None,
 ) -> go.Figure:
     """The whole training at a glance: layer (y) × step (x) heatmap of one run's `metric`.
 
     Readable at any depth: y ticks mark the stages rather than every layer; hover names the layer.
     `step` draws a vertical line at that step. A metric with several rows per layer index (channel_var:
-    block output and branch) shows one `part` (default: the first; see `split_parts`).
+    block output and branch) shows one `part` (default: the first; see `split_parts`). `zrange` (in the
+    metric's units) fixes the colour scale, so heatmaps of runs that are compared share one labelled scale
+    (`heatmap_range`).
     """
     rows, run = _one_run(metric_rows(stats, metric), metric, run)
     (info,) = runs_of(rows)[:1]
@@ -245,13 +287,17 @@ def plot_heatmap(
     log_z = is_log(metric) if log_z is None else log_z
     shown = np.log10(np.where(z > 0, z, np.nan)) if log_z else z
     colorbar = dict(title=dict(text=axis_title(metric).split(" (")[0] + (" (log)" if log_z else "")))
+    zmin = zmax = None
+    if zrange is not None:
+        zmin, zmax = (math.log10(v) for v in zrange) if log_z else zrange
     if log_z and np.isfinite(shown).any():
-        lo, hi = math.floor(np.nanmin(shown)), math.ceil(np.nanmax(shown))
+        lo = math.floor(zmin if zmin is not None else np.nanmin(shown))
+        hi = math.ceil(zmax if zmax is not None else np.nanmax(shown))
         ticks = list(range(lo, hi + 1))
-        colorbar.update(tickvals=ticks, ticktext=[f"1e{t}" for t in ticks])
+        colorbar.update(tickvals=ticks, ticktext=[f"10<sup>{t}</sup>" for t in ticks])
     fig = go.Figure(go.Heatmap(
         x=steps, y=idx, z=shown, customdata=np.broadcast_to(names[:, None], z.shape),
-        colorscale="Viridis", colorbar=colorbar,
+        colorscale="Viridis", colorbar=colorbar, zmin=zmin, zmax=zmax,
         hovertemplate=f"<b>%{{customdata}}</b><br>index %{{y}} · step %{{x}}<br>{metric} = %{{text}}<extra></extra>",
         text=np.vectorize(lambda v: f"{v:.4g}")(z),
     ))
@@ -262,6 +308,16 @@ def plot_heatmap(
     fig = base_layout(fig, title, STEP_AXIS, x_title(metric), False)
     fig.update_layout(height=HEIGHT + 100, legend=dict(title=None))
     return fig
+
+
+def heatmap_range(stats: pd.DataFrame, metric: str) -> tuple[float, float]:
+    """(min, max) of a metric's finite (positive, for a log metric) values over every run: one colour scale for
+    the heatmaps that are compared."""
+    v = metric_rows(stats, metric)["value"].to_numpy(np.float64)
+    v = v[np.isfinite(v) & ((v > 0) if is_log(metric) else True)]
+    if not len(v):
+        raise ValueError(f"no finite {metric!r} values to scale a heatmap by")
+    return (float(v.min()), float(v.max())) if is_log(metric) else widened(float(v.min()), float(v.max()))
 
 
 def plot_channel_std(stats: pd.DataFrame, *, step: int | None = None, runs=None, arch=None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from resviz.plots.style import arch_rank, run_color, run_label
+from resviz.plots.style import arch_rank, label_color, run_color, run_label, short_run_names
 
 RUN_COLUMNS = ("run_id", "arch", "depth", "norm", "shortcut", "seed")
 _RUN_DEFAULTS = {"run_id": "", "arch": "unknown", "depth": -1, "norm": "unknown", "shortcut": "unknown", "seed": 0}
@@ -64,16 +64,21 @@ def run_key(meta_row) -> tuple:
 
 
 def runs_of(frame: pd.DataFrame) -> list[Run]:
-    """The runs in a frame, plain before ResNet then by depth; labels from `run_label` (run_id added on a clash)."""
+    """The runs in a frame, plain before ResNet then by depth; labels from `run_label`. Runs whose labels clash
+    (variants the metadata does not tell apart: SkipInit / ReZero / Fixup) add the part of their run ids that
+    differs ("ResNet-8 (norm=none) fixup") and get that variant's colour (`style.label_color`)."""
     meta = run_meta(frame)
     meta = meta.assign(_o=meta["arch"].map(arch_rank))
     meta = meta.sort_values(["_o", "depth", "norm", "shortcut", "seed", "run_id"], kind="stable")
     meta["label"] = [run_label(r.arch, r.depth, r.norm, r.shortcut, r.seed) for r in meta.itertuples(index=False)]
+    meta["color"] = [run_color(r.arch, r.depth, r.norm, r.shortcut, r.seed) for r in meta.itertuples(index=False)]
     dup = meta["label"].duplicated(keep=False) & (meta["run_id"] != "")
-    meta.loc[dup, "label"] = meta.loc[dup, "label"] + " [" + meta.loc[dup, "run_id"] + "]"
+    for label, ids in meta.loc[dup].groupby("label", sort=False)["run_id"]:
+        short = short_run_names(ids)  # the parts of the ids that differ: "fixup", not the whole id
+        meta.loc[ids.index, "label"] = [f"{label} {short[i]}" for i in ids]
+        meta.loc[ids.index, "color"] = [label_color(short[i]) for i in ids]
     return [
-        Run(r.run_id, r.arch, int(r.depth), r.norm, r.shortcut, int(r.seed), r.label,
-            run_color(r.arch, r.depth, r.norm, r.shortcut, r.seed))
+        Run(r.run_id, r.arch, int(r.depth), r.norm, r.shortcut, int(r.seed), r.label, r.color)
         for r in meta.itertuples(index=False)
     ]
 

@@ -6,13 +6,14 @@ import plotly.graph_objects as go
 
 from resviz.plots.depth import (
     plot_branch_skip,
+    heatmap_range,
     plot_gradient_flow,
     plot_heatmap,
     plot_response_std,
     plot_signal_propagation,
 )
 from resviz.plots.selection import metric_rows
-from resviz.plots.training import plot_training_curves
+from resviz.plots.training import plot_error_vs_depth, plot_training_curves
 
 
 def standard_figures(
@@ -27,6 +28,7 @@ def standard_figures(
         "act_grad_norm": lambda: plot_gradient_flow(stats, "act_grad_norm", step=step),
         "branch_skip": lambda: plot_branch_skip(stats, step=step),
         "signal_propagation": lambda: plot_signal_propagation(stats, step=step),
+        "error_vs_depth": (lambda: plot_error_vs_depth(metrics)) if metrics is not None else None,
     }
     figs: dict[str, go.Figure] = {}
     skipped: dict[str, str] = {}
@@ -40,6 +42,8 @@ def standard_figures(
             skipped[name] = str(err)
     if "response_std" in figs:
         ids = sorted(map(str, pd.unique(metric_rows(stats, "response_std")["run_id"].astype(str))))
+        zrange = heatmap_range(stats, "response_std")  # one colour scale: the runs are compared
         for rid in ids:
-            figs[f"heatmap_response_std_{rid or 'run'}"] = plot_heatmap(stats, "response_std", run=rid, step=step)
+            figs[f"heatmap_response_std_{rid or 'run'}"] = plot_heatmap(stats, "response_std", run=rid, step=step,
+                                                                        zrange=zrange)
     return figs, skipped

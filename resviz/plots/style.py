@@ -17,19 +17,21 @@ from resviz.schema import LOG_METRICS, METRIC_TABLE
 
 STEP_AXIS = "iteration (optimiser steps)"
 FIG7_CAPTION = (
-    "Reference, He et al. 2015 Fig. 7: ResNet responses are smaller than plain-net responses, "
-    "and smaller the deeper the ResNet."
+    "Reference, He et al. 2015 Fig. 7 (trained on CIFAR-10, eval mode): ResNet responses are smaller than plain-net "
+    "responses, and smaller the deeper the ResNet."
 )
+# The value a metric has at initialisation, drawn as a reference line (a BN layer's output std is 1 at init).
+REFERENCE = {"response_std": 1.0, "response_std_eval": 1.0}
 HEIGHT = 500  # px, every figure's default height
 DASHES = ("solid", "dash", "dot", "dashdot")  # the k-th part of a profile (see selection.split_parts)
 
-# Depths that get evenly spaced shades; others fall between them on a log scale.
+# One colour per depth of the paper's list, neighbours apart in hue AND lightness (colour-blind safe families:
+# Okabe-Ito and Paul Tol): plain nets warm, ResNets cool, darker towards the deepest. Other depths take the
+# nearest depth's colour on a log scale.
 _SHADE_DEPTHS = (8, 14, 20, 32, 44, 56, 110, 1202)
-# Hue moves along with lightness so neighbouring depths stay apart: plain light orange -> dark red,
-# ResNet teal -> blue -> deep purple.
-_SCALES = {
-    "plain": ["#fdb863", "#f28e2b", "#e66101", "#d7301f", "#a50f15", "#5c0011"],
-    "resnet": ["#66c2a5", "#1f9bb5", "#2166ac", "#3f3f9f", "#6a3d9a", "#2d0a5e"],
+_PALETTES = {
+    "plain": ("#F0C05A", "#D55E00", "#E69F00", "#AA3377", "#CC6677", "#882255", "#993404", "#4D0E0E"),
+    "resnet": ("#88CCEE", "#0072B2", "#44AA99", "#332288", "#009E73", "#6A3D9A", "#117733", "#1B1F5E"),
 }
 _OTHER_SCALE = "Purples"
 
@@ -70,7 +72,7 @@ def is_log(metric: str) -> bool:
 
 def x_title(metric: str) -> str:
     """x-axis title of a depth profile: layers for responses and gradients, blocks for block metrics."""
-    if metric in ("response_std", "response_channel_std"):
+    if metric in ("response_std", "response_std_eval", "response_channel_std"):
         return "layer index (0 = stem conv)"
     if metric == "grad_norm":
         return "parameter index along depth (0 = stem)"
@@ -98,25 +100,30 @@ def run_label(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", s
     return base + (f" ({', '.join(extra)})" if extra else "")
 
 
+def _mix(color: str, towards: str, amount: float) -> str:
+    """`color` moved `amount` (0..1) of the way to `towards` (hex colours), as "rgb(r, g, b)"."""
+    (r, g, b), (r2, g2, b2) = (tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in (color, towards))
+    return "rgb({}, {}, {})".format(*(round(x + (y - x) * amount) for x, y in ((r, r2), (g, g2), (b, b2))))
+
+
 def run_color(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", seed: int = 0) -> str:
-    """The colour of a run in every figure: plain warm, ResNet cool, darker when deeper.
+    """The colour of a run in every figure: plain warm, ResNet cool, one clearly different colour per depth.
 
     Depends only on the run itself (not on the other runs drawn), so figures agree. Runs that differ
-    only in norm, shortcut or seed get a small deterministic shift of shade.
+    only in norm, shortcut or seed get a small deterministic lighter or darker shift (figures that aggregate
+    seeds draw them in the depth's own colour).
     """
     d = max(int(depth), 1)
-    logs = np.log(_SHADE_DEPTHS)
-    rank = float(np.interp(math.log(d), logs, np.arange(len(_SHADE_DEPTHS)))) / (len(_SHADE_DEPTHS) - 1)
-    shade = rank  # 0 (depth 8) .. 1 (depth 1202)
-    default = str(norm) == "batch" and str(shortcut) in ("A", "none") and int(seed) <= 0
-    if not default:
-        h = hashlib.sha1(f"{norm}|{shortcut}|{seed}".encode()).digest()
-        shade += (h[0] / 255 - 0.5) * 0.12
-    shade = min(max(shade, 0.0), 1.0)
-    scale = _SCALES.get(str(arch))
-    if scale is None:
-        return sample_colorscale(_OTHER_SCALE, [0.4 + 0.5 * shade])[0]
-    return sample_colorscale(scale, [shade])[0]
+    rank = float(np.interp(math.log(d), np.log(_SHADE_DEPTHS), np.arange(len(_SHADE_DEPTHS))))
+    palette = _PALETTES.get(str(arch))
+    if palette is None:
+        return sample_colorscale(_OTHER_SCALE, [0.4 + 0.5 * rank / (len(_SHADE_DEPTHS) - 1)])[0]
+    color, shift = palette[int(round(rank))], 0.0
+    if not (str(norm) == "batch" and str(shortcut) in ("A", "none") and int(seed) <= 0):
+        h = hashlib.sha1(f"{norm}|{shortcut}|{seed}".encode()).digest()[0] / 255
+        color, shift = ("#ffffff" if h < 0.5 else "#000000"), 0.15 + 0.2 * abs(h - 0.5)
+        return _mix(palette[int(round(rank))], color, shift)
+    return _mix(color, color, shift)
 
 
 def label_color(label: str, known: dict[str, str] = VARIANT_COLORS) -> str:
@@ -154,13 +161,49 @@ def hover(metric: str) -> str:
     """Hover template naming the layer; customdata = (layer name, layer index, step)."""
     return (
         "<b>%{customdata[0]}</b><br>index %{customdata[1]} · step %{customdata[2]}<br>"
-        f"{metric} = %{{y:.4g}}<extra>%{{fullData.name}}</extra>"
+        f"{metric} = %{{y:.5g}}<extra>%{{fullData.name}}</extra>"
     )
 
 
 # The dashboard's hover: text = layer name, customdata = layer_index, meta = metric. Numbers only in customdata, so a
 # FigureWidget sends them as binary buffers (an object array of (name, index, step) travels as JSON).
-WIDGET_HOVER = "<b>%{text}</b><br>index %{customdata}<br>%{meta} = %{y:.4g}<extra>%{fullData.name}</extra>"
+WIDGET_HOVER = "<b>%{text}</b><br>index %{customdata}<br>%{meta} = %{y:.5g}<extra>%{fullData.name}</extra>"
+MIN_HALF_SPAN = 0.05  # a linear axis spans at least ±5 % of its centre: noise is not blown up to fill the figure
+
+
+def value_axis(values, log: bool, reference: float | None = None) -> dict:
+    """y-axis keywords that read cleanly: a log axis labelled at powers of ten only (10^-3, never "100n" or
+    minor 2…9 ticks) when the values span a decade; a linear one wide enough to show `reference` and never
+    zoomed into noise (at least ±MIN_HALF_SPAN of its centre)."""
+    parts = values if isinstance(values, (list, tuple)) else [values]
+    v = np.concatenate([np.ravel(np.asarray(x, dtype=np.float64)) for x in parts] or [np.array([np.nan])])
+    v = v[np.isfinite(v)]
+    if log:
+        v = v[v > 0]
+        out = dict(type="log", exponentformat="power", showexponent="all", dtick=1)
+        if len(v):  # whole decades, so that at least two powers of ten label the axis
+            lo, hi = math.floor(np.log10(v.min())), math.ceil(np.log10(v.max()))
+            out.update(range=[lo - 0.05, max(hi, lo + 1) + 0.05])
+        return out
+    if reference is not None:
+        v = np.append(v, reference)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return dict(type="linear")
+    lo, hi = widened(float(v.min()), float(v.max()))
+    return dict(type="linear", range=[lo, hi], exponentformat="power")
+
+
+def widened(lo: float, hi: float) -> tuple[float, float]:
+    """[lo, hi] padded by 10 %, and at least ±MIN_HALF_SPAN of its centre wide."""
+    mid = (lo + hi) / 2
+    half = max((hi - lo) / 2, MIN_HALF_SPAN * abs(mid), 1e-12)
+    return mid - 1.1 * half, mid + 1.1 * half
+
+
+def index_axis(max_index: int) -> dict:
+    """x-axis keywords of a layer or block index: integer ticks (never 0.5, 1.5)."""
+    return dict(tickformat="d", dtick=1 if max_index <= 20 else None, tick0=0)
 
 
 def customdata(layer: np.ndarray, layer_index: np.ndarray, step: int) -> np.ndarray:

@@ -28,14 +28,19 @@ Rows (metric -> `layer` value; `layer_index` counts along depth within the metri
     branch_std            "layerS.i.probe_branch": end of F(x) before the addition (torchvision: the block's
                           last BN, bn2 / bn3)
     skip_std              "layerS.i.probe_skip": identity, option A or the projection (torchvision: downsample
-                          output or the block input). Absent for plain nets.
+                          output or the block input). Absent for plain nets. At an option-A downsampling
+                          block over the channels that carry signal: ShortcutA's zero padding is left out.
     sum_std               "layerS.i.probe_sum": branch + skip before the block's ReLU (plain nets: the branch)
-    branch_ratio          "layerS.i" (the block): ||F(x)|| / ||skip||. Absent for plain nets.
+    branch_ratio          "layerS.i" (the block): ||F(x)|| / ||skip||. Absent for plain nets. Option A
+                          downsampling: both norms over the skip's signal channels.
     channel_sq_mean       "layerS.i.probe_out": mean over C of (mean over N,H,W)^2 (Brock et al. 2021)
     channel_var           "layerS.i.probe_out" and "layerS.i.probe_branch": mean over C of the (biased)
                           variance over N,H,W; both rows of block k have layer_index k
     act_grad_norm         "layerS.i.probe_out": ||d loss / d block output|| (a tensor hook, recording steps only)
     grad_norm             every parameter, layer = its dotted name ("layer1.0.conv1.weight"), after backward()
+    grad_rel_norm         every conv/linear weight: ||grad|| / ||W|| (layer_index: the parameter's, as grad_norm)
+    Parameter rows carry `param_kind` ("weight", "norm_scale", "norm_shift", "bias", "embedding", "other";
+    blocks.param_kind); other rows have "".
     branch_scale          "layerS.i.branch_scale": the scalar of SkipInit / ReZero / Fixup blocks
 For torchvision ResNets the block points are virtual and named like resviz's probes ("layer1.0.probe_sum").
 Std is unbiased over N*C*H*W (torch.std). stage: 0 stem, 1.. stages, last stage + 1 for the head (4 for
@@ -56,7 +61,17 @@ methods of the model's module classes, because hooks added or removed after comp
 (pytorch#117758); act_grad_norm's tensor hooks write in place and so stay inside the graph. Under CUDA graphs
 (mode="reduce-overhead") the statistics are copied out at end_step, before the next replay.
 """
-from resviz.probes.blocks import BLOCK_SPECS, NORM_TYPES, PROBE_NAMES, SKIP_PATH_NAMES, BlockSpec, Point, ResidualAdd
+from resviz.probes.blocks import (
+    BLOCK_SPECS,
+    NORM_TYPES,
+    PROBE_NAMES,
+    SKIP_PATH_NAMES,
+    BlockSpec,
+    Point,
+    ResidualAdd,
+    register_block,
+    unregister_block,
+)
 from resviz.probes.plan import BLOCK_METRICS, BLOCK_ROWS, BlockRow, Catalog, HookSpec, Plan, Site, build_plan
 from resviz.probes.recorder import DEFAULT_METRICS, METRICS, RUN_INFO_KEYS, Recorder
 from resviz.probes.reductions import derive, write_moments
@@ -81,6 +96,8 @@ __all__ = [
     "ResidualAdd",
     "Site",
     "build_plan",
+    "register_block",
+    "unregister_block",
     "derive",
     "write_moments",
 ]

@@ -20,8 +20,11 @@ from resviz.probes.blocks import (
     Point,
     block_channels,
     find_blocks,
+    features_last,
     norm_channels,
     norm_layers,
+    param_kind,
+    skip_signal,
     unknown_block_message,
 )
 
@@ -68,11 +71,19 @@ def moment_rows(points: tuple[str, ...]) -> tuple[BlockRow, ...]:
 @dataclass(frozen=True)
 class Site:
     """A tensor observed in a hook. Its slots in the staging vector, from `offset`: C first moments, C second
-    moments, then the number of elements per channel (the sentinel -1 until written in this step)."""
+    moments, then the number of elements per channel (the sentinel -1 until written in this step). `signal`:
+    the channels [lo, hi) that carry signal (an option-A skip's zero padding left out; None = all): the site's
+    std and norm (so skip_std and branch_ratio) are taken over them, its channel moments over all channels."""
 
     name: str
     channels: int
     offset: int
+    last: bool = False  # features on the last dim ((B, T, C) tokens, NHWC), else dim 1 ((N, C, *))
+    signal: tuple[int, int] | None = None
+
+    @property
+    def signal_range(self) -> tuple[int, int]:
+        return self.signal if self.signal is not None else (0, self.channels)
 
 
 @dataclass(frozen=True)
@@ -85,13 +96,16 @@ class HookSpec:
     site: int
     grad: int = -1  # staging offset of the act_grad_norm slot
     ref: int = -1
+    arg: int = 0  # "pre", "sum_pre": which positional input, or
+    kwarg: str = ""  # the keyword it is passed by
 
 
 @dataclass(frozen=True)
 class Catalog:
     """The table rows one recorded step can give, as parallel arrays (M,). `source` says how a value is derived:
     "std" / "csm" / "cvar" of site a, "ratio" of the norms of sites a and b, "chstd" of channel b of site a,
-    "scalar" at staging offset a."""
+    "scalar" at staging offset a. A "ratio" takes both norms over site b's signal channels. `kind`: the
+    param_kind of parameter rows, "" for the others."""
 
     metric: np.ndarray  # str
     layer: np.ndarray  # str
@@ -102,11 +116,12 @@ class Catalog:
     source: np.ndarray  # str
     a: np.ndarray
     b: np.ndarray
+    kind: np.ndarray  # str
 
     @staticmethod
     def of(rows: list[tuple]) -> Catalog:
-        columns = list(zip(*rows)) if rows else [()] * 9
-        kinds = [object, object, np.int64, np.int64, np.int64, np.int64, object, np.int64, np.int64]
+        columns = list(zip(*rows)) if rows else [()] * 10
+        kinds = [object, object, np.int64, np.int64, np.int64, np.int64, object, np.int64, np.int64, object]
         return Catalog(*(np.array(c, dtype=k) for c, k in zip(columns, kinds)))
 
     def codes(self, key: str) -> tuple[np.ndarray, list[str]]:
@@ -119,7 +134,8 @@ class Catalog:
 class Plan:
     sites: tuple[Site, ...]
     hooks: tuple[HookSpec, ...]
-    params: tuple[tuple[str, int], ...]  # (parameter name, staging offset) for grad_norm
+    params: tuple[tuple[str, int], ...]  # (parameter name, staging offset) for grad_norm, consecutive slots
+    rel_params: tuple[tuple[str, int], ...]  # (weight name, staging offset) for grad_rel_norm, consecutive slots
     scales: tuple[tuple[str, int], ...]  # (parameter name, staging offset) for branch_scale
     size: int  # length of the staging vector
     rows: Catalog
@@ -133,15 +149,17 @@ class _Builder:
     position: Callable[[str], tuple[int, int]]  # module name -> (stage, block)
     sites: list[Site] = field(default_factory=list)
     hooks: list[HookSpec] = field(default_factory=list)
-    rows: list[tuple] = field(default_factory=list)  # (metric, layer, layer_index, stage, block, channel, source, a, b)
+    rows: list[tuple] = field(default_factory=list)  # (metric, layer, layer_index, stage, block, channel, source, a, b,
+    #                                                     param_kind)
     params: list[tuple[str, int]] = field(default_factory=list)
+    rel_params: list[tuple[str, int]] = field(default_factory=list)
     scales: list[tuple[str, int]] = field(default_factory=list)
     keep_ref: set[int] = field(default_factory=set)
-    observed: dict[tuple[str, str], int] = field(default_factory=dict)  # (module, hook kind) -> site
+    observed: dict[tuple[str, str, int], int] = field(default_factory=dict)  # (module, hook kind, arg) -> site
     size: int = 0
 
-    def add_site(self, name: str, channels: int) -> int:
-        self.sites.append(Site(name, channels, self.size))
+    def add_site(self, name: str, channels: int, last: bool = False, signal: tuple[int, int] | None = None) -> int:
+        self.sites.append(Site(name, channels, self.size, last, signal))
         self.size += 2 * channels + 1
         return len(self.sites) - 1
 
@@ -149,17 +167,19 @@ class _Builder:
         self.size += 1
         return self.size - 1
 
-    def observe(self, module: str, kind: str, name: str, channels: int, ref: int = -1) -> int:
-        """The site of `module`'s output ("fwd") or input ("pre", "sum_pre"), hooked once."""
-        if (module, kind) not in self.observed:
-            site = self.add_site(name, channels)
-            self.hooks.append(HookSpec(module, kind, site, ref=ref))
-            self.observed[module, kind] = site
-        return self.observed[module, kind]
+    def observe(self, module: str, kind: str, name: str, channels: int, ref: int = -1, *, last: bool = False,
+                arg: int = 0, kwarg: str = "", signal: tuple[int, int] | None = None) -> int:
+        """The site of `module`'s output ("fwd") or input `arg` ("pre", "sum_pre"), hooked once."""
+        key = (module, kind, arg)
+        if key not in self.observed:
+            site = self.add_site(name, channels, last, signal)
+            self.hooks.append(HookSpec(module, kind, site, ref=ref, arg=arg, kwarg=kwarg))
+            self.observed[key] = site
+        return self.observed[key]
 
     def plan(self) -> Plan:
         return Plan(
-            tuple(self.sites), tuple(self.hooks), tuple(self.params), tuple(self.scales), self.size,
+            tuple(self.sites), tuple(self.hooks), tuple(self.params), tuple(self.rel_params), tuple(self.scales), self.size,
             Catalog.of(self.rows), frozenset(self.keep_ref),
         )
 
@@ -195,37 +215,48 @@ def _plan_norms(b: _Builder, root: nn.Module, norms: list[tuple[str, nn.Module]]
     if not metrics & set(LAYER_METRICS):
         return
     for index, (name, module) in enumerate(norms):
-        s = b.observe(name, "fwd", name, norm_channels(root, name, module))
+        s = b.observe(name, "fwd", name, norm_channels(root, name, module), last=features_last(module))
         where = (index, *b.position(name))
         if "response_std" in metrics:
-            b.rows.append(("response_std", name, *where, -1, "std", s, 0))
+            b.rows.append(("response_std", name, *where, -1, "std", s, 0, ""))
         if "response_channel_std" in metrics:
-            b.rows.extend(("response_channel_std", name, *where, c, "chstd", s, c) for c in range(b.sites[s].channels))
+            b.rows.extend(("response_channel_std", name, *where, c, "chstd", s, c, "")
+                          for c in range(b.sites[s].channels))
 
 
-def _observe_point(b: _Builder, bname: str, point: Point, name: str, channels: int, ref: int = -1) -> int:
+def _observe_point(b: _Builder, bname: str, point: Point, name: str, channels: int, ref: int, last: bool,
+                   signal: tuple[int, int] | None = None) -> int:
     module = _join(bname, point.module)
     kind = "sum_pre" if point.holds_sum else "pre" if point.input else "fwd"
     if point.holds_sum:
         b.keep_ref.add(ref)
-    return b.observe(module, kind, name, channels, ref)
+    return b.observe(module, kind, name, channels, ref, last=last, arg=point.arg, kwarg=point.kwarg, signal=signal)
 
 
 def _plan_add_points(b, bname, spec, block, add, wanted: set[str], channels: int) -> dict[str, int]:
     """Sites of one residual addition's branch, skip and sum points that some wanted row reads."""
     found = {p: spec.find(block, getattr(add, p)) for p in ADD_POINTS}
+    if found["branch"] is None and "branch" in wanted:
+        names = ", ".join(repr(str(p)) for p in add.branch)
+        raise ValueError(f"block '{bname}' ({spec.family}) has none of the branch points {names}: name a "
+                         "submodule it has in resviz.register_block(..., branch=...)")
     if found["sum"] is not None and found["sum"].holds_sum and "sum" in wanted:
         wanted = wanted | {"branch"}  # the sum is recognised as the branch tensor, updated in place
     sites: dict[str, int] = {}
+    signal = skip_signal(block, channels)
     for p in ADD_POINTS:
         if p in wanted and found[p] is not None:
             ref = sites.get("branch", -1)
-            sites[p] = _observe_point(b, bname, found[p], f"{bname}{add.name}.probe_{p}", channels, ref)
+            sig = signal if p == "skip" and signal != (0, channels) else None
+            sites[p] = _observe_point(b, bname, found[p], f"{bname}{add.name}.probe_{p}", channels, ref, spec.tokens,
+                                      sig)
     return sites
 
 
-def _plan_block(b: _Builder, k: int, bname: str, spec: BlockSpec, block: nn.Module, rows: list[BlockRow]) -> None:
-    """The sites, hooks and rows of block k (rows: the block rows whose metric is recorded)."""
+def _plan_block(b: _Builder, k: int, bname: str, spec: BlockSpec, block: nn.Module, rows: list[BlockRow]) -> int:
+    """The sites, hooks and rows of the block whose first residual addition is the k-th of the network (rows:
+    the block rows whose metric is recorded); returns k + its number of additions. layer_index is the
+    addition's position along the network (the block's last addition for rows at the block's output)."""
     wanted = {p for row in rows for p in row.reads}
     channels = block_channels(bname, spec, block)
     per_add = [_plan_add_points(b, bname, spec, block, add, wanted, channels) for add in spec.adds]
@@ -234,32 +265,53 @@ def _plan_block(b: _Builder, k: int, bname: str, spec: BlockSpec, block: nn.Modu
     if out_point is not None and wanted & {"out", "grad"}:
         if "grad" in wanted:
             block_sites["grad"] = b.add_slot()
-        site = b.add_site(f"{bname}.probe_out", channels) if "out" in wanted else -1
+        site = b.add_site(f"{bname}.probe_out", channels, spec.tokens) if "out" in wanted else -1
         if site >= 0:
             block_sites["out"] = site
         b.hooks.append(HookSpec(_join(bname, out_point.module), "out", site, grad=block_sites.get("grad", -1)))
-    where = (k, *b.position(bname), -1)
+    last = k + len(spec.adds) - 1
     for row in rows:
         per_block = not set(row.reads) & set(ADD_POINTS)
-        for add, sites in [("", block_sites)] if per_block else zip((a.name for a in spec.adds), per_add):
+        targets = [("", last, block_sites)] if per_block else [
+            (a.name, k + i, sites) for i, (a, sites) in enumerate(zip(spec.adds, per_add))]
+        for add, index, sites in targets:
             if all(p in sites for p in row.reads):
                 layer = _join(bname + add, f"probe_{row.point}" if row.point else "")
                 second = sites[row.reads[1]] if len(row.reads) > 1 else 0
-                b.rows.append((row.metric, layer, *where, row.source, sites[row.reads[0]], second))
+                b.rows.append((row.metric, layer, index, *b.position(bname), -1, row.source, sites[row.reads[0]],
+                               second, ""))
+    return last + 1
+
+
+def param_kinds(root: nn.Module) -> dict[str, str]:
+    """Parameter name -> its kind (blocks.param_kind), for every parameter of the model, in named_parameters order."""
+    modules = dict(root.named_modules())
+    kinds = {}
+    for name, p in root.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        kinds[name] = param_kind(modules[owner], leaf, p)
+    return kinds
 
 
 def _plan_params(b: _Builder, root: nn.Module, blocks, metrics: frozenset[str]) -> None:
-    """grad_norm per parameter, branch_scale per block that has one: scalar slots filled at end_step."""
-    if "grad_norm" in metrics:
-        for index, (name, _) in enumerate(root.named_parameters()):
-            b.params.append((name, b.add_slot()))
-            b.rows.append(("grad_norm", name, index, *b.position(name.rpartition(".")[0]), -1, "scalar", b.size - 1, 0))
+    """grad_norm per parameter, grad_rel_norm per weight tensor (layer_index: the parameter's index, as for
+    grad_norm), branch_scale per block that has one: scalar slots filled at end_step."""
+    kinds = param_kinds(root)
+    for metric, store in (("grad_norm", b.params), ("grad_rel_norm", b.rel_params)):
+        if metric not in metrics:
+            continue
+        for index, (name, kind) in enumerate(kinds.items()):
+            if metric == "grad_rel_norm" and kind != "weight":
+                continue
+            store.append((name, b.add_slot()))
+            b.rows.append((metric, name, index, *b.position(name.rpartition(".")[0]), -1, "scalar", b.size - 1, 0,
+                           kind))
     if "branch_scale" in metrics:
         for k, (bname, _, block) in enumerate(blocks):
             if isinstance(getattr(block, "branch_scale", None), nn.Parameter):
                 b.scales.append((f"{bname}.branch_scale", b.add_slot()))
                 b.rows.append(("branch_scale", f"{bname}.branch_scale", k, *b.position(bname), -1, "scalar",
-                               b.size - 1, 0))
+                               b.size - 1, 0, kinds.get(f"{bname}.branch_scale", "other")))
 
 
 def build_plan(root: nn.Module, metrics: frozenset[str], block_rows: tuple[BlockRow, ...] = BLOCK_ROWS) -> Plan:
@@ -271,13 +323,15 @@ def build_plan(root: nn.Module, metrics: frozenset[str], block_rows: tuple[Block
     if metrics & (BLOCK_METRICS | set(LAYER_METRICS)) and not norms and not blocks:
         raise ValueError(
             f"found no norm layers and no residual blocks in {type(root).__name__}: the Recorder observes "
-            "norm layers (BatchNorm, GroupNorm, InstanceNorm) and residual blocks (resviz, torchvision, or "
-            "blocks marked with resviz.models.Probe); for gradients only use metrics=['grad_norm']"
+            "norm layers (BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm) and residual blocks (resviz, "
+            "torchvision, timm, Hugging Face, or any class given to resviz.register_block); for gradients only "
+            "use metrics=['grad_norm']"
         )
     b = _Builder(_positions(root, blocks))
     _plan_norms(b, root, norms, metrics)
     rows = [row for row in block_rows if row.metric in metrics]
-    for k, (bname, spec, block) in enumerate(blocks):
-        _plan_block(b, k, bname, spec, block, rows)
+    k = 0
+    for bname, spec, block in blocks:
+        k = _plan_block(b, k, bname, spec, block, rows)
     _plan_params(b, root, blocks, metrics)
     return b.plan()

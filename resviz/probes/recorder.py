@@ -64,6 +64,29 @@ def _chosen_metrics(metrics, per_channel: bool) -> frozenset[str]:
     return frozenset(chosen)
 
 
+def model_identity(root: nn.Module) -> tuple[str, str]:
+    """(name, family) of a model: resviz's spec ("resnet20", "resviz"), timm's pretrained_cfg architecture
+    ("convnext_atto", "timm convnext"), a Hugging Face config's name or model_type ("gpt2", "hf gpt2"),
+    torchvision's module ("torchvision resnet"), else the class name and its top-level package."""
+    spec = getattr(root, "spec", None)
+    if isinstance(spec, ModelSpec):
+        return f"{spec.arch}{spec.depth}", "resviz"
+    module, leaf = type(root).__module__, type(root).__module__.rpartition(".")[2]
+    config = getattr(root, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if module.startswith("transformers.") and isinstance(model_type, str):
+        return str(getattr(config, "_name_or_path", "") or model_type), f"hf {model_type}"
+    cfg = getattr(root, "pretrained_cfg", None)
+    if module.startswith("timm.") and isinstance(cfg, dict) and cfg.get("architecture"):
+        return str(cfg["architecture"]), f"timm {leaf}"
+    if module.startswith("torchvision."):
+        return type(root).__name__, f"torchvision {leaf}"
+    return type(root).__name__, module.partition(".")[0]
+
+
+_INFO_KEYS = {**RUN_INFO_KEYS, **dict.fromkeys(schema.MODEL_COLUMNS, str)}  # what run_info may set
+
+
 def _run_info(root: nn.Module, given: dict) -> dict:
     """The run metadata of every row: from model.spec for resviz models, then `given` checked and applied."""
     spec = getattr(root, "spec", None)
@@ -71,14 +94,29 @@ def _run_info(root: nn.Module, given: dict) -> dict:
         info = dict(run_id="", arch=spec.arch, depth=spec.depth, norm=spec.norm, shortcut=spec.shortcut, seed=-1)
     else:
         info = dict(run_id="", arch=type(root).__name__, depth=-1, norm="unknown", shortcut="unknown", seed=-1)
+    info["model"], info["family"] = model_identity(root)
     for key, value in given.items():
-        if key not in RUN_INFO_KEYS:
-            raise ValueError(f"run_info key {key!r} is unknown; valid: {', '.join(RUN_INFO_KEYS)}")
-        kind = RUN_INFO_KEYS[key]
+        if key not in _INFO_KEYS:
+            raise ValueError(f"run_info key {key!r} is unknown; valid: {', '.join(_INFO_KEYS)}")
+        kind = _INFO_KEYS[key]
         if kind is int and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
             raise ValueError(f"run_info[{key!r}]={value!r} must be an int")
         info[key] = kind(value)
     return info
+
+
+def _argument(spec: HookSpec, args: tuple, kwargs: dict):
+    """The input a pre-hook observes: positional argument `spec.arg`, else keyword `spec.kwarg` (Hugging Face
+    layers may be called either way), else the first tensor passed by keyword."""
+    if len(args) > spec.arg:
+        return args[spec.arg]
+    if spec.kwarg in kwargs:
+        return kwargs[spec.kwarg]
+    found = [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
+    if spec.arg == 0 and found:
+        return found[0]
+    raise ValueError(f"Recorder found no input {spec.arg} ({spec.kwarg or 'positional'}) of '{spec.module}': "
+                     "register the block with a point that is a tensor")
 
 
 def _categorical(codes: np.ndarray, categories: list[str]) -> pd.Categorical:
@@ -137,6 +175,8 @@ class Recorder:
         self._refs: dict[int, weakref.ref] = {}
         self._stage = self._buf = self._minus_one = None
         self._param_objects: list[nn.Parameter] = []
+        self._rel_objects: list[nn.Parameter] = []
+        self._rel_index = None  # positions of the grad_rel_norm weights among the grad_norm parameters
         self._scale_objects: list[nn.Parameter] = []
         n = self._flush_every
         self._row_steps = np.zeros(n, dtype=np.int64)
@@ -180,6 +220,10 @@ class Recorder:
         self._minus_one = torch.full((), SENTINEL, device=device)
         named = dict(self._root.named_parameters())
         self._param_objects = [named[name] for name, _ in self._plan.params]
+        self._rel_objects = [named[name] for name, _ in self._plan.rel_params]
+        if self._plan.params and self._plan.rel_params:
+            position = {name: i for i, (name, _) in enumerate(self._plan.params)}
+            self._rel_index = torch.tensor([position[name] for name, _ in self._plan.rel_params], device=device)
         self._scale_objects = [named[name] for name, _ in self._plan.scales]
         self._active = True
         self._recording = self._step % self._every == 0
@@ -188,7 +232,7 @@ class Recorder:
                 module = modules[spec.module]
                 hook = self._make_hook(spec)
                 if spec.kind in ("pre", "sum_pre"):
-                    self._handles.append(module.register_forward_pre_hook(hook))
+                    self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
                 else:
                     self._handles.append(module.register_forward_hook(hook))
                 _ACTIVE[module] = self
@@ -222,7 +266,8 @@ class Recorder:
                     self._collect(wait=True)
                 finally:
                     self._stage = self._buf = self._minus_one = None
-                    self._param_objects = self._scale_objects = []
+                    self._param_objects = self._rel_objects = self._scale_objects = []
+                    self._rel_index = None
 
     def _reset_compiled(self) -> None:
         """Drop dynamo's compiled code for the model's forward methods: hooks added or removed after compiling
@@ -315,11 +360,14 @@ class Recorder:
         self._refs.clear()
 
     def _write(self, index: int, x: torch.Tensor) -> None:
-        """Reduce x (N, C, *) into site `index`'s slots of the staging vector."""
+        """Reduce x (N, C, *), or (..., C) for a site with features last, into site `index`'s staging slots."""
         site = self._plan.sites[index]
         c, o = site.channels, site.offset
-        if x.dim() < 2 or x.shape[1] != c:
-            raise ValueError(f"Recorder expected (N, {c}, ...) at '{site.name}', got shape {tuple(x.shape)}")
+        if isinstance(x, (tuple, list)):  # Hugging Face attention and layers: (output, weights, ...)
+            x = x[0]
+        if x.dim() < 2 or x.shape[-1 if site.last else 1] != c:
+            want = f"(..., {c})" if site.last else f"(N, {c}, ...)"
+            raise ValueError(f"Recorder expected {want} at '{site.name}', got shape {tuple(x.shape)}")
         with torch.no_grad():
             eager = not torch.compiler.is_compiling()
             if eager and not x.is_inference():
@@ -329,7 +377,7 @@ class Recorder:
                     self._stage[o : o + 2 * c + 1].copy_(self._stage[src : src + 2 * c + 1])
                     return
                 self._seen[id(x)] = (weakref.ref(x), x._version, index)
-            write_moments(x.detach(), self._stage[o : o + c], self._stage[o + c : o + 2 * c], self._central)
+            write_moments(x.detach(), self._stage[o : o + c], self._stage[o + c : o + 2 * c], self._central, site.last)
             self._stage[o + 2 * c : o + 2 * c + 1].fill_(x.numel() // c)
             if eager and index in self._plan.keep_ref:
                 self._refs[index] = weakref.ref(x)
@@ -343,18 +391,19 @@ class Recorder:
 
         elif spec.kind == "pre":
 
-            def hook(module, args):
+            def hook(module, args, kwargs):
                 if self._recording:
-                    self._write(spec.site, args[0])
+                    self._write(spec.site, _argument(spec, args, kwargs))
 
         elif spec.kind == "sum_pre":
 
-            def hook(module, args):
+            def hook(module, args, kwargs):
                 if self._recording:
                     ref = self._refs.get(spec.ref)
-                    if ref is not None and ref() is args[0]:  # the block's branch tensor, now holding the sum
+                    x = _argument(spec, args, kwargs)
+                    if ref is not None and ref() is x:  # the block's branch tensor, now holding the sum
                         self._refs[spec.ref] = None
-                        self._write(spec.site, args[0])
+                        self._write(spec.site, x)
 
         else:
             grad_hook = self._make_grad_hook(spec.grad) if spec.grad >= 0 else None
@@ -363,8 +412,9 @@ class Recorder:
                 if self._recording:
                     if spec.site >= 0:
                         self._write(spec.site, output)
-                    if grad_hook is not None and output.requires_grad:
-                        output.register_hook(grad_hook)
+                    out = output[0] if isinstance(output, (tuple, list)) else output
+                    if grad_hook is not None and out.requires_grad:
+                        out.register_hook(grad_hook)
 
         return hook
 
@@ -378,17 +428,38 @@ class Recorder:
         return grad_hook
 
     # ---- internals: steps and flushes
+    def _grad_norms(self, params: list[nn.Parameter], out: torch.Tensor) -> None:
+        """||p.grad|| of each parameter into out (P,) with one foreach_norm; the sentinel where p.grad is None
+        (out keeps it when no parameter has a gradient)."""
+        grads = [p.grad for p in params]
+        present = [g for g in grads if g is not None]
+        if present:
+            norms = iter(torch._foreach_norm(present, 2, dtype=torch.float32))
+            torch.stack([next(norms) if g is not None else self._minus_one for g in grads], out=out)
+
+    def _param_metrics(self, stage: torch.Tensor) -> None:
+        """grad_norm and grad_rel_norm slots: the weights' gradient norms are read from the grad_norm slots when
+        both are recorded; ||W|| by one more foreach_norm."""
+        plan = self._plan
+        if plan.params:
+            first = plan.params[0][1]
+            grad_slots = stage[first : first + len(plan.params)]
+            self._grad_norms(self._param_objects, grad_slots)
+        if plan.rel_params:
+            first = plan.rel_params[0][1]
+            rel_slots = stage[first : first + len(plan.rel_params)]
+            if self._rel_index is not None:
+                g = grad_slots.index_select(0, self._rel_index)
+            else:
+                self._grad_norms(self._rel_objects, rel_slots)
+                g = rel_slots.clone()
+            w = torch.stack(torch._foreach_norm([p.detach() for p in self._rel_objects], 2, dtype=torch.float32))
+            torch.where(g >= 0, g / w, self._minus_one, out=rel_slots)
+
     def _commit(self, step: int, epoch: float) -> None:
         plan, stage = self._plan, self._stage
         with torch.no_grad():
-            if plan.params:
-                grads = [p.grad for p in self._param_objects]
-                present = [g for g in grads if g is not None]
-                if present:
-                    norms = iter(torch._foreach_norm(present, 2, dtype=torch.float32))
-                    parts = [next(norms) if g is not None else self._minus_one for g in grads]
-                    first = plan.params[0][1]
-                    torch.stack(parts, out=stage[first : first + len(parts)])
+            self._param_metrics(stage)
             if plan.scales:
                 first = plan.scales[0][1]
                 scales = [p.detach().float().reshape(()) for p in self._scale_objects]
@@ -435,18 +506,18 @@ class Recorder:
 
     def _table(self, chunks: list[_Chunk]) -> pd.DataFrame:
         if not chunks:
-            return schema.empty(self._per_channel)
+            return schema.empty(self._per_channel, model=True)
         valid = np.concatenate([c.valid for c in chunks])
         r, m = np.nonzero(valid)  # ordered by step, then catalog order
         if not len(r):
-            return schema.empty(self._per_channel)
+            return schema.empty(self._per_channel, model=True)
         steps = np.concatenate([c.steps for c in chunks])
         epochs = np.concatenate([c.epochs for c in chunks])
         values = np.concatenate([c.values for c in chunks])
         cat, info, n = self._plan.rows, self._info, len(r)
         zeros = np.zeros(n, dtype=np.int8)
         columns = {}
-        for key, kind in RUN_INFO_KEYS.items():
+        for key, kind in _INFO_KEYS.items():
             columns[key] = _categorical(zeros, [info[key]]) if kind is str else np.full(n, info[key], dtype=np.int64)
         columns["step"] = steps[r]
         columns["epoch"] = epochs[r]
@@ -456,9 +527,11 @@ class Recorder:
         for key in ("layer_index", "stage", "block"):
             columns[key] = getattr(cat, key)[m]
         columns["value"] = values[r, m]
+        codes, names = cat.codes("kind")
+        columns["param_kind"] = _categorical(codes[m], names)
         if self._per_channel:
             columns["channel"] = cat.channel[m]
-        order = list(schema.STATS_COLUMNS) + (["channel"] if self._per_channel else [])
+        order = [*schema.STATS_COLUMNS, *schema.RECORDER_COLUMNS] + (["channel"] if self._per_channel else [])
         return schema.validate(pd.DataFrame({k: columns[k] for k in order}))
 
 

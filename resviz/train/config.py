@@ -4,6 +4,7 @@ fields."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,11 +93,31 @@ class TrainConfig:
             raise ValueError(f"compile_mode={self.compile_mode!r} is unknown; use one of: {', '.join(COMPILE_MODES)}")
         if self.warmup not in ("auto", "on", "off"):
             raise ValueError(f"warmup={self.warmup!r} is unknown; use 'auto', 'on' or 'off'")
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr!r} must be positive")
+        self._validate_numbers()
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"train_subset={self.train_subset!r} must be a positive number of images or None")
         return self
+
+    def _validate_numbers(self) -> None:
+        """The optimiser's numbers and the metric list: finite, in range, known (before any file is written)."""
+        checks = (("lr", self.lr > 0, "a positive number, e.g. 0.1"),
+                  ("momentum", 0 <= self.momentum < 1, "in [0, 1), e.g. 0.9"),
+                  ("weight_decay", self.weight_decay >= 0, "zero or positive, e.g. 1e-4"),
+                  ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1], e.g. 0.1"),
+                  ("warmup_lr", self.warmup_lr > 0, "a positive number, e.g. 0.01"),
+                  ("warmup_error", 0 < self.warmup_error <= 1, "a fraction in (0, 1], e.g. 0.8"))
+        for name, ok, want in checks:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and ok):
+                raise ValueError(f"--{name.replace('_', '-')}={value!r} must be {want}")
+        if any(m < 0 for m in self.milestones):
+            raise ValueError(f"--milestones={list(self.milestones)} must be zero or positive iterations")
+        if self.record_metrics is not None:
+            from resviz.probes.recorder import METRICS
+
+            bad = [m for m in self.record_metrics if m not in METRICS]
+            if bad:
+                raise ValueError(f"--record-metrics: unknown metric(s) {bad}; valid: {', '.join(METRICS)}")
 
     @property
     def scaled_milestones(self) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from resviz import runs, schema
+from resviz.io import make_folder
 from resviz.train.config import TrainConfig
 
 
@@ -44,7 +45,7 @@ def prepare_folder(config: TrainConfig, out: str | os.PathLike, run_id: str | No
     folder = Path(out) / run_id
     new = {**config.to_dict(), "run_id": run_id}
     if runs.is_run_folder(folder):
-        old = runs.read_json(folder / "config.json")
+        old = runs.read_config(folder)
         differ = _config_diff(old, new)
         if differ:
             raise ValueError(
@@ -53,7 +54,7 @@ def prepare_folder(config: TrainConfig, out: str | os.PathLike, run_id: str | No
             )
         return folder
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         runs.atomic_write_json(folder / "config.json", {**new, "versions": versions()})
     except PermissionError:
         raise PermissionError(f"cannot write to {folder}: choose a writable --out folder") from None
@@ -87,6 +88,7 @@ class Progress:
     warmup_until: int | None
     metrics: list[dict]
     stats: pd.DataFrame
+    interval: dict | None = None  # the logging interval in progress at a mid-interval checkpoint (Ctrl-C)
 
 
 def resume(folder: Path, config: TrainConfig, model, optimizer, device) -> Progress:
@@ -99,16 +101,51 @@ def resume(folder: Path, config: TrainConfig, model, optimizer, device) -> Progr
         ckpt = torch.load(path, map_location=device, weights_only=False)
     except Exception as err:  # noqa: BLE001 - a checkpoint that cannot be read is a failure we name
         raise ValueError(f"checkpoint {path} cannot be read ({err}); delete it to restart the run") from None
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    progress = Progress(ckpt["step"], ckpt["seconds"], ckpt["warmup_until"], [], schema.empty())
-    if (folder / "metrics.parquet").is_file():
-        m = pd.read_parquet(folder / "metrics.parquet")
-        progress.metrics = m[m["step"] <= progress.step].to_dict("records")
-    if (folder / "stats.parquet").is_file():
-        s = pd.read_parquet(folder / "stats.parquet")
-        progress.stats = s[s["step"] < progress.step]
+    _load_states(path, ckpt, config, model, optimizer)
+    progress = Progress(ckpt["step"], ckpt["seconds"], ckpt["warmup_until"], [], schema.empty(),
+                        ckpt.get("interval"))
+    try:
+        m = runs.read_table(folder / "metrics.parquet", schema.empty_train)
+        s = runs.read_table(folder / "stats.parquet", schema.empty)
+    except ValueError as err:
+        raise ValueError(f"{err}; the run cannot be resumed exactly: delete the folder {folder} to start again") \
+            from None
+    progress.metrics = m[m["step"] <= progress.step].to_dict("records")
+    progress.stats = s[s["step"] < progress.step]
+    _check_rows(folder, config, progress)
     return progress
+
+
+def _check_rows(folder: Path, config: TrainConfig, progress: Progress) -> None:
+    """Refuse to resume over tables that lack rows the checkpoint says were written (a file deleted or
+    replaced by hand): the resumed run would silently differ from the uninterrupted one."""
+    logged = [r["step"] for r in progress.metrics]
+    want = list(range(config.log_every, progress.step + 1, config.log_every))
+    if progress.step == config.steps and progress.step % config.log_every:
+        want.append(progress.step)  # the last row of a finished run
+    recorded = set(progress.stats["step"].unique().tolist())
+    want_stats = set(range(0, progress.step, config.record_every))
+    if logged != want or (config.record_metrics != () and recorded != want_stats):
+        what = "metrics.parquet" if logged != want else "stats.parquet"
+        raise ValueError(f"{folder / what} lacks rows up to the checkpoint's step {progress.step} (deleted or "
+                         f"replaced?); the run cannot be resumed exactly: delete the folder {folder} to start again")
+
+
+def _load_states(path: Path, ckpt, config: TrainConfig, model, optimizer) -> None:
+    """The checkpoint's weights and optimiser state, or a ValueError saying what the checkpoint holds."""
+    if not isinstance(ckpt, dict) or not {"model", "optimizer", "step", "seconds", "warmup_until"} <= set(ckpt):
+        raise ValueError(f"{path} is not a resviz training checkpoint; delete it to restart the run")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError):
+        held = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        what = ", ".join(f"{k}={held[k]!r}" for k in ("arch", "depth", "width", "norm", "shortcut") if k in held)
+        raise ValueError(
+            f"{path} holds another model ({what or 'unknown config'}) than this run "
+            f"(arch={config.arch!r}, depth={config.depth}, width={config.width}, norm={config.norm!r}, "
+            f"shortcut={config.shortcut!r}); delete the checkpoint to restart, or use the matching config"
+        ) from None
 
 
 def save(folder: Path, step: int, progress: Progress, model, optimizer, data, config: TrainConfig) -> None:
@@ -119,7 +156,8 @@ def save(folder: Path, step: int, progress: Progress, model, optimizer, data, co
     runs.atomic_torch_save(folder / "checkpoint.pt", {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
         "seconds": progress.seconds, "warmup_until": progress.warmup_until, "mean": tuple(data.mean),
-        "std": tuple(data.std), "classes": list(data.classes), "config": config.to_dict()})
+        "std": tuple(data.std), "classes": list(data.classes), "config": config.to_dict(),
+        "interval": progress.interval})
 
 
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:

@@ -21,13 +21,15 @@ from pathlib import Path
 import torch
 
 from resviz import datasets, runs, schema
-from resviz.errors import UserError
+from resviz.errors import Interrupted, UserError
+from resviz.io import make_folder
 from resviz.evaluate import evaluate
 from resviz.loader import DeviceLoader
 from resviz.models import cifar_resnet
 from resviz.train import folder as run_folder
 from resviz.train.config import TrainConfig
 from resviz.train.folder import Progress, RunResult
+from resviz.train.signals import StopSignals, describe
 from resviz.train.speed import SyncCheck, TrainStep, cudnn_benchmark, largest_batch
 
 
@@ -59,6 +61,8 @@ class _Run:
     last_test: tuple[float, float] = (float("nan"), float("nan"))  # (test error, test loss)
     last_finite: dict = field(default_factory=dict)  # the last metrics row with a finite loss
     interval: "_Interval" = None
+    stop: StopSignals | None = None  # the SIGINT/SIGTERM flag checked between steps
+    saved_step: int = 0  # the step of the last checkpoint
 
 
 class _Interval:
@@ -79,6 +83,17 @@ class _Interval:
         self.wrong.zero_()
         self.images, self.start = 0, time.perf_counter()
 
+    def state(self) -> dict:
+        """The sums so far (host copies, exact) and the interval's seconds so far, for a mid-interval checkpoint."""
+        return {"loss": self.loss.cpu(), "wrong": self.wrong.cpu(), "images": self.images,
+                "seconds": time.perf_counter() - self.start}
+
+    def restore(self, state: dict | None) -> None:
+        if state:
+            self.loss.copy_(state["loss"])
+            self.wrong.copy_(state["wrong"])
+            self.images, self.start = state["images"], time.perf_counter() - state["seconds"]
+
     def read(self) -> tuple[float, float, float]:
         """(mean loss, training error, seconds) of the interval. SYNC."""
         return ((self.loss / self.images).item(), (self.wrong / self.images).item(),
@@ -86,7 +101,11 @@ class _Interval:
 
 
 def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str | None = None) -> RunResult:
-    """Train one run into `out/<run_id>/`, resuming it when it was cut; a finished run is returned as is."""
+    """Train one run into `out/<run_id>/`, resuming it when it was cut; a finished run is returned as is.
+
+    The run folder is locked for the run's life (`runs.run_lock`: a second writer is refused by name).
+    SIGINT and SIGTERM stop the run at the next step boundary: it is saved there, marked interrupted, and
+    `resviz.errors.Interrupted` (a KeyboardInterrupt) is raised; running it again continues exactly."""
     config.validate()
     device = datasets.resolve_device(config.device)
     sync_check = SyncCheck(device)  # checks $RESVIZ_SYNC_DEBUG before anything is written
@@ -94,20 +113,33 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
     finished = run_folder.finished_result(config, folder)
     if finished is not None:
         return finished
-    data = datasets.load(config.dataset, root=config.root)
+    data = datasets.load(config.dataset, root=config.root, progress=config.progress)
     images, labels = _training_split(config, data)
-    folder = run_folder.prepare_folder(config, out, folder.name)
-    run = _setup(config, folder, data, images, labels, device)
+    make_folder(out)
+    make_folder(folder)
+    with runs.run_lock(folder), StopSignals() as stop:
+        folder = run_folder.prepare_folder(config, out, folder.name)
+        finished = run_folder.finished_result(config, folder)  # another process may have finished it meanwhile
+        if finished is not None:
+            return finished
+        run = _setup(config, folder, data, images, labels, device)
+        run.stop = stop
+        return _train_locked(run, sync_check)
+
+
+def _train_locked(run: "_Run", sync_check: SyncCheck) -> RunResult:
+    """The steps of a set-up run, its status kept true whatever happens (an error, a signal, OOM)."""
+    config, folder = run.config, run.folder
     bar = _progress_bar(config, run.progress.step, folder.name)
     try:
-        with cudnn_benchmark(device, config.cudnn_benchmark), bar, sync_check:
+        with cudnn_benchmark(run.device, config.cudnn_benchmark), bar, sync_check:
             runs.write_status(folder, "running", step=run.progress.step, pid=os.getpid())
             return _run_steps(run, bar, sync_check)
-    except KeyboardInterrupt:
-        run.progress.seconds += time.perf_counter() - run.interval.start
-        _checkpoint(run, run.step_done)  # the interval in progress is logged short after the resume
-        runs.write_status(folder, "interrupted", "interrupted by the user (Ctrl-C); run again to resume",
-                          step=run.step_done)
+    except Interrupted:
+        raise  # saved at a step boundary already
+    except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint is the consistent state
+        runs.write_status(folder, "interrupted", "stopped at once by a second signal; run again to resume from "
+                          f"step {run.saved_step}", step=run.saved_step)
         raise
     except torch.cuda.OutOfMemoryError:
         pass  # handled below, once this handler has let go of the failed step's tensors
@@ -116,6 +148,18 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
         raise
     # only an out-of-GPU-memory error gets here: every other path through the loop returns or raises
     raise _out_of_memory(run)
+
+
+def _interrupted(run: "_Run", signum: int) -> Interrupted:
+    """Save the run at the boundary before step `run.step_done` (with the logging interval in progress, so the
+    resumed run logs exactly the rows an uninterrupted one would) and mark it interrupted."""
+    run.progress.interval = run.interval.state()
+    _checkpoint(run, run.step_done)
+    run.stop.handled = True
+    how = describe(signum)
+    runs.write_status(run.folder, "interrupted", f"interrupted by {how} at step {run.step_done}; run the same "
+                      "command again to resume", step=run.step_done, signal=signum)
+    return Interrupted(signum, f"{run.folder.name}: interrupted by {how} at step {run.step_done}, saved")
 
 
 def _training_split(config: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +192,13 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
     progress = run_folder.resume(folder, config, model, optimizer, device)
     run = _Run(config, folder, data, device, model, optimizer, loader, progress, step=progress.step,
                step_done=progress.step,
-               last_finite=progress.metrics[-1] if progress.metrics else {}, interval=_Interval(device))
+               last_finite=progress.metrics[-1] if progress.metrics else {}, interval=_Interval(device),
+               saved_step=progress.step)
+    tested = [r for r in progress.metrics if math.isfinite(r.get("test_error", math.nan))]
+    if tested:  # shown in the progress line until the next evaluation
+        run.last_test = (tested[-1]["test_error"], tested[-1]["test_loss"])
+    run.interval.restore(progress.interval)
+    progress.interval = None
     run.step_fn = TrainStep(model, compile=config.compile, mode=config.compile_mode, amp=config.amp, device=device)
     model.train()
     run.rec = Recorder(model, every=config.record_every, metrics=config.record_metrics,
@@ -162,6 +212,8 @@ def _run_steps(run: _Run, bar, sync_check: SyncCheck) -> RunResult:
     with rec, sync_check:  # sync_check leaves first: the Recorder's closing flush syncs
         rec.begin_step(run.step)
         for step in range(run.step, config.steps):
+            if run.stop is not None and run.stop.signum is not None:  # SIGINT/SIGTERM: stop at this boundary
+                raise _interrupted(run, run.stop.signum)
             # no host sync from here to the next boundary (RESVIZ_SYNC_DEBUG=error checks it on CUDA)
             run.step = step
             lr = _train_step(run, step)
@@ -221,8 +273,7 @@ def _log_row(run: _Run, done: int, lr: float, bar) -> dict:
            "test_loss": run.last_test[1] if evaluated else float("nan"), "lr": lr, "seconds": run.progress.seconds,
            "images_per_s": images / max(seconds, 1e-9)}
     run.progress.metrics.append(row)
-    bar.set_postfix(loss=f"{loss_mean:.3f}", train_err=f"{train_err:.3f}", test_err=f"{run.last_test[0]:.3f}",
-                    lr=f"{lr:g}", img_s=f"{row['images_per_s']:.0f}")
+    _show(bar, run.folder.name, done, config.steps, row, run.last_test[0])
     return row
 
 
@@ -252,6 +303,8 @@ def _checkpoint(run: _Run, step: int) -> None:
     """The statistics recorded so far joined to the saved ones, and everything written at `step`."""
     run.progress.stats = schema.concat([run.progress.stats, run.rec.drain()])
     run_folder.save(run.folder, step, run.progress, run.model, run.optimizer, run.data, run.config)
+    run.saved_step = step
+    run.progress.interval = None
 
 
 def _out_of_memory(run: _Run) -> UserError:
@@ -273,7 +326,22 @@ def _out_of_memory(run: _Run) -> UserError:
 
 
 def _progress_bar(config: TrainConfig, start: int, run_id: str):
+    """A tqdm bar on a terminal; where stderr is a file or a pipe, no bar but one plain line per logged row."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=config.steps, initial=start, desc=run_id, unit="step", disable=not config.progress,
-                dynamic_ncols=True, file=sys.stderr, leave=True)
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=config.steps, initial=start, desc=run_id, unit="step", disable=not (config.progress and tty),
+               dynamic_ncols=True, file=sys.stderr, leave=True)
+    bar.plain_lines = config.progress and not tty
+    return bar
+
+
+def _show(bar, run_id: str, done: int, steps: int, row: dict, test_error: float) -> None:
+    """The logged row, what matters first (an 80-column bar cuts the end): loss, test and training error, lr,
+    speed; the test error is "–" until the first evaluation."""
+    test = "–" if math.isnan(test_error) else f"{100 * test_error:.1f}%"
+    text = (f"loss {row['loss']:.3f} test {test} train {100 * row['train_error']:.1f}% lr {row['lr']:g} "
+            f"{row['images_per_s']:.0f} img/s")
+    bar.set_postfix_str(text, refresh=False)
+    if getattr(bar, "plain_lines", False):
+        print(f"{run_id} step {done}/{steps}: {text}", file=sys.stderr, flush=True)

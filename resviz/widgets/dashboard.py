@@ -45,7 +45,7 @@ class Dashboard(View):
     Controls are attributes (set `.value` from Python to drive it); display the object in a notebook.
     """
 
-    def __init__(self, source, *, metric: str = "response_std", arch: str = ALL, depth: int | None = None,
+    def __init__(self, source, *, metric: str | None = None, arch: str = ALL, depth: int | None = None,
                  step: int | None = None, sort: bool = False, export_folder: str | os.PathLike = "figures"):
         self._source = source
         self._wanted = dict(metric=metric, arch=arch, depth=depth, step=step)
@@ -136,6 +136,8 @@ class Dashboard(View):
         self._data = data
         metrics = [m for m in METRICS if m in self._data] + sorted(set(self._data) - set(METRICS))
         note = ""
+        if keep["metric"] is None:  # Fig. 7 as the paper measures it when recorded (eval mode, held-out images)
+            keep["metric"] = next((m for m in ("response_std_eval", "response_std") if m in self._data), metrics[0])
         if keep["metric"] not in self._data:
             note = f"no {keep['metric']!r} rows; showing {metrics[0]!r} (metrics present: {metrics})"
             keep["metric"] = metrics[0]
@@ -258,7 +260,7 @@ class Dashboard(View):
         return paths
 
 
-def explore(runs, *, metric: str = "response_std", arch: str = ALL, depth: int | None = None,
+def explore(runs, *, metric: str | None = None, arch: str = ALL, depth: int | None = None,
             step: int | None = None, sort: bool = False, export_folder: str | os.PathLike = "figures") -> Dashboard:
     """A dashboard over a run folder, a glob of them, a RunSet, or frames (stats, or (stats, metrics)).
 

@@ -1,0 +1,347 @@
+"""Sweeps on Ray (`resviz sweep --engine ray`): one Ray task per run, placed by Ray's resources.
+
+The run folders under `--out` stay the one source of truth: a task trains one config into `out/<run_id>/`
+exactly as the local engine does (`resviz.sweep`), so finished runs are skipped, cut ones resume from their
+checkpoint, and `explore` / `report` read the folders while the grid runs. Ray is imported only here, and only
+when `--engine ray` is chosen.
+
+Faults: a worker or node that dies mid-run makes Ray retry the task (`max_retries`; node and worker deaths
+only, `retry_exceptions=False`), and the retry resumes from the run's last checkpoint. A run that fails for its
+own reasons (divergence, a bad config, out of memory) returns its outcome instead of raising: it is recorded and
+never retried. Ctrl-C on the driver cancels the tasks (`ray.cancel`: the run checkpoints and marks itself
+interrupted), so the same command resumes the grid.
+
+Clusters: without `--address` resviz starts a private Ray instance on 127.0.0.1 (no dashboard, Ray's token
+authentication left on) and stops it at the end; `--address auto|HOST:PORT` joins a running cluster, whose
+nodes must all see `--out` (checked by a write probe from every node before any run starts).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+from resviz import runs
+from resviz.errors import UserError, first_line
+from resviz.io import make_folder
+from resviz.train import TrainConfig
+
+ENGINES = ("local", "ray")
+HEAD_COMMAND = "ray start --head --port 6379 --node-ip-address 127.0.0.1"
+SHARED_CHECK = ("check it from a worker node with `touch OUT/x` and `ls OUT` on the head, or use a shared "
+                "filesystem (NFS, Lustre, a mounted bucket) mounted at the same path on every node")
+CANCEL_WAIT_S = 60.0  # how long Ctrl-C waits for cancelled runs to checkpoint and mark themselves interrupted
+
+
+# ------------------------------------------------------------------------------ command line
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The sweep command's engine options: --engine, --address, --gpus-per-run, --cpus-per-run, --max-retries."""
+    g = parser.add_argument_group("engine", "where the runs execute (Ray: pip install 'resviz[ray]')")
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: processes on this machine (--workers); ray: one Ray task per run (default: local)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto (the one `ray start` runs on this machine) or HOST:PORT; "
+                        "default: start a private one on 127.0.0.1 for this sweep")
+    g.add_argument("--gpus-per-run", type=float, default=None,
+                   help="GPUs per run, fractions allowed (0.25: four runs share a GPU); default: 1 when the "
+                        "cluster has GPUs, else 0")
+    g.add_argument("--cpus-per-run", type=float, default=None, help="CPUs per run (default 1)")
+    g.add_argument("--max-retries", type=int, default=None,
+                   help="retries of a run whose worker or node died; each resumes from its checkpoint (default 3)")
+
+
+def dispatch(args: argparse.Namespace, configs: list[TrainConfig], out: str | os.PathLike) -> pd.DataFrame:
+    """Run the grid on the engine the sweep command's options name; the summary table, one row per run."""
+    progress = configs[0].progress if configs else True
+    ray_flags = {"--address": args.address, "--gpus-per-run": args.gpus_per_run,
+                 "--cpus-per-run": args.cpus_per_run, "--max-retries": args.max_retries}
+    if args.engine == "local":
+        given = [flag for flag, value in ray_flags.items() if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} only apply to --engine ray; add --engine ray or drop them")
+        from resviz.sweep import run_sweep
+
+        return run_sweep(configs, out, workers=getattr(args, "workers", None) or 1, progress=progress)
+    if getattr(args, "workers", None) is not None:
+        raise UserError("--workers is for --engine local; with --engine ray, Ray places the runs "
+                        "(use --cpus-per-run and --gpus-per-run)")
+    return run_grid_on_ray(configs, out, address=args.address, gpus_per_run=args.gpus_per_run,
+                           cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run,
+                           max_retries=3 if args.max_retries is None else args.max_retries, progress=progress)
+
+
+# ------------------------------------------------------------------------------ the grid
+def run_grid_on_ray(configs: list[TrainConfig], out: str | os.PathLike = "runs", *, address: str | None = None,
+                    gpus_per_run: float | None = None, cpus_per_run: float = 1.0, max_retries: int = 3,
+                    progress: bool = True) -> pd.DataFrame:
+    """Run every config as a Ray task (finished runs are skipped) and return the summary table in the grid's
+    order, with the columns of `resviz.sweep.run_sweep`'s; `table.attrs["placement"]` maps each run that ran
+    to what Ray gave it (node, GPU ids, CUDA_VISIBLE_DEVICES, worker pid)."""
+    _check_options(cpus_per_run, gpus_per_run, max_retries)
+    ray = _import_ray()
+    out = make_folder(Path(out).resolve())  # absolute: workers do not share the driver's working directory
+    rows, todo = _finished_rows(configs, out)
+    started = _connect(ray, address)
+    try:
+        gpus = _gpus_per_run(ray, gpus_per_run, todo)
+        if todo:
+            nodes = _nodes_that_fit(ray, cpus_per_run, gpus)
+            check_storage(ray, out, nodes)
+            rows += _run_tasks(ray, todo, out, cpus_per_run=cpus_per_run, gpus_per_run=gpus,
+                               max_retries=max_retries, progress=progress)
+    finally:
+        if started:
+            ray.shutdown()
+    return _table(rows, configs)
+
+
+def _check_options(cpus_per_run: float, gpus_per_run: float | None, max_retries: int) -> None:
+    if not cpus_per_run > 0:
+        raise UserError(f"--cpus-per-run {cpus_per_run:g} must be positive, e.g. 1")
+    if gpus_per_run is not None and (gpus_per_run < 0 or (gpus_per_run > 1 and gpus_per_run != int(gpus_per_run))):
+        raise UserError(f"--gpus-per-run {gpus_per_run:g} must be 0, a fraction up to 1 (0.25: four runs a GPU) "
+                        "or a whole number")
+    if max_retries < 0:
+        raise UserError(f"--max-retries {max_retries} must be 0 or more")
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--engine ray needs Ray: pip install 'resviz[ray]'") from None
+    return ray
+
+
+def _finished_rows(configs: list[TrainConfig], out: Path) -> tuple[list[dict], list[TrainConfig]]:
+    """Summary rows of the runs already finished (no task for them), and the configs still to run. A folder
+    holding a different config is refused here, before any task starts."""
+    from resviz.sweep import _row
+    from resviz.train.folder import finished_result
+
+    rows, todo = [], []
+    for config in configs:
+        result = finished_result(config, out / config.run_id)
+        if result is None:
+            todo.append(config)
+        else:
+            rows.append(_row(result))
+    return rows, todo
+
+
+def _table(rows: list[dict], configs: list[TrainConfig]) -> pd.DataFrame:
+    from resviz.sweep import summary_table
+
+    table = summary_table(rows, configs)
+    table.attrs["placement"] = {r["run"]: r["placement"] for r in rows if r.get("placement")}
+    return table
+
+
+# ------------------------------------------------------------------------------ the cluster
+def _connect(ray, address: str | None) -> bool:
+    """Join the cluster at `address`, or start a private one on 127.0.0.1; True when this call started it.
+    A process already connected (a notebook, the tests) keeps its connection."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        _check_address(address)
+    if ray.is_initialized():
+        return False
+    if address is None:
+        os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")  # agents start slowly on busy CPUs
+        try:
+            ray.init(address=None, _node_ip_address="127.0.0.1", include_dashboard=False)
+        except Exception as err:  # Ray raises a bare Exception when its processes start too slowly
+            if "timed out during startup" not in str(err):
+                raise
+            raise UserError(f"Ray did not start on this machine within its time limit (busy CPUs?); run again, "
+                            f"or start it once with `{HEAD_COMMAND}` and pass --address auto") from None
+        return True
+    try:
+        ray.init(address=address)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        fix = (f"start one with `{HEAD_COMMAND}`, or drop --address to let resviz start a private one"
+               if address == "auto" else f"check it with `ray status --address {address}`")
+        raise UserError(f"cannot join the Ray cluster at --address {address} ({first_line(err)}); {fix}") from None
+    return True
+
+
+def _check_address(address: str) -> None:
+    """`auto`, HOST:PORT or ray://HOST:PORT, with something listening there; one line naming it otherwise."""
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UserError(f"--address {address!r} is not auto or HOST:PORT; pass the head node's address, e.g. "
+                        f"--address 10.0.0.5:6379 (what `ray start --head` printed), or --address auto on a node")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise UserError(f"no Ray cluster answers at --address {address} ({err.strerror or err}); start one with "
+                        f"`{HEAD_COMMAND}` or fix the address") from None
+
+
+def _gpus_per_run(ray, gpus_per_run: float | None, configs: list[TrainConfig]) -> float:
+    """The GPUs each run asks for: as given, else 1 when the cluster has GPUs and a run may use one."""
+    if gpus_per_run is not None:
+        return float(gpus_per_run)
+    wants_gpu = any(c.device != "cpu" for c in configs)
+    return 1.0 if wants_gpu and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _nodes_that_fit(ray, cpus: float, gpus: float) -> list[dict]:
+    """The alive nodes that can hold one run; refuses resources that fit no node (the tasks would wait forever)."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    fit = [n for n in alive if n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus]
+    if not fit:
+        have = ", ".join(f"{n['NodeManagerAddress']}: {n['Resources'].get('CPU', 0):g} CPU "
+                         f"{n['Resources'].get('GPU', 0):g} GPU" for n in alive)
+        raise UserError(f"no Ray node has --cpus-per-run {cpus:g} and --gpus-per-run {gpus:g} free ({have}); "
+                        "lower them or add nodes")
+    return fit
+
+
+def _write_probe(folder: str, node_id: str) -> str:
+    """Ray task: write `folder/<node_id>`; '' on success, else the error (the folder must already exist)."""
+    try:
+        (Path(folder) / node_id).write_text(node_id)  # no parents made: a node that does not see it fails
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    return ""
+
+
+def check_storage(ray, out: Path, nodes: list[dict]) -> None:
+    """Refuse an `out` that a node which can run the grid cannot write, or whose writes this machine does not
+    see: every node writes a file into a probe folder the driver made, and the driver reads them all back."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = out / f".resviz-probe-{uuid.uuid4().hex[:8]}"
+    probe.mkdir()
+    task = ray.remote(_write_probe)
+    try:
+        refs = [task.options(num_cpus=0, max_retries=0,
+                             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(probe), n["NodeID"]) for n in nodes]
+        errors = ray.get(refs, timeout=300)
+        for node, error in zip(nodes, errors):
+            where = f"Ray node {node['NodeManagerAddress']}"
+            if error:
+                raise UserError(f"--out {out} is not writable from {where} ({error}); {SHARED_CHECK}")
+            if not (probe / node["NodeID"]).is_file():
+                raise UserError(f"--out {out} is not shared: {where} wrote there but this machine does not see "
+                                f"it; {SHARED_CHECK}")
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ the tasks
+def _train_task(config_dict: dict, out: str, threads: int, gpus: float) -> dict:
+    """Ray task: train one run into out/<run_id> (resuming it from its checkpoint) and return its summary
+    row with what Ray gave it. The run's own failures come back as a row; only a dead worker or node makes
+    Ray run this again."""
+    import ray
+
+    from resviz.sweep import run_one
+
+    config = TrainConfig.from_dict(config_dict)
+    if gpus == 0 and config.device == "auto":
+        config = dataclasses.replace(config, device="cpu")  # a run given no GPU must not take one
+    elif gpus > 0 and config.device.startswith("cuda"):
+        config = dataclasses.replace(config, device="cuda")  # Ray's CUDA_VISIBLE_DEVICES: its device is cuda:0
+    row = run_one(config, out, threads)
+    context = ray.get_runtime_context()
+    row["placement"] = {"node": context.get_node_id(), "gpu_ids": list(context.get_accelerator_ids().get("GPU", [])),
+                        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid(),
+                        "device": config.device}
+    return row
+
+
+def _run_tasks(ray, configs: list[TrainConfig], out: Path, *, cpus_per_run: float, gpus_per_run: float,
+               max_retries: int, progress: bool) -> list[dict]:
+    """One task per config; a progress bar for the grid and a line per finished run. Ctrl-C cancels them."""
+    from tqdm.auto import tqdm
+
+    if gpus_per_run == 0 and any(c.device.startswith("cuda") for c in configs):
+        raise UserError("--device cuda needs a GPU per run: pass --gpus-per-run (e.g. 0.25 or 1) with --engine ray")
+    task = ray.remote(_train_task).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries,
+                                           retry_exceptions=False)
+    threads = max(1, int(cpus_per_run))
+    refs = {task.remote(dataclasses.replace(c, progress=False).to_dict(), str(out), threads, gpus_per_run): c
+            for c in configs}
+    bar = tqdm(total=len(refs), desc="sweep (ray)", unit="run", disable=not progress, dynamic_ncols=True)
+    rows, pending = [], list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=2.0)
+            for ref in ready:
+                row = _outcome(ray, ref, refs[ref], out, max_retries)
+                rows.append(row)
+                if progress:
+                    bar.write(_line(row))
+                bar.update(1)
+            bar.set_postfix_str(f"{_steps_done(configs, out)}/{sum(c.steps for c in configs)} steps")
+    except KeyboardInterrupt:
+        _cancel(ray, pending)
+        raise
+    finally:
+        bar.close()
+    return rows
+
+
+def _steps_done(configs: list[TrainConfig], out: Path) -> int:
+    from resviz.sweep import _steps_done as steps_of
+
+    return sum(steps_of(c, str(out)) for c in configs)
+
+
+def _outcome(ray, ref, config: TrainConfig, out: Path, max_retries: int) -> dict:
+    """The task's summary row; a task whose worker died more than `max_retries` times is marked interrupted
+    (its checkpoint stays: the next sweep resumes it)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.TaskCancelledError:
+        reason = "cancelled; run the sweep again to resume"
+    except ray.exceptions.RayError as err:
+        reason = (f"Ray worker or node died {max_retries + 1} times ({first_line(err, with_type=True)}); "
+                  "run the sweep again to resume from its checkpoint")
+    folder = out / config.run_id
+    step = int(runs.read_status(folder).get("step", 0) or 0)
+    if runs.is_run_folder(folder):
+        runs.write_status(folder, "interrupted", reason, step=step)
+    nan = float("nan")
+    return {"run": config.run_id, "status": "interrupted", "step": step, "train_error": nan, "test_error": nan,
+            "seconds": nan, "reason": reason}
+
+
+def _line(row: dict) -> str:
+    """One line for a finished run: status, step, test error, seconds, where it ran, and why if it failed."""
+    err = row["test_error"]
+    text = f"{row['run']}: {row['status']} at step {row['step']}"
+    if err == err:  # not NaN
+        text += f", test error {100 * err:.2f} %"
+    if row["seconds"] == row["seconds"]:
+        text += f", {row['seconds']:.0f} s"
+    placement = row.get("placement") or {}
+    if placement.get("gpu_ids"):
+        text += f" (GPU {','.join(placement['gpu_ids'])})"
+    if row["status"] not in ("done",) and row.get("reason"):
+        text += f": {row['reason']}"
+    return text
+
+
+def _cancel(ray, pending: list) -> None:
+    """Cancel the grid's tasks: a running run gets a KeyboardInterrupt, checkpoints and marks itself
+    interrupted (resumable); a queued one never starts. Waits for them to let go."""
+    for ref in pending:
+        ray.cancel(ref)
+    if pending:
+        ray.wait(pending, num_returns=len(pending), timeout=CANCEL_WAIT_S)
+    print(f"sweep: cancelled {len(pending)} runs; run the same command again to resume them")
+
+
+__all__ = ["ENGINES", "add_engine_options", "check_storage", "dispatch", "run_grid_on_ray"]

@@ -1,0 +1,154 @@
+"""Sweeps on Ray (resviz.ray_engine) on a real local Ray cluster: the same runs as the local engine, a killed
+worker's run resumed by Ray's retry, a diverging run recorded and not retried, fractional GPU placement
+(GPUs declared to Ray without hardware), the storage probe, and bad addresses."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from resviz import runs
+from resviz.errors import UserError
+from resviz.sweep import grid, run_sweep
+from resviz.train import train
+from tiny_training import data_root, tiny  # noqa: F401 - data_root is a fixture
+
+ray = pytest.importorskip("ray")
+from resviz.ray_engine import (  # noqa: E402
+    _gpus_per_run,
+    _nodes_that_fit,
+    add_engine_options,
+    check_storage,
+    dispatch,
+    run_grid_on_ray,
+)
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=None)
+    add_engine_options(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_bad_address_and_options_are_one_line(tmp_path, data_root):
+    configs = [tiny(data_root)]
+    with pytest.raises(UserError, match=r"--address 'nohost' is not auto or HOST:PORT; pass the head node"):
+        dispatch(_parse("--engine", "ray", "--address", "nohost"), configs, tmp_path)
+    with pytest.raises(UserError, match=r"no Ray cluster answers at --address 127.0.0.1:1 \(Connection refused\); "
+                                        r"start one with `ray start --head"):
+        dispatch(_parse("--engine", "ray", "--address", "127.0.0.1:1"), configs, tmp_path)
+    with pytest.raises(UserError, match="--address, --gpus-per-run only apply to --engine ray"):
+        dispatch(_parse("--address", "auto", "--gpus-per-run", "0.5"), configs, tmp_path)
+    with pytest.raises(UserError, match="--workers is for --engine local"):
+        dispatch(_parse("--engine", "ray", "--workers", "2"), configs, tmp_path)
+    with pytest.raises(UserError, match=r"--gpus-per-run 1.5 must be 0, a fraction up to 1"):
+        run_grid_on_ray(configs, tmp_path, gpus_per_run=1.5)
+    assert not ray.is_initialized()  # all refused before any cluster was started or joined
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real Ray instance on 127.0.0.1: 2 CPUs, and 2 GPUs declared without hardware. On a busy 2-core
+    machine Ray's agents can take longer than the raylet waits for them by default: give them 2 min."""
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+    ray.init(num_cpus=2, num_gpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def _losses(folder) -> list[float]:
+    return pd.read_parquet(folder / "metrics.parquet")["loss"].tolist()
+
+
+def test_grid_equals_the_local_engine_run_for_run(cluster, tmp_path, data_root):
+    configs = grid(tiny(data_root, steps=20), archs=("plain", "resnet"), seeds=(0, 1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray task (cpus_per_run=1): the same kernels, the same floats
+    try:
+        local = run_sweep(configs, tmp_path / "local", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    table = run_grid_on_ray(configs, tmp_path / "ray", gpus_per_run=0, progress=False)
+    assert table["run"].tolist() == [c.run_id for c in configs]
+    assert table["status"].tolist() == ["done"] * 4 and table["step"].tolist() == [20] * 4
+    pd.testing.assert_frame_equal(table[["run", "train_error", "test_error"]], local[["run", "train_error", "test_error"]])
+    for c in configs:
+        assert _losses(tmp_path / "ray" / c.run_id) == _losses(tmp_path / "local" / c.run_id)
+        a = pd.read_parquet(tmp_path / "ray" / c.run_id / "stats.parquet")
+        b = pd.read_parquet(tmp_path / "local" / c.run_id / "stats.parquet")
+        pd.testing.assert_frame_equal(a, b)
+    assert {p["device"] for p in table.attrs["placement"].values()} == {"cpu"}  # no GPU given: none taken
+    assert len(runs.load(tmp_path / "ray")) == 4
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("*") if p.is_file()}
+    again = run_grid_on_ray(configs, tmp_path / "ray", gpus_per_run=0, progress=False)
+    assert again["status"].tolist() == ["done"] * 4 and again.attrs["placement"] == {}  # no task: all skipped
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("*") if p.is_file()} == stamps
+
+
+def _kill_at_checkpoint(folder, killed: list) -> None:
+    """Wait for the run's first checkpoint, then SIGKILL the Ray worker process training it."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = runs.read_status(folder) if folder.is_dir() else {}
+        if status.get("status") == "running" and status.get("step", 0) >= 10 and status.get("pid"):
+            os.kill(status["pid"], signal.SIGKILL)
+            killed.append(status["pid"])
+            return
+        time.sleep(0.02)
+
+
+def test_killed_worker_is_retried_and_resumes_to_the_uninterrupted_run(cluster, tmp_path, data_root):
+    config = tiny(data_root, steps=80)
+    torch.set_num_threads(1)
+    reference = train(config, tmp_path / "reference")
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_at_checkpoint, args=(tmp_path / "ray" / config.run_id, killed))
+    killer.start()
+    table = run_grid_on_ray([config], tmp_path / "ray", gpus_per_run=0, max_retries=2, progress=False)
+    killer.join()
+    assert len(killed) == 1
+    assert table["status"].tolist() == ["done"] and table["step"].tolist() == [80]
+    assert table.attrs["placement"][config.run_id]["pid"] != killed[0]  # a second attempt finished it
+    folder = tmp_path / "ray" / config.run_id
+    assert _losses(folder) == _losses(reference.folder)
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "stats.parquet"),
+                                  pd.read_parquet(reference.folder / "stats.parquet"))
+
+
+def test_a_run_failing_for_its_own_reasons_is_recorded_not_retried(cluster, tmp_path, data_root):
+    diverging = tiny(data_root, norm="none", lr=50.0, steps=40)
+    too_big = tiny(data_root, batch_size=5000, steps=10)  # larger than the training set: the run's own error
+    table = run_grid_on_ray([diverging, too_big], tmp_path, gpus_per_run=0, max_retries=3, progress=False)
+    assert table["status"].tolist() == ["diverged", "failed"]
+    assert "batch_size=5000 is larger than the training set" in table["reason"].iloc[1]
+    assert runs.read_status(tmp_path / diverging.run_id)["status"] == "diverged"
+    # each came back as the task's own result (the task returned, it did not raise into Ray's retries)
+    assert set(table.attrs["placement"]) == {diverging.run_id, too_big.run_id}
+
+
+def test_fractional_gpus_are_placed_by_ray(cluster, tmp_path, data_root):
+    configs = grid(tiny(data_root, steps=5, log_every=5, eval_every=5, checkpoint_every=5), seeds=(0, 1, 2, 3))
+    assert _gpus_per_run(cluster, None, configs) == 1.0  # the cluster has GPUs: one per run by default
+    table = run_grid_on_ray(configs, tmp_path, gpus_per_run=0.5, progress=False)
+    assert table["status"].tolist() == ["done"] * 4
+    given = table.attrs["placement"]
+    assert set(given) == {c.run_id for c in configs}
+    for placement in given.values():
+        assert len(placement["gpu_ids"]) == 1 and placement["gpu_ids"][0] in ("0", "1")
+        assert placement["cuda_visible_devices"] == placement["gpu_ids"][0]  # a run sees only its own GPU
+    with pytest.raises(UserError, match=r"no Ray node has --cpus-per-run 1 and --gpus-per-run 3 free "
+                                        r"\(127.0.0.1: 2 CPU 2 GPU\)"):
+        _nodes_that_fit(cluster, 1, 3)
+
+
+def test_storage_probe_writes_from_every_node_and_cleans_up(cluster, tmp_path):
+    nodes = _nodes_that_fit(cluster, 1, 0)
+    check_storage(cluster, tmp_path, nodes)
+    assert list(tmp_path.iterdir()) == []
