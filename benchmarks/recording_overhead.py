@@ -63,7 +63,8 @@ def build(args, device: str):
     if args.model == "gpt2_tiny":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        config = GPT2Config(vocab_size=256, n_positions=args.seq, n_embd=128, n_layer=4, n_head=4)
+        config = GPT2Config(vocab_size=256, n_positions=args.seq, n_embd=128, n_layer=4, n_head=4,
+                            bos_token_id=0, eos_token_id=0)
         model = GPT2LMHeadModel(config).to(device)
         tokens = torch.randint(0, 256, (args.batch, args.seq + 1), generator=g).to(device)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from resviz.errors import UserError, first_line
 from resviz.integrations.commands import add_export_tb, add_export_wandb
+from resviz.ray_engine import add_engine_options
 
 # Each command module-level function pair: add_<name>(subparsers) builds the parser and sets
 # `func` to the function that runs it. They are registered in COMMANDS at the bottom of the file.
@@ -137,7 +138,8 @@ def _csv(text: str | None, kind: type = str) -> tuple:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from resviz.io import make_folder
-    from resviz.sweep import format_summary, grid, run_sweep
+    from resviz.ray_engine import dispatch
+    from resviz.sweep import format_summary, grid
 
     base = _config_from_args(args, skip=("depth", "arch", "norm", "shortcut", "seed", "branch_init"))
     configs = grid(base, depths=_csv(args.depths, int), archs=_csv(args.arch), norms=_csv(args.norm),
@@ -146,7 +148,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers={args.workers} must be at least 1")
     make_folder(args.out)
     print(f"sweep: {len(configs)} runs into {args.out}")
-    table = run_sweep(configs, args.out, workers=args.workers or 1, progress=base.progress)
+    table = dispatch(args, configs, args.out)  # --engine local (processes here) or ray (tasks on a cluster)
     print(format_summary(table))
     if table["status"].isin(["done", "diverged"]).all():
         return 0
@@ -170,6 +172,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML or JSON file of TrainConfig keys shared by every run")
     p.add_argument("--out", default="runs", help="folder that holds the run folders (default: runs)")
     _add_config_options(p, skip=("depth", "arch", "norm", "shortcut", "seed", "branch_init"))
+    add_engine_options(p)  # --engine local|ray and Ray's placement options (Ray itself is imported only to run)
     p.set_defaults(func=_cmd_sweep)
 
 

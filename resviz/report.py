@@ -12,6 +12,7 @@ DIR/index.html loads DIR/plotly.min.js (written once, beside it; never a CDN) an
 """
 from __future__ import annotations
 
+import dataclasses as dc
 import html
 import json
 import math
@@ -47,6 +48,7 @@ MODES = {
     "error_vs_depth": "final errors of these runs (mean over seeds); grey: published CIFAR-10 ResNet test errors",
     "explorer": "each metric as recorded (see its meaning below the plot)",
 }
+MAX_STEPS = 200  # recorded steps per run the explorer's step slider offers (evenly spaced, the last kept)
 DIGITS = 5  # significant digits of the explorer's values: enough to tell 0.99994 from 1.0002
 
 
@@ -69,6 +71,11 @@ def _rounded(values: np.ndarray) -> list:
         n = values.shape[1]
         return [out[i:i + n] for i in range(0, len(out), n)]
     return out
+
+
+def thinned(n: int, most: int = MAX_STEPS) -> np.ndarray:
+    """Indices of at most `most` of n steps, evenly spaced, first and last kept: the page stays a few MB."""
+    return np.arange(n) if n <= most else np.unique(np.linspace(0, n - 1, most).round().astype(np.int64))
 
 
 def model_group(run: plots.Run, model: str = "", family: str = "") -> str:
@@ -106,6 +113,8 @@ def explorer_data(stats: pd.DataFrame) -> dict:
     series, models = [], _models(stats)
     for m in order:
         for s in data[m]:
+            keep = thinned(len(s.steps))
+            s = dc.replace(s, steps=s.steps[keep], values=s.values[keep])
             series.append(dict(
                 metric=m, group=model_group(s.run, *models.get(s.run.run_id, ("", ""))),
                 name=s.run.label + (f" · {s.part}" if s.part else ""),

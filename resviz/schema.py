@@ -82,14 +82,15 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
     Metric("sum_std", "block", "a.u.", "branch + skip std (a.u.)", "Std of branch + skip per block",
            "Branch + skip std per block", "std of branch + skip, before the block's ReLU"),
     Metric("branch_ratio", "block", "ratio", "‖F(x)‖ / ‖skip‖ (ratio)", "Branch-to-skip ratio per block",
-           "Branch/skip ratio per block", "||F(x)|| / ||skip||, per block; at an option-A downsampling block both norms over the channels the "
+           "Branch/skip ratio per block",
+           "||F(x)|| / ||skip||, per block; at an option-A downsampling block both norms over the channels the "
            "skip carries (its zero-padded channels left out of branch and skip alike)", log_scale=True),
     Metric("grad_norm", "param", "loss per weight unit", "‖∂L/∂W‖₂ (loss per weight unit)",
            "Gradient norm per parameter", "Gradient norm per parameter",
            "L2 norm of a parameter's gradient after backward(); column param_kind says what the parameter is "
            "(conv/linear weight, norm scale or shift, bias: their scales differ several-fold)", log_scale=True),
-    Metric("grad_rel_norm", "param", "ratio", "‖∂L/∂W‖₂ / ‖W‖₂ (ratio)", "Relative gradient norm per weight tensor",
-           "‖g‖/‖W‖ per weight tensor",
+    Metric("grad_rel_norm", "param", "ratio", "‖∂L/∂W‖₂ / ‖W‖₂ (ratio)",
+           "Relative gradient norm per weight tensor", "‖g‖/‖W‖ per weight tensor",
            "||dL/dW|| / ||W|| per conv/linear weight tensor (param_kind 'weight'), after backward(): the relative "
            "update size an SGD step of lr 1 would make (inf where W is all zero, e.g. Fixup's zero-initialised "
            "layers)", log_scale=True),
@@ -112,7 +113,8 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
            "Response std of each 3×3 layer, eval mode on held-out test images (He et al. Fig. 7)",
            "Response std per 3×3 layer (eval, held out)",
            "std of a norm layer's output with the model in eval mode (running statistics) on a fixed held-out "
-           "batch of test images, at each evaluation: Fig. 7 as the paper measures it", default=False, recorded_by="evaluation"),
+           "batch of test images, at each evaluation: Fig. 7 as the paper measures it", default=False,
+           recorded_by="evaluation"),
 )}
 
 # name -> one-line meaning (the contract view of the table)

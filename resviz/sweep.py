@@ -71,7 +71,7 @@ def run_one(config: TrainConfig | dict, out: str | os.PathLike, threads: int | N
     try:
         return _row(train(config, out))
     except KeyboardInterrupt as err:
-        if _orphaned():  # the run saved itself; nobody is left to read a result
+        if _PARENT is not None:  # a pool worker: the run saved itself; end here rather than take another run
             os._exit(128 + getattr(err, "signum", signal.SIGTERM))
         raise
     except RunBusy as err:
@@ -114,10 +114,6 @@ def _watch_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(120.0)
     os._exit(143)
-
-
-def _orphaned() -> bool:
-    return _PARENT is not None and os.getppid() != _PARENT
 
 
 def _steps_done(config: TrainConfig, out: str) -> int:
@@ -167,6 +163,7 @@ def _run_pool(configs: list[TrainConfig], out: str, workers: int, bars: bool, pr
     ctx = multiprocessing.get_context("spawn")  # CUDA and threads need a fresh interpreter
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
     rows: list[dict] = []
+    stopped = True  # until the loop ends normally
     try:
         with StopSignals() as stop:
             futures = [pool.submit(run_one, dataclasses.replace(c, progress=False).to_dict(), out, threads)
@@ -176,7 +173,6 @@ def _run_pool(configs: list[TrainConfig], out: str, workers: int, bars: bool, pr
             while pending:  # poll the runs' status files so the steps bar moves between finished runs
                 if stop.signum is not None:
                     stop.handled = True
-                    _stop_workers(pool, stop.signum)
                     raise Interrupted(stop.signum, f"sweep interrupted by {describe(stop.signum)}; the runs in "
                                       "progress saved themselves")
                 finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
@@ -189,8 +185,11 @@ def _run_pool(configs: list[TrainConfig], out: str, workers: int, bars: bool, pr
                 steps.n = sum(_steps_done(c, out) for c in configs)
                 steps.refresh()
             steps.close()
+            stopped = False
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if stopped:  # a signal or an error: the workers' runs save themselves, then they go
+            _stop_workers(pool, signal.SIGTERM)
+        pool.shutdown(wait=not stopped, cancel_futures=True)
     return rows
 
 
@@ -203,13 +202,23 @@ def _outcome(future) -> dict:
         raise UserError(f"a sweep worker died ({err}); run the same command again to resume its runs") from None
 
 
-def _stop_workers(pool: ProcessPoolExecutor, signum: int) -> None:
-    """Cancel the runs not started and pass the signal to the workers, whose runs save themselves."""
+def _stop_workers(pool: ProcessPoolExecutor, signum: int, grace: float = 60.0) -> None:
+    """Cancel the runs not started and send the workers SIGTERM (not a second SIGINT, which would stop a run
+    mid-step): a training worker saves its run at the next step boundary and ends, an idle one ends at once.
+    Wait for them (an idle worker killed while holding the pool's queue lock would leave its siblings waiting
+    forever, so whatever is left after `grace` seconds is killed: every file is written atomically)."""
     for future in list(getattr(pool, "_pending_work_items", {}).values()):
         future.future.cancel()
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # the pool exposes no public list
+    procs = [p for p in list((getattr(pool, "_processes", None) or {}).values()) if p.is_alive()]  # no public list
+    for proc in procs:
         if proc.is_alive():
-            os.kill(proc.pid, signal.SIGTERM)  # SIGTERM, not a second SIGINT: that would stop a run mid-step
+            os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def summary_table(rows: list[dict], configs: list[TrainConfig] | None = None) -> pd.DataFrame:

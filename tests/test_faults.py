@@ -102,7 +102,8 @@ class _SignalAt:
     ("forward", 13, signal.SIGINT, 1),   # mid-interval: the logging interval's sums are saved too
     ("backward", 27, signal.SIGTERM, 1),
     ("step", 31, signal.SIGINT, 1),
-    ("eval", 1, signal.SIGTERM, 1),      # inside the evaluation at step 20 (a checkpoint step)
+    ("eval", 2, signal.SIGTERM, 1),      # inside the evaluation at step 20 (a checkpoint step); the first
+                                         # eval-mode forward is the held-out Fig. 7 measurement at step 0
     ("forward", 25, signal.SIGINT, 2),   # a second Ctrl-C stops at once: resume from the last checkpoint
 ])
 def test_signal_in_any_phase_resumes_exactly(tmp_path, data_root, reference, phase, nth, signum, times):

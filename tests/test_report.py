@@ -142,3 +142,12 @@ def test_models_that_are_not_cifar_nets_get_their_own_depth_stops():
     assert data["groups"] == ["8", "14", "vit_tiny_patch16_224"]
     vit_series = [s for s in data["series"] if s["group"] == "vit_tiny_patch16_224"]
     assert len(vit_series) == 1 and vit_series[0]["layer"][1] == "blocks.1.norm1"
+
+
+def test_long_runs_are_thinned_to_a_page_of_a_few_megabytes():
+    assert list(report.thinned(5)) == [0, 1, 2, 3, 4]
+    idx = report.thinned(3_201)
+    assert len(idx) == report.MAX_STEPS and idx[0] == 0 and idx[-1] == 3_200 and (pd.Series(idx).diff()[1:] > 0).all()
+    stats = synthetic.stats_frame([("resnet", 8)], steps=tuple(range(0, 3_000, 10)), metrics=("response_std",))
+    (series,) = report.explorer_data(stats)["series"]
+    assert len(series["steps"]) == len(series["y"]) == report.MAX_STEPS and series["steps"][-1] == 2_990

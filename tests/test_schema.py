@@ -95,7 +95,8 @@ def test_concat_fills_param_kind_unknown_on_param_rows_of_older_tables_and_empty
     assert both["param_kind"].tolist() == ["unknown", "", "norm_scale", "weight"]
     assert "param_kind" not in schema.concat([old, old]).columns
     assert list(schema.empty(model=True).columns) == [*schema.STATS_COLUMNS, *schema.RECORDER_COLUMNS]
-    assert set(schema.RECORDER_COLUMNS) == {*schema.MODEL_COLUMNS, *schema.PARAM_COLUMNS} <= set(schema.OPTIONAL_COLUMNS)
+    recorder = set(schema.RECORDER_COLUMNS)
+    assert recorder == {*schema.MODEL_COLUMNS, *schema.PARAM_COLUMNS} and recorder <= set(schema.OPTIONAL_COLUMNS)
     with pytest.raises(ValueError, match=r"param_kind is int64, expected str"):
         schema.validate(stats_rows(1).assign(param_kind=[3]))
 

@@ -54,7 +54,12 @@ def test_run_folder_and_tables(tmp_path, data_root):
     assert metrics["step"].tolist() == [10, 20, 30]
     assert metrics["test_error"].notna().all() and (metrics["train_error"].between(0, 1)).all()
     stats = schema.validate(pd.read_parquet(folder / "stats.parquet"))
-    assert sorted(stats["step"].unique()) == [0, 5, 10, 15, 20, 25]
+    recorded = stats[stats["metric"].isin(schema.RECORDER_METRICS)]
+    assert sorted(recorded["step"].unique()) == [0, 5, 10, 15, 20, 25]
+    held_out = stats[stats["metric"] == "response_std_eval"]  # Fig. 7 in eval mode: at init and each evaluation
+    assert sorted(held_out["step"].unique()) == [0, 10, 20, 30]
+    assert set(held_out["layer"].astype(str)) == set(stats.loc[stats["metric"] == "response_std", "layer"].astype(str))
+    assert metrics["clean_train_error"].between(0, 1).all()  # eval mode, un-augmented training images
     assert {"response_std", "branch_std", "skip_std", "grad_norm"} <= set(stats["metric"].astype(str))
     assert (stats["run_id"].astype(str) == TINY.run_id).all()
 

@@ -179,7 +179,8 @@ class _Builder:
 
     def plan(self) -> Plan:
         return Plan(
-            tuple(self.sites), tuple(self.hooks), tuple(self.params), tuple(self.rel_params), tuple(self.scales), self.size,
+            tuple(self.sites), tuple(self.hooks), tuple(self.params), tuple(self.rel_params), tuple(self.scales),
+            self.size,
             Catalog.of(self.rows), frozenset(self.keep_ref),
         )
 

@@ -111,7 +111,10 @@ def resume(folder: Path, config: TrainConfig, model, optimizer, device) -> Progr
         raise ValueError(f"{err}; the run cannot be resumed exactly: delete the folder {folder} to start again") \
             from None
     progress.metrics = m[m["step"] <= progress.step].to_dict("records")
-    progress.stats = s[s["step"] < progress.step]
+    # the Recorder's rows of steps before the checkpoint's (its step is recorded again); evaluation-time rows
+    # (response_std_eval) up to and including it, as the metrics rows: they were measured at that boundary
+    by_recorder = s["metric"].isin(schema.RECORDER_METRICS)
+    progress.stats = s[(by_recorder & (s["step"] < progress.step)) | (~by_recorder & (s["step"] <= progress.step))]
     _check_rows(folder, config, progress)
     return progress
 
@@ -123,7 +126,8 @@ def _check_rows(folder: Path, config: TrainConfig, progress: Progress) -> None:
     want = list(range(config.log_every, progress.step + 1, config.log_every))
     if progress.step == config.steps and progress.step % config.log_every:
         want.append(progress.step)  # the last row of a finished run
-    recorded = set(progress.stats["step"].unique().tolist())
+    by_recorder = progress.stats["metric"].isin(schema.RECORDER_METRICS)  # not the evaluation-time rows
+    recorded = set(progress.stats.loc[by_recorder, "step"].unique().tolist())
     want_stats = set(range(0, progress.step, config.record_every))
     if logged != want or (config.record_metrics != () and recorded != want_stats):
         what = "metrics.parquet" if logged != want else "stats.parquet"
@@ -163,4 +167,4 @@ def save(folder: Path, step: int, progress: Progress, model, optimizer, data, co
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:
     if not rows:
         return schema.empty_train()
-    return schema.coerce_train(pd.DataFrame(rows, columns=list(schema.TRAIN_COLUMNS)))
+    return schema.coerce_train(pd.DataFrame(rows, columns=[*schema.TRAIN_COLUMNS, *schema.TRAIN_OPTIONAL_COLUMNS]))

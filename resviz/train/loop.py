@@ -25,6 +25,7 @@ from resviz.errors import Interrupted, UserError
 from resviz.io import make_folder
 from resviz.evaluate import evaluate
 from resviz.loader import DeviceLoader
+from resviz.measure import CLEAN_TRAIN_IMAGES, HELDOUT_IMAGES, clean_train_error, fixed_subset, heldout_response_std
 from resviz.models import cifar_resnet
 from resviz.train import folder as run_folder
 from resviz.train.config import TrainConfig
@@ -63,6 +64,9 @@ class _Run:
     interval: "_Interval" = None
     stop: StopSignals | None = None  # the SIGINT/SIGTERM flag checked between steps
     saved_step: int = 0  # the step of the last checkpoint
+    heldout: torch.Tensor | None = None  # fixed test images for Fig. 7 in eval mode (resviz.measure), uint8
+    clean: tuple | None = None  # fixed training images and labels for the clean (eval-mode) training error
+    eval_stats: list = field(default_factory=list)  # response_std_eval frames measured since the last checkpoint
 
 
 class _Interval:
@@ -203,7 +207,19 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
     model.train()
     run.rec = Recorder(model, every=config.record_every, metrics=config.record_metrics,
                        run_info={"run_id": folder.name, "seed": config.seed})
+    run.heldout = data.test_images[fixed_subset(len(data.test_images), HELDOUT_IMAGES)]
+    picked = fixed_subset(len(images), CLEAN_TRAIN_IMAGES)
+    run.clean = (images[picked], labels[picked])
+    if progress.step == 0:  # the value at initialisation, measured (not assumed to be BN's 1.0)
+        run.eval_stats.append(_heldout_stats(run, 0))
     return run
+
+
+def _heldout_stats(run: _Run, done: int):
+    """Fig. 7 as the paper measures it: eval mode, running statistics, the fixed held-out test images."""
+    return heldout_response_std(run.model, run.heldout, run.data.mean, run.data.std,
+                                run_info={"run_id": run.folder.name, "seed": run.config.seed}, step=done,
+                                epoch=run.loader.epoch_of(done))
 
 
 def _run_steps(run: _Run, bar, sync_check: SyncCheck) -> RunResult:
@@ -266,12 +282,16 @@ def _log_row(run: _Run, done: int, lr: float, bar) -> dict:
             result = evaluate(run.model, run.data.test_images, run.data.test_labels, mean=run.data.mean,
                               std=run.data.std, batch_size=config.eval_batch_size, device=run.device,
                               progress=False)
+            clean = clean_train_error(run.model, *run.clean, run.data.mean, run.data.std,
+                                      batch_size=config.eval_batch_size)
+            run.eval_stats.append(_heldout_stats(run, done))
         run.last_test = (1.0 - result["accuracy"], result["loss"])
         run.phase = "training"
     row = {"run_id": run.folder.name, "step": done, "epoch": run.loader.epoch_of(done), "loss": loss_mean,
            "train_error": train_err, "test_error": run.last_test[0] if evaluated else float("nan"),
            "test_loss": run.last_test[1] if evaluated else float("nan"), "lr": lr, "seconds": run.progress.seconds,
-           "images_per_s": images / max(seconds, 1e-9)}
+           "images_per_s": images / max(seconds, 1e-9),
+           "clean_train_error": clean if evaluated else float("nan")}
     run.progress.metrics.append(row)
     _show(bar, run.folder.name, done, config.steps, row, run.last_test[0])
     return row
@@ -301,7 +321,11 @@ def _end_interval(run: _Run, done: int, row: dict) -> None:
 
 def _checkpoint(run: _Run, step: int) -> None:
     """The statistics recorded so far joined to the saved ones, and everything written at `step`."""
-    run.progress.stats = schema.concat([run.progress.stats, run.rec.drain()])
+    # rows in step order (stable: within a step, the order they were measured in), so a run cut and resumed at
+    # any boundary writes the very table an uninterrupted one does
+    stats = schema.concat([run.progress.stats, run.rec.drain(), *run.eval_stats])
+    run.progress.stats = stats.sort_values("step", kind="stable", ignore_index=True)
+    run.eval_stats = []
     run_folder.save(run.folder, step, run.progress, run.model, run.optimizer, run.data, run.config)
     run.saved_step = step
     run.progress.interval = None
