@@ -144,7 +144,7 @@ def test_fractional_gpus_are_placed_by_ray(cluster, tmp_path, data_root):
         assert len(placement["gpu_ids"]) == 1 and placement["gpu_ids"][0] in ("0", "1")
         assert placement["cuda_visible_devices"] == placement["gpu_ids"][0]  # a run sees only its own GPU
     with pytest.raises(UserError, match=r"no Ray node has --cpus-per-run 1 and --gpus-per-run 3 free "
-                                        r"\(127.0.0.1: 2 CPU 2 GPU\)"):
+                                        r"\([0-9a-f.:]+: 2 CPU 2 GPU\)"):
         _nodes_that_fit(cluster, 1, 3)
 
 
