@@ -280,9 +280,11 @@ def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
     if name == "07_shattered_gradients":  # no data set, no training: nets at initialisation on a line of images
         s.update(dataset="", dataset_note="no data set: Gaussian images on a line, nets at initialisation")
         if is_smoke:
-            s.update(depths=(8, 20, 44), width=8, n_inputs=64, image_size=16, seeds=1, heatmap_depth=20)
+            s.update(depths=(8, 20, 44), width=8, n_inputs=64, image_size=16, seeds=1, heatmap_depth=20,
+                     line_depths=(1, 4, 16), line_width=32, line_seeds=1)
         else:
-            s.update(depths=(8, 14, 20, 32, 56), width=16, n_inputs=256, image_size=32, seeds=2, heatmap_depth=56)
+            s.update(depths=(8, 14, 20, 32, 56), width=16, n_inputs=256, image_size=32, seeds=2, heatmap_depth=56,
+                     line_depths=(1, 2, 4, 8, 16, 24, 50), line_width=200, line_seeds=4)
         return s
     spec, note = choose_dataset(prefer_cifar=True, is_smoke=is_smoke, root=root)
     if is_smoke:

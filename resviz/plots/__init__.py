@@ -49,6 +49,7 @@ from resviz.plots.selection import (
     sorted_view,
     split_parts,
 )
+from resviz.plots.shattered_1d import plot_shattering_1d
 from resviz.plots.shattered import plot_autocorrelation, plot_gradient_correlation, plot_shattering
 from resviz.plots.signal import plot_branch_scales, plot_signal_propagation_init
 from resviz.plots.standard import standard_figures
@@ -82,6 +83,7 @@ TITLES = MappingProxyType({name: m.title for name, m in METRIC_TABLE.items()})
 SHORT_TITLES = MappingProxyType({name: m.short_title for name, m in METRIC_TABLE.items()})
 
 __all__ = [
+    "plot_shattering_1d",
     "AXIS_TITLES", "DASHES", "FIG7_CAPTION", "LOG_METRICS", "NORM_COLORS", "RUN_COLUMNS", "SHORT_TITLES",
     "STEP_AXIS", "TITLES", "VARIANT_COLORS", "WIDGET_HOVER", "arch_name", "arch_rank", "axis_title",
     "PAPER_ERRORS", "base_layout", "by_run", "heatmap_range", "customdata", "default_batch_size", "figure_title", "final_errors", "hover",
