@@ -466,3 +466,34 @@ def test_fig7_defaults_to_the_eval_mode_metric_and_says_which(stats):
     assert "eval mode" in fig.layout.annotations[0].text and "Seeds 0" in fig.layout.annotations[0].text
     old = plots.plot_response_std(stats)  # a table without the eval rows: train mode, and the caption says so
     assert "train mode" in old.layout.annotations[0].text and "no eval-mode rows" in old.layout.annotations[0].text
+
+
+def test_fig7_overlays_the_gamma_beta_prediction():
+    """The dashed overlay is sqrt(mean γ² + var β) per BN layer, which equals the train-mode response std the
+    Recorder measures on the same batch (an independent check of what is drawn), in the run's colour."""
+    import torch
+
+    from resviz import Recorder, cifar_resnet
+    from resviz.analysis.bn_check import predicted_response_std
+
+    torch.manual_seed(0)
+    model = cifar_resnet(8, width=4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.2, 1.5)
+                m.bias.normal_(0, 0.3)
+    with Recorder(model, every=1, metrics=["response_std"], run_info={"run_id": "r8"}) as rec:
+        model(torch.randn(16, 3, 32, 32))
+        rec.end_step(0)
+    stats = rec.frame()
+    predicted = predicted_response_std(model)
+    fig = plots.plot_response_std(stats, prediction={"ResNet-8": predicted})
+    measured = [t for t in fig.data if not t.name.endswith("γ/β prediction")]
+    overlay = [t for t in fig.data if t.name.endswith("γ/β prediction")]
+    assert len(measured) == 1 and len(overlay) == 1 and overlay[0].line.dash == "dash"
+    assert overlay[0].line.color == measured[0].line.color
+    np.testing.assert_allclose(overlay[0].y, measured[0].y, rtol=2e-3)  # train mode: exact up to BN's eps
+    assert "γ/β prediction" in fig.layout.annotations[-1].text
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['predicted'\]"):
+        plots.plot_response_std(stats, prediction={"ResNet-8": predicted.drop(columns="predicted")})

@@ -128,23 +128,45 @@ def fig7_metric(stats: pd.DataFrame, metric: str | None) -> tuple[str, str]:
 
 
 def plot_response_std(stats: pd.DataFrame, *, step: int | None = None, sort: bool = False,
-                      metric: str | None = None, **filters) -> go.Figure:
+                      metric: str | None = None, prediction: dict[str, pd.DataFrame] | None = None,
+                      **filters) -> go.Figure:
     """He et al. Fig. 7: std of every 3×3 layer's response against layer index (or sorted), one trace per run.
 
     Draws `response_std_eval` (eval mode, held-out test images, as the paper measures it) when recorded, else
     the train-mode `response_std`; the caption says which, over which seeds, and the dotted line is the value
-    at initialisation (1.0 for BN)."""
+    at initialisation (1.0 for BN). `prediction`: {run label as in the legend: the frame of
+    `resviz.analysis.bn_check.predicted_response_std(model)`} overlays sqrt(mean γ² + var β) per BN layer, dashed
+    in the run's colour: what a BN output's std equals exactly in train mode, from the weights alone."""
     metric, note = fig7_metric(stats, metric)
     fig = plot_profile(stats, metric, step=step, sort=sort, log_y=False, **filters)
+    if prediction:
+        _overlay_prediction(fig, prediction, sort)
     seeds = sorted({int(s) for s in pd.unique(metric_rows(stats, metric, **check_filters(filters))["seed"])}) \
         if "seed" in stats.columns else []
     fig.add_hline(y=REFERENCE.get(metric, 1.0), line=dict(color="#888", dash="dot", width=1))
+    overlay = "; dashed: γ/β prediction sqrt(mean γ² + var β) from the weights" if prediction else ""
     text = (f"Measured: {FIG7_MODES.get(metric, metric)}{note}.<br>Seeds {', '.join(map(str, seeds)) or 'unknown'}; "
-            f"dotted: BN at initialisation (1.0).<br>{FIG7_CAPTION.replace(': ', ':<br>', 1)}")
+            f"dotted: BN at initialisation (1.0){overlay}.<br>{FIG7_CAPTION.replace(': ', ':<br>', 1)}")
     fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left",
                        yanchor="top", showarrow=False, font=dict(size=11, color="#555"), align="left")
     fig.update_layout(margin=dict(b=150), height=560)
     return fig
+
+
+def _overlay_prediction(fig: go.Figure, prediction: dict[str, pd.DataFrame], sort: bool) -> None:
+    """Dashed traces of the γ/β prediction per run, coloured like the run's measured trace (grey if none)."""
+    colours = {t.name: (t.line.color if t.line and t.line.color else None) for t in fig.data}
+    for label, frame in prediction.items():
+        missing = {"layer", "layer_index", "predicted"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"prediction for {label!r} lacks column(s) {sorted(missing)}: pass the frame "
+                             "resviz.analysis.bn_check.predicted_response_std(model) returns")
+        frame = frame.sort_values("predicted", ascending=False) if sort else frame.sort_values("layer_index")
+        x = list(range(len(frame))) if sort else frame["layer_index"].tolist()
+        fig.add_scatter(x=x, y=frame["predicted"].tolist(), mode="lines", name=f"{label} γ/β prediction",
+                        line=dict(dash="dash", width=1.5, color=colours.get(label) or "#888"),
+                        customdata=frame["layer"].tolist(),
+                        hovertemplate="%{customdata}<br>sqrt(mean γ² + var β) = %{y:.5g}<extra></extra>")
 
 
 def plot_gradient_flow(stats: pd.DataFrame, metric: str = "grad_norm", *, step: int | None = None, **filters) -> go.Figure:
