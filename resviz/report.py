@@ -34,11 +34,13 @@ from resviz.schema import METRIC_TABLE, METRICS
 STATIC_DEFAULT = ("png", "svg", "pdf")
 # How each figure was measured (the page adds data, seeds and steps); keyed by figure name or its prefix.
 MODES = {
-    "training_curves": "train error: running mini-batch error in train mode on augmented batches; test error: "
+    "training_curves": "train error: running mini-batch error in train mode on augmented batches; clean train "
+                       "error (when recorded): eval mode on a fixed un-augmented training subset; test error: "
                        "eval mode on the test split",
     "response_std": "eval mode on held-out test images where the runs recorded it (response_std_eval), else "
                     "train mode on the current augmented batch: the figure's caption says which",
-    "response_std_sorted": "train mode, the current augmented training batch, sorted per run",
+    "response_std_sorted": "as the response-std figure (eval mode on held-out test images where recorded, else "
+                           "train mode: the caption says which), each run's layers sorted by value",
     "response_std_eval": "eval mode (running statistics), a fixed held-out batch of test images",
     "grad_norm": "gradient norms after backward() on the training batch",
     "act_grad_norm": "loss gradient at each block's output (mean loss: scales with 1/batch size)",
