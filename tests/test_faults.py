@@ -367,3 +367,17 @@ def test_log_file_gets_plain_lines_and_files_follow_the_umask(tmp_path, data_roo
     assert " test – " in lines[0] and " test – " not in lines[1]  # no evaluation before step 20
     for path in (tmp_path / TINY.run_id).iterdir():
         assert path.stat().st_mode & 0o777 == 0o640, path
+
+
+def test_signal_before_the_first_step_resumes_exactly(tmp_path, data_root, reference):
+    """SIGINT inside the held-out Fig. 7 measurement at initialisation (the first eval-mode forward, before step
+    0): the run is saved at step 0 and the resumed run measures the initial value once, not twice."""
+    config = _config(data_root)
+    with _SignalAt("eval", 1, signal.SIGINT) as hook, pytest.raises(Interrupted):
+        train(config, tmp_path)
+    assert hook.calls >= 1
+    folder = tmp_path / config.run_id
+    status = runs.read_status(folder)
+    assert status["status"] == "interrupted" and status["step"] == 0
+    assert train(config, tmp_path).status == "done"
+    assert_same_run(reference, folder)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from resviz import datasets, runs, schema
@@ -210,8 +211,9 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
     run.heldout = data.test_images[fixed_subset(len(data.test_images), HELDOUT_IMAGES)]
     picked = fixed_subset(len(images), CLEAN_TRAIN_IMAGES)
     run.clean = (images[picked], labels[picked])
-    if progress.step == 0:  # the value at initialisation, measured (not assumed to be BN's 1.0)
-        run.eval_stats.append(_heldout_stats(run, 0))
+    measured_at_init = bool(len(progress.stats)) and (progress.stats["metric"] == "response_std_eval").any()
+    if progress.step == 0 and not measured_at_init:  # the value at initialisation, measured (not assumed 1.0),
+        run.eval_stats.append(_heldout_stats(run, 0))  # once: a run cut before its first step resumes at 0
     return run
 
 
@@ -321,10 +323,11 @@ def _end_interval(run: _Run, done: int, row: dict) -> None:
 
 def _checkpoint(run: _Run, step: int) -> None:
     """The statistics recorded so far joined to the saved ones, and everything written at `step`."""
-    # rows in step order (stable: within a step, the order they were measured in), so a run cut and resumed at
-    # any boundary writes the very table an uninterrupted one does
+    # rows in step order, within a step the Recorder's before the evaluation's (stable: otherwise as measured),
+    # so a run cut and resumed at any boundary writes the very table an uninterrupted one does
     stats = schema.concat([run.progress.stats, run.rec.drain(), *run.eval_stats])
-    run.progress.stats = stats.sort_values("step", kind="stable", ignore_index=True)
+    order = stats["step"].to_numpy() * 2 + (~stats["metric"].isin(schema.RECORDER_METRICS)).to_numpy()
+    run.progress.stats = stats.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
     run.eval_stats = []
     run_folder.save(run.folder, step, run.progress, run.model, run.optimizer, run.data, run.config)
     run.saved_step = step
