@@ -70,3 +70,14 @@ def cifar_jpeg_tree(tmp_path_factory, cifar_jpeg_archive) -> Path:
     roots = [p.parent for p in dest.rglob("train") if p.is_dir() and (p.parent / "test").is_dir()]
     assert roots, f"no train/ and test/ folders inside {cifar_jpeg_archive}"
     return roots[0]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny nets run faster on one thread, and two OpenMP threads on a busy 2-core machine crawl (25x here)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

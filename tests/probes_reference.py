@@ -85,3 +85,20 @@ def all_hooks_empty(model: nn.Module) -> list[str]:
         "_forward_pre_hooks_with_kwargs",
     )
     return [n for n, m in model.named_modules() for a in attrs if getattr(m, a, None)]
+
+
+def assert_adds_match(df, want: dict) -> None:
+    """branch_std / skip_std / sum_std and branch_ratio of every residual add in `df` equal the by-hand values
+    of `want` ({add name: (branch, skip, sum) tensors}), in order."""
+    import pytest
+
+    tol = dict(rel=1e-4, abs=1e-7)
+    for metric, i in (("branch_std", 0), ("skip_std", 1), ("sum_std", 2)):
+        got = values(df, metric)
+        point = metric.split("_")[0]
+        assert list(got) == [f"{a}.probe_{point}" for a in want], metric
+        for a, tensors in want.items():
+            assert got[f"{a}.probe_{point}"] == pytest.approx(std(tensors[i]), **tol), (metric, a)
+    ratio = values(df, "branch_ratio")
+    for a, (branch, skip, _) in want.items():
+        assert ratio[a] == pytest.approx(norm(branch) / norm(skip), rel=1e-4), a

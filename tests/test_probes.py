@@ -27,13 +27,7 @@ from resviz.models import ShortcutA, cifar_resnet, iter_blocks
 from resviz.probes import DEFAULT_METRICS, METRICS, Recorder, write_moments
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets run faster on one thread, and two OpenMP threads on a busy 2-core machine crawl (25x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny nets on one thread
 
 
 def batch(n=8, seed=0, device="cpu"):

@@ -12,12 +12,7 @@ from resviz.models import Probe, cifar_resnet
 from resviz.probes import Recorder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny nets on one thread
 
 
 def torchvision_by_hand(model, x):

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from probes_reference import all_hooks_empty, norm, std, values
+from probes_reference import all_hooks_empty, assert_adds_match, norm, values
 
 from resviz.probes import Recorder
 
@@ -32,12 +32,7 @@ FAMILY_PARTS = {  # model_type -> (layers' path, attention branch module, mlp br
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny nets on one thread
 
 
 def create(kind: str):
@@ -97,16 +92,7 @@ def test_hf_model_recorded_as_is(kind):
     assert all_hooks_empty(model) == []
     df = rec.frame()
     assert set(df["family"]) == {f"hf {kind}"}
-    tol = dict(rel=1e-4, abs=1e-7)
-    for metric, i in (("branch_std", 0), ("skip_std", 1), ("sum_std", 2)):
-        got = values(df, metric)
-        point = metric.split("_")[0]
-        assert list(got) == [f"{a}.probe_{point}" for a in want], metric
-        for a, tensors in want.items():
-            assert got[f"{a}.probe_{point}"] == pytest.approx(std(tensors[i]), **tol), (metric, a)
-    ratio = values(df, "branch_ratio")
-    for a, (branch, skip, _) in want.items():
-        assert ratio[a] == pytest.approx(norm(branch) / norm(skip), rel=1e-4), a
+    assert_adds_match(df, want)
     assert list(df[df["metric"] == "sum_std"]["layer_index"]) == [0, 1, 2, 3]
     norms = values(df, "response_std")  # LayerNorm / RMSNorm layers count as norm layers
     assert len(norms) >= 5 and all(v > 0 for v in norms.values())

@@ -15,12 +15,7 @@ from resviz.probes import Recorder
 from resviz.probes.plan import moment_rows
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny nets on one thread
 
 
 def batch(n=8, seed=0):

@@ -31,12 +31,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # akamaster trainer.py
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny nets on one thread
 
 
 @pytest.fixture(scope="module")
