@@ -11,8 +11,9 @@ own reasons (divergence, a bad config, out of memory) returns its outcome instea
 never retried. Ctrl-C on the driver cancels the tasks (`ray.cancel`: the run checkpoints and marks itself
 interrupted), so the same command resumes the grid.
 
-Clusters: without `--address` resviz starts a private Ray instance on 127.0.0.1 (no dashboard, Ray's token
-authentication left on) and stops it at the end; `--address auto|HOST:PORT` joins a running cluster, whose
+Clusters: without `--address` resviz starts a private Ray instance (no dashboard, Ray's token authentication
+left on) inside a network namespace that holds only the loopback interface (`resviz.ray_private`), so nothing of
+it is reachable from another machine, and stops it at the end; `--address auto|HOST:PORT` joins a running cluster, whose
 nodes must all see `--out` (checked by a write probe from every node before any run starts).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from resviz import runs
+from resviz import ray_private, runs
 from resviz.errors import UserError, first_line
 from resviz.io import make_folder
 from resviz.train import TrainConfig
@@ -87,14 +88,19 @@ def run_grid_on_ray(configs: list[TrainConfig], out: str | os.PathLike = "runs",
     ray = _import_ray()
     out = make_folder(Path(out).resolve())  # absolute: workers do not share the driver's working directory
     rows, todo = _finished_rows(configs, out)
+    if not todo:
+        return _table(rows, configs)  # all finished: no cluster needed
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None and not ray.is_initialized() and not ray_private.confined():
+        return ray_private.run_confined(configs, out, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
+                                        max_retries=max_retries, progress=progress)
     started = _connect(ray, address)
     try:
         gpus = _gpus_per_run(ray, gpus_per_run, todo)
-        if todo:
-            nodes = _nodes_that_fit(ray, cpus_per_run, gpus)
-            check_storage(ray, out, nodes)
-            rows += _run_tasks(ray, todo, out, cpus_per_run=cpus_per_run, gpus_per_run=gpus,
-                               max_retries=max_retries, progress=progress)
+        nodes = _nodes_that_fit(ray, cpus_per_run, gpus)
+        check_storage(ray, out, nodes)
+        rows += _run_tasks(ray, todo, out, cpus_per_run=cpus_per_run, gpus_per_run=gpus,
+                           max_retries=max_retries, progress=progress)
     finally:
         if started:
             ray.shutdown()
@@ -145,9 +151,9 @@ def _table(rows: list[dict], configs: list[TrainConfig]) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------ the cluster
 def _connect(ray, address: str | None) -> bool:
-    """Join the cluster at `address`, or start a private one on 127.0.0.1; True when this call started it.
-    A process already connected (a notebook, the tests) keeps its connection."""
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    """Join the cluster at `address`, or start a private one on 127.0.0.1 (in the confined child of
+    `resviz.ray_private`); True when this call started it. A process already connected (a notebook, the tests)
+    keeps its connection."""
     if address is not None:
         _check_address(address)
     if ray.is_initialized():
@@ -257,7 +263,7 @@ def _train_task(config_dict: dict, out: str, threads: int, gpus: float) -> dict:
     context = ray.get_runtime_context()
     row["placement"] = {"node": context.get_node_id(), "gpu_ids": list(context.get_accelerator_ids().get("GPU", [])),
                         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid(),
-                        "device": config.device}
+                        "device": config.device, "interfaces": ray_private.interfaces()}
     return row
 
 

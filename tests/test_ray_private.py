@@ -1,0 +1,121 @@
+"""`resviz sweep --engine ray` with no --address, as a user types it: the private Ray cluster resviz starts lives
+in a loopback-only network namespace (every task sees only `lo`), the sweep folder is readable while it runs
+(what `explore`'s refresh shows), Ctrl-C on the driver and a killed driver both leave every run resumable, and
+the same command then finishes them, equal to uninterrupted runs.
+
+Each test starts real Ray clusters (about 20-40 s each on 2 busy cores); no Ray is started in this process."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from resviz import runs
+from resviz.train import TrainConfig, train
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="network namespaces are Linux's")
+
+STEPS = 200
+
+
+def _sweep_command(out: Path, root: Path) -> list[str]:
+    return [sys.executable, "-m", "resviz.cli", "sweep", "--engine", "ray", "--depths", "8", "--arch", "plain,resnet",
+            "--seeds", "0", "--dataset", "digits", "--root", str(root), "--width", "8", "--steps", str(STEPS),
+            "--batch-size", "32", "--log-every", "10", "--eval-every", "100", "--checkpoint-every", "10",
+            "--record-every", "10", "--eval-batch-size", "400", "--no-progress", "--out", str(out)]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_raylet_start_wait_time_s": "120"}
+
+
+def _start(out: Path, root: Path) -> subprocess.Popen:
+    return subprocess.Popen(_sweep_command(out, root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env(), start_new_session=True)
+
+
+def _wait_until_both_train(out: Path, proc: subprocess.Popen, at_step: int = 30) -> pd.DataFrame:
+    """Poll the sweep folder as `explore` does until both runs are running past `at_step`; the status table."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        try:
+            status = runs.load(out).status
+        except (FileNotFoundError, ValueError):
+            status = None
+        if status is not None and len(status) == 2 and (status["status"] == "running").all() \
+                and (status["step"] >= at_step).all():
+            return status
+        time.sleep(0.2)
+    raise AssertionError("the runs did not start training within 5 minutes")
+
+
+def _rerun_and_compare(out: Path, root: Path, tmp_path: Path) -> None:
+    """The same command finishes every cut run; each equals the uninterrupted run of its config."""
+    done = subprocess.run(_sweep_command(out, root), capture_output=True, text=True, env=_env(), timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status = runs.load(out).status
+    assert sorted(status["status"]) == ["done", "done"] and (status["step"] == STEPS).all()
+    torch.set_num_threads(1)  # each Ray task trains with one thread (--cpus-per-run 1)
+    for folder in sorted(p for p in out.iterdir() if runs.is_run_folder(p)):
+        stored = {k: v for k, v in runs.read_config(folder).items() if k not in ("run_id", "versions")}
+        config = TrainConfig.from_dict(stored)
+        reference = train(config, tmp_path / "reference")
+        assert pd.read_parquet(folder / "metrics.parquet")["loss"].tolist() == \
+            pd.read_parquet(reference.folder / "metrics.parquet")["loss"].tolist()
+        pd.testing.assert_frame_equal(pd.read_parquet(folder / "stats.parquet"),
+                                      pd.read_parquet(reference.folder / "stats.parquet"))
+
+
+def test_ctrl_c_cancels_a_confined_sweep_and_the_same_command_resumes_it(tmp_path):
+    out, root = tmp_path / "sweep", tmp_path / "data"
+    proc = _start(out, root)
+    live = _wait_until_both_train(out, proc)
+    assert set(live["status"]) == {"running"}  # what explore's refresh lists while the grid runs
+    assert len(runs.load(out).stats) > 0  # and the rows recorded so far
+    proc.send_signal(signal.SIGINT)  # as Ctrl-C reaches the driver
+    printed, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, printed[-3000:]
+    assert "cancelled 2 runs; run the same command again to resume them" in printed
+    status = runs.load(out).status
+    assert set(status["status"]) == {"interrupted"} and (status["step"] < STEPS).all()
+    for folder in out.iterdir():
+        if runs.is_run_folder(folder):
+            assert (folder / "checkpoint.pt").is_file()
+    _rerun_and_compare(out, root, tmp_path)
+
+
+def test_a_killed_driver_leaves_runs_that_the_same_command_resumes(tmp_path):
+    out, root = tmp_path / "sweep", tmp_path / "data"
+    proc = _start(out, root)
+    _wait_until_both_train(out, proc)
+    proc.kill()  # SIGKILL: no handler runs in the driver
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 180  # the confined child gets SIGTERM from the kernel and cancels its runs
+    while time.monotonic() < deadline and set(runs.load(out).status["status"]) != {"interrupted"}:
+        time.sleep(0.5)
+    assert set(runs.load(out).status["status"]) == {"interrupted"}
+    _rerun_and_compare(out, root, tmp_path)
+
+
+def test_tasks_of_the_private_cluster_see_only_loopback(tmp_path):
+    from resviz.ray_engine import run_grid_on_ray
+    from resviz.sweep import grid
+    from tiny_training import tiny
+
+    configs = grid(tiny(str(tmp_path / "data"), steps=10), seeds=(0,))
+    table = run_grid_on_ray(configs, tmp_path / "out", gpus_per_run=0, progress=False)
+    assert table["status"].tolist() == ["done"]
+    placement = table.attrs["placement"][configs[0].run_id]
+    assert placement["interfaces"] == ["lo"]  # the namespace has no other interface: nothing listens elsewhere
+    import ray
+
+    assert not ray.is_initialized()  # the cluster lived in the child, and is gone with it
