@@ -4,7 +4,9 @@ CPU mode (default): the same grid (plain and ResNet, seeds 0 and 1: 4 runs) is t
 temporary folder: by `resviz.sweep.run_sweep` (workers=1, in this process) and by
 `resviz.ray_engine.run_grid_on_ray` on a private Ray instance with --concurrency CPUs (default 1: one run at a
 time, so the two engines do the same work in the same order). "start-up" is `ray.init` (the local engine has
-none); "wall" is the grid's seconds after start-up; "per run" is wall / runs; "Δ per run" is the Ray engine's
+none); "wall" is the grid's seconds after start-up; then the same grid on all cores: the local engine with one
+worker per core, and the Ray engine as `resviz sweep --engine ray` runs it without --address (a private cluster
+in a loopback-only namespace: its wall includes starting and stopping Ray); "per run" is wall / runs; "Δ per run" is the Ray engine's
 per-run seconds minus the local engine's. Every run uses one torch thread.
 
 GPU mode (`--device cuda`): on a Ray instance with one GPU, 1 run alone and then N runs at --gpus-per-run
@@ -84,15 +86,22 @@ def cpu_overhead(args: argparse.Namespace) -> str:
         try:
             start = time.perf_counter()
             run_grid_on_ray(configs, Path(tmp) / "ray", gpus_per_run=0, progress=False)
-            rows.append((f"ray ({args.concurrency} CPU)", startup, time.perf_counter() - start))
+            rows.append((f"ray, joined ({args.concurrency} CPU)", startup, time.perf_counter() - start))
         finally:
             ray.shutdown()
-    local_per_run = rows[0][2] / len(configs)
+        cpus = os.cpu_count() or 1
+        start = time.perf_counter()
+        run_sweep(configs, Path(tmp) / "local-all", workers=cpus, progress=False)
+        rows.append((f"local (workers={cpus})", 0.0, time.perf_counter() - start))
+        start = time.perf_counter()  # the user's path: no --address, a private cluster in its own namespace
+        run_grid_on_ray(configs, Path(tmp) / "ray-private", gpus_per_run=0, progress=False)
+        rows.append((f"ray, private ({cpus} CPU; start, grid, stop)", 0.0, time.perf_counter() - start))
     lines = [f"{len(configs)} runs, {args.dataset} {args.depth}-layer width {args.width}, {args.steps} steps, "
              f"batch {args.batch_size}, CPU, {os.cpu_count()} cores", "",
              "| engine | start-up s | wall s | per run s | Δ per run s |", "|---|---|---|---|---|"]
-    for name, startup, wall in rows:
+    for i, (name, startup, wall) in enumerate(rows):
         per_run = wall / len(configs)
+        local_per_run = rows[0 if i < 2 else 2][2] / len(configs)  # each Ray row against the local row above it
         lines.append(f"| {name} | {startup:.1f} | {wall:.1f} | {per_run:.2f} | {per_run - local_per_run:+.2f} |")
     return "\n".join(lines)
 
