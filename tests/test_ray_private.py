@@ -1,9 +1,10 @@
 """`resviz sweep --engine ray` with no --address, as a user types it: the private Ray cluster resviz starts lives
-in a loopback-only network namespace (every task sees only `lo`), the sweep folder is readable while it runs
-(what `explore`'s refresh shows), Ctrl-C on the driver and a killed driver both leave every run resumable, and
-the same command then finishes them, equal to uninterrupted runs.
+in a loopback-only network namespace (the workers training, read from /proc, see only `lo`), the sweep folder is
+readable while it runs (what `explore`'s refresh shows), Ctrl-C on the driver and then a killed driver both
+leave every run resumable, and the same command then finishes them, equal to uninterrupted runs. The Python API
+(`run_grid_on_ray` with no address) takes the same confined path.
 
-Each test starts real Ray clusters (about 20-40 s each on 2 busy cores); no Ray is started in this process."""
+Each command starts a real Ray cluster (20-40 s on 2 busy cores); no Ray is started in this process."""
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ from resviz.train import TrainConfig, train
 pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="network namespaces are Linux's")
 
-STEPS = 200
+STEPS = 300
 
 
 def _sweep_command(out: Path, root: Path) -> list[str]:
@@ -42,8 +43,9 @@ def _start(out: Path, root: Path) -> subprocess.Popen:
                             env=_env(), start_new_session=True)
 
 
-def _wait_until_both_train(out: Path, proc: subprocess.Popen, at_step: int = 30) -> pd.DataFrame:
-    """Poll the sweep folder as `explore` does until both runs are running past `at_step`; the status table."""
+def _wait_until_both_train(out: Path, proc: subprocess.Popen, past: dict | None = None) -> pd.DataFrame:
+    """Poll the sweep folder as `explore` does until both runs are running, each past its step in `past`
+    (default: step 30); the status table."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[0][-3000:]
@@ -51,8 +53,8 @@ def _wait_until_both_train(out: Path, proc: subprocess.Popen, at_step: int = 30)
             status = runs.load(out).status
         except (FileNotFoundError, ValueError):
             status = None
-        if status is not None and len(status) == 2 and (status["status"] == "running").all() \
-                and (status["step"] >= at_step).all():
+        if status is not None and len(status) == 2 and (status["status"] == "running").all() and all(
+                step > (past or {}).get(run_id, 29) for run_id, step in zip(status["run_id"], status["step"])):
             return status
         time.sleep(0.2)
     raise AssertionError("the runs did not start training within 5 minutes")
@@ -75,35 +77,46 @@ def _rerun_and_compare(out: Path, root: Path, tmp_path: Path) -> None:
                                       pd.read_parquet(reference.folder / "stats.parquet"))
 
 
-def test_ctrl_c_cancels_a_confined_sweep_and_the_same_command_resumes_it(tmp_path):
+def _netns_of(pid: int) -> tuple[str, list[str]]:
+    """A process's network namespace and the interfaces in it, read from /proc."""
+    lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
+    return os.readlink(f"/proc/{pid}/ns/net"), sorted(line.split(":")[0].strip() for line in lines)
+
+
+def _wait_until_interrupted(out: Path) -> pd.DataFrame:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and set(runs.load(out).status["status"]) != {"interrupted"}:
+        time.sleep(0.5)
+    status = runs.load(out).status
+    assert set(status["status"]) == {"interrupted"}, status
+    return status
+
+
+def test_a_confined_sweep_survives_ctrl_c_and_a_killed_driver_and_resumes_exactly(tmp_path):
     out, root = tmp_path / "sweep", tmp_path / "data"
     proc = _start(out, root)
     live = _wait_until_both_train(out, proc)
-    assert set(live["status"]) == {"running"}  # what explore's refresh lists while the grid runs
-    assert len(runs.load(out).stats) > 0  # and the rows recorded so far
-    proc.send_signal(signal.SIGINT)  # as Ctrl-C reaches the driver
+    assert len(runs.load(out).stats) > 0  # what explore's refresh shows while the grid runs: runs and rows
+    for run_id in live["run_id"]:  # the Ray workers training: in their own namespace, with only loopback
+        namespace, interfaces = _netns_of(int(runs.read_status(out / run_id)["pid"]))
+        assert namespace != os.readlink("/proc/self/ns/net") and interfaces == ["lo"]
+
+    proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver
     printed, _ = proc.communicate(timeout=180)
     assert proc.returncode == 130, printed[-3000:]
     assert "cancelled 2 runs; run the same command again to resume them" in printed
-    status = runs.load(out).status
-    assert set(status["status"]) == {"interrupted"} and (status["step"] < STEPS).all()
-    for folder in out.iterdir():
-        if runs.is_run_folder(folder):
-            assert (folder / "checkpoint.pt").is_file()
-    _rerun_and_compare(out, root, tmp_path)
+    first_cut = _wait_until_interrupted(out)
+    assert (first_cut["step"] < STEPS).all()
+    assert all((out / run / "checkpoint.pt").is_file() for run in first_cut["run_id"])
 
-
-def test_a_killed_driver_leaves_runs_that_the_same_command_resumes(tmp_path):
-    out, root = tmp_path / "sweep", tmp_path / "data"
-    proc = _start(out, root)
-    _wait_until_both_train(out, proc)
-    proc.kill()  # SIGKILL: no handler runs in the driver
+    proc = _start(out, root)  # the same command resumes; this time the driver is killed outright
+    _wait_until_both_train(out, proc, past=dict(zip(first_cut["run_id"], first_cut["step"])))
+    proc.kill()  # SIGKILL: no handler runs in the driver; the kernel tells the confined child (SIGTERM)
     proc.communicate(timeout=30)
-    deadline = time.monotonic() + 180  # the confined child gets SIGTERM from the kernel and cancels its runs
-    while time.monotonic() < deadline and set(runs.load(out).status["status"]) != {"interrupted"}:
-        time.sleep(0.5)
-    assert set(runs.load(out).status["status"]) == {"interrupted"}
-    _rerun_and_compare(out, root, tmp_path)
+    second_cut = _wait_until_interrupted(out)
+    assert (second_cut["step"] < STEPS).all()
+
+    _rerun_and_compare(out, root, tmp_path)  # resumed twice, equal to uninterrupted runs
 
 
 def test_tasks_of_the_private_cluster_see_only_loopback(tmp_path):
