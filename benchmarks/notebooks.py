@@ -31,10 +31,11 @@ TIMING_MARK = "**Time (measured, cold, no GPU).**"
 
 
 def notebook_paths(names: list[str] | None) -> list[Path]:
+    """The notebooks named by prefix, in the order given (default: all, in order)."""
     paths = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-    if names:
-        paths = [p for p in paths if any(p.stem.startswith(n) for n in names)]
-    return paths
+    if not names:
+        return paths
+    return [p for n in names for p in paths if p.stem.startswith(n)]
 
 
 def size_env(size: str, out: Path) -> dict[str, str]:
@@ -47,6 +48,7 @@ def run_notebook(path: Path, size: str, scratch: Path, timeout_s: int) -> dict:
     """Execute one notebook in a fresh output folder; wall seconds, whether it finished, and the load it ran under."""
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError
 
     out = scratch / size / path.stem
     out.mkdir(parents=True, exist_ok=True)
@@ -61,6 +63,8 @@ def run_notebook(path: Path, size: str, scratch: Path, timeout_s: int) -> dict:
     error = ""
     try:
         client.execute()
+    except CellTimeoutError:
+        error = f"stopped after a cell ran {timeout_s} s"
     except Exception as exc:  # noqa: BLE001 - recorded in the table, the next notebook still runs
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ''}"
     finally:
@@ -103,6 +107,8 @@ def cell(results: dict[str, dict], stem: str, size: str) -> str:
     entry = results.get(f"{stem}:{size}")
     if entry is None:
         return "not measured"
+    if entry["error"].startswith("stopped"):
+        return f"> {human(entry['wall_s'])} (stopped)"
     return f"failed ({entry['error']})" if entry["error"] else human(entry["wall_s"])
 
 
@@ -139,9 +145,9 @@ def write_timing(path: Path, line: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="*", default=[], choices=SIZES)
-    parser.add_argument("--notebooks", nargs="*", help="name prefixes, e.g. 01 02_degradation (default: all)")
+    parser.add_argument("--notebooks", nargs="*", help="name prefixes, run in this order, e.g. 10 01 (default: all)")
     parser.add_argument("--results", type=Path, default=ROOT / "runs" / "bench-notebooks.json")
-    parser.add_argument("--timeout", type=int, default=7200, help="seconds per cell")
+    parser.add_argument("--timeout", type=int, default=7200, help="seconds per cell (a notebook is stopped there)")
     parser.add_argument("--table", action="store_true", help="print the table of --results")
     parser.add_argument("--write", action="store_true", help="write each notebook's timing line from --results")
     args = parser.parse_args()

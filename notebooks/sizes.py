@@ -11,6 +11,7 @@ the notebook needs, so the notebook itself holds no logic:
     data_root      $RESVIZ_DATA (default `<project>/data`): datasets and their caches
     dataset, dataset_note   which data set and why, in words (the notebook prints it)
     formats, progress       export formats; tqdm bars on or off
+    workers        runs trained side by side by `sweep.run_sweep` (1 in smoke mode; else as `make demo`)
     checkpoints, checkpoint_dirs, images   (03, 06) akamaster names, local folders holding them, test images
 The lab notebooks (05-08, `LAB_NOTEBOOKS`) add their own keys (see `_lab_sizes`): 05 `norms`, `batch_sizes`,
 `draws`; 06 `test_set`, `test_set_note`, `ks`, `draws`; 07 the shattering grid (`depths`, `width`, `n_inputs`,
@@ -30,7 +31,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from resviz import datasets, pretrained
+from resviz import datasets, pretrained, sweep
 from resviz.demo import DEMO
 from resviz.train import TrainConfig, dataset_slug
 
@@ -262,6 +263,7 @@ def sizes(notebook: str) -> dict:
         "data_root": root,
         "formats": ("html",) if is_smoke else ("html", "png"),  # PNG starts a Chromium: seconds
         "progress": not is_smoke,
+        "workers": 1 if is_smoke else sweep.side_by_side_workers(),  # runs side by side, as `make demo`
         "size": "smoke" if is_smoke else size(),
     }
     if reuse is not None:  # `make demo` trained these four nets already: use them, train nothing
@@ -276,7 +278,8 @@ def sizes(notebook: str) -> dict:
 def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
     """Sizes of the lab notebooks 05-08 (same common keys as `sizes`)."""
     s = {"notebook": name, "smoke": is_smoke, "data_root": root, "figures": out / "figures" / name,
-         "formats": ("html",) if is_smoke else ("html", "png"), "progress": not is_smoke}
+         "formats": ("html",) if is_smoke else ("html", "png"), "progress": not is_smoke,
+         "workers": 1 if is_smoke else sweep.side_by_side_workers()}
     if name == "07_shattered_gradients":  # no data set, no training: nets at initialisation on a line of images
         s.update(dataset="", dataset_note="no data set: Gaussian images on a line, nets at initialisation")
         if is_smoke:

@@ -8,10 +8,9 @@ error of plain-110 on CIFAR-10. The full CIFAR-10 version is `resviz sweep` on a
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
-from resviz.sweep import format_summary, grid, run_sweep
+from resviz.sweep import format_summary, grid, run_sweep, side_by_side_workers
 from resviz.train import TrainConfig
 
 # Fair comparison: the same data, steps, batch, learning-rate schedule (with the paper's warm-up for every
@@ -61,9 +60,7 @@ def run_demo(out: str | Path | None = None, *, smoke: bool = False, root: str = 
 
     out = Path(out if out is not None else (SMOKE_OUT if smoke else DEMO_OUT))
     configs = demo_configs(smoke, root)
-    # two runs at a time, one thread each: small convs gain little from a second thread, a lot from a second run
-    workers = 1 if smoke else max(1, min(2, os.cpu_count() or 1))
-    table = run_sweep(configs, out, workers=workers, progress=progress)
+    table = run_sweep(configs, out, workers=1 if smoke else side_by_side_workers(), progress=progress)
     runset = trained_only(runs.load(out), [c.run_id for c in configs])
     if len(runset) == 0:
         raise ValueError(f"no demo run finished in {out}; see the table above for each run's reason")

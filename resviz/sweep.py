@@ -127,6 +127,12 @@ def _row(r: RunResult) -> dict:
             "test_error": r.test_error, "seconds": r.seconds, "reason": r.reason}
 
 
+def side_by_side_workers() -> int:
+    """Runs at once that suit this machine for small nets: two where there are two cores or more, one thread
+    each (a small conv gains little from a second thread, a lot from a second run beside it)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 def run_sweep(configs: list[TrainConfig], out: str | os.PathLike = "runs", *, workers: int = 1,
               progress: bool = True) -> pd.DataFrame:
     """Run every config (skipping finished runs) and return the summary table, one row per run.
@@ -248,4 +254,4 @@ def format_summary(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["format_summary", "grid", "run_one", "run_sweep", "summary_table"]
+__all__ = ["format_summary", "grid", "run_one", "run_sweep", "side_by_side_workers", "summary_table"]
