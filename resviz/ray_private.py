@@ -48,11 +48,11 @@ def enter_loopback_namespace() -> None:
     """Move this process (single-threaded: call it first) into a new network namespace with only `lo`, up."""
     libc = ctypes.CDLL(None, use_errno=True)
     uid, gid = os.getuid(), os.getgid()
-    flags = CLONE_NEWNET if uid == 0 else CLONE_NEWUSER | CLONE_NEWNET
-    if libc.unshare(flags) != 0:
+    with_user = uid != 0 or libc.unshare(CLONE_NEWNET) != 0  # root in a container may lack CAP_SYS_ADMIN
+    if with_user and libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"unshare: {os.strerror(code)}")
-    if uid != 0:  # map the user to themselves inside; setgroups must be denied before gid_map is written
+    if with_user:  # map the user to themselves inside; setgroups must be denied before gid_map is written
         Path("/proc/self/setgroups").write_text("deny")
         Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
         Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
