@@ -67,6 +67,23 @@ def interfaces() -> list[str]:
     return sorted(name for _, name in socket.if_nameindex())
 
 
+def namespace_error() -> str | None:
+    """Why this machine cannot confine a private cluster (None when it can): a child tries the namespace."""
+    if not sys.platform.startswith("linux"):
+        return f"network namespaces are Linux's; this is {sys.platform}"
+    probe = subprocess.run([sys.executable, "-P", __file__, "--probe"], capture_output=True, text=True, timeout=60)
+    return None if probe.returncode == 0 else (probe.stdout.strip() or probe.stderr.strip() or "unshare failed")
+
+
+def _probe() -> int:
+    try:
+        enter_loopback_namespace()
+    except OSError as err:
+        print(err.strerror or err)
+        return EXIT_NO_NAMESPACE
+    return 0 if interfaces() == ["lo"] else EXIT_NO_NAMESPACE
+
+
 def _die_with_parent(parent: int) -> None:
     """The kernel sends SIGTERM when the parent dies; SIGTERM becomes KeyboardInterrupt: the runs checkpoint."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -151,7 +168,9 @@ def _wait_forwarding_ctrl_c(child: subprocess.Popen) -> bool:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--probe"]:
+        sys.exit(_probe())
     sys.exit(child_main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])))
 
 
-__all__ = ["CONFINED_ENV", "confined", "enter_loopback_namespace", "interfaces", "run_confined"]
+__all__ = ["CONFINED_ENV", "confined", "enter_loopback_namespace", "interfaces", "namespace_error", "run_confined"]

@@ -22,7 +22,10 @@ from resviz import runs
 from resviz.train import TrainConfig, train
 
 pytest.importorskip("ray")
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="network namespaces are Linux's")
+from resviz.ray_private import namespace_error  # noqa: E402
+
+NO_NAMESPACE = namespace_error()  # None where this machine can make a loopback-only network namespace
+confinable = pytest.mark.skipif(NO_NAMESPACE is not None, reason=f"no network namespace here: {NO_NAMESPACE}")
 
 STEPS = 300
 
@@ -92,6 +95,7 @@ def _wait_until_interrupted(out: Path) -> pd.DataFrame:
     return status
 
 
+@confinable
 def test_a_confined_sweep_survives_ctrl_c_and_a_killed_driver_and_resumes_exactly(tmp_path):
     out, root = tmp_path / "sweep", tmp_path / "data"
     proc = _start(out, root)
@@ -119,6 +123,7 @@ def test_a_confined_sweep_survives_ctrl_c_and_a_killed_driver_and_resumes_exactl
     _rerun_and_compare(out, root, tmp_path)  # resumed twice, equal to uninterrupted runs
 
 
+@confinable
 def test_tasks_of_the_private_cluster_see_only_loopback(tmp_path):
     from resviz.ray_engine import run_grid_on_ray
     from resviz.sweep import grid
@@ -132,3 +137,14 @@ def test_tasks_of_the_private_cluster_see_only_loopback(tmp_path):
     import ray
 
     assert not ray.is_initialized()  # the cluster lived in the child, and is gone with it
+
+
+@pytest.mark.skipif(NO_NAMESPACE is None, reason="this machine makes network namespaces: the confined tests run")
+def test_without_namespaces_the_private_cluster_is_refused_in_one_line(tmp_path):
+    from resviz.errors import UserError
+    from resviz.ray_engine import run_grid_on_ray
+    from tiny_training import tiny
+
+    with pytest.raises(UserError, match=r"start Ray yourself \(`ray start --head"):
+        run_grid_on_ray([tiny(str(tmp_path / "data"), steps=10)], tmp_path / "out", gpus_per_run=0, progress=False)
+    assert not (tmp_path / "out" / tiny(str(tmp_path)).run_id).exists()  # nothing trained outside the namespace
