@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 SIZES = ("smoke", "medium", "full")
 MEDIUM_NOTEBOOKS = ("02_degradation", "03_response_std", "04_gradient_flow")  # the others: medium = full
+CIFAR_NOTEBOOKS = ("02_degradation", "03_response_std", "04_gradient_flow", "05_layer_norm", "06_lesion",
+                   "08_signal_propagation")  # full size switches to CIFAR-10 when it is in data/ (sizes.py)
 TIMING_MARK = "**Time (measured, cold, no GPU).**"
 
 
@@ -124,8 +126,10 @@ def timing_line(results: dict[str, dict], stem: str) -> str:
     if stem in MEDIUM_NOTEBOOKS:
         parts.append(f"`RESVIZ_SIZE=medium` {cell(results, stem, 'medium')}")
     parts.append(f"full {cell(results, stem, 'full')}")
+    cifar = (" Full trains on the built-in digits unless CIFAR-10 is in `data/`: then each run is 16k steps, a"
+             " GPU's job." if stem in CIFAR_NOTEBOOKS else "")
     return (f"{TIMING_MARK} On a 2-core CPU with no GPU, run alone with nothing trained yet: " + " · ".join(parts)
-            + ". A GPU is not measured yet; `benchmarks/notebooks.py` and BENCHMARKS.md hold the numbers.")
+            + f".{cifar} A GPU is not measured yet; `benchmarks/notebooks.py` and BENCHMARKS.md hold the numbers.")
 
 
 def write_timing(path: Path, line: str) -> None:
