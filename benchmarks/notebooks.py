@@ -54,9 +54,6 @@ def run_notebook(path: Path, size: str, scratch: Path, timeout_s: int) -> dict:
 
     out = scratch / size / path.stem
     out.mkdir(parents=True, exist_ok=True)
-    saved, env = dict(os.environ), size_env(size, out)
-    os.environ.clear()
-    os.environ.update(env)  # the kernel inherits the environment of this process
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
@@ -64,14 +61,11 @@ def run_notebook(path: Path, size: str, scratch: Path, timeout_s: int) -> dict:
     t0 = time.perf_counter()
     error = ""
     try:
-        client.execute()
+        client.execute(env=size_env(size, out))  # the kernel's environment; this process's stays as it is
     except CellTimeoutError:
         error = f"stopped after a cell ran {timeout_s} s"
     except Exception as exc:  # noqa: BLE001 - recorded in the table, the next notebook still runs
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ''}"
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     wall = time.perf_counter() - t0
     return {"notebook": path.stem, "size": size, "wall_s": round(wall, 1), "error": error,
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),

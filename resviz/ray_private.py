@@ -32,7 +32,6 @@ CONFINED_ENV = "RESVIZ_RAY_CONFINED"  # "1" in the child: it is inside the loopb
 CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 IFREQ = "16sH22x"  # struct ifreq on Linux: the name, then the flags in a 24-byte union
-PR_SET_PDEATHSIG = 1
 EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_NO_NAMESPACE = 2, 130, 3
 ALTERNATIVE = ("or start Ray yourself (`ray start --head --node-ip-address 127.0.0.1`: its ports are then open on "
                "every interface, guarded by Ray's token authentication) and pass --address auto")
@@ -86,8 +85,9 @@ def _probe() -> int:
 
 def _die_with_parent(parent: int) -> None:
     """The kernel sends SIGTERM when the parent dies; SIGTERM becomes KeyboardInterrupt: the runs checkpoint."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    from resviz.train.signals import signal_on_parent_death
+
+    signal_on_parent_death(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)

@@ -25,7 +25,7 @@ from resviz import runs
 from resviz.errors import Interrupted, RunBusy, UserError
 from resviz.io import make_folder
 from resviz.train import RunResult, TrainConfig, train
-from resviz.train.signals import StopSignals, describe
+from resviz.train.signals import StopSignals, describe, signal_on_parent_death
 
 
 def grid(
@@ -94,14 +94,7 @@ def _worker_init() -> None:
     global _PARENT, _DEATH_SIGNAL
     _PARENT = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the sweep decides, not idle workers
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            _DEATH_SIGNAL = libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass  # the watchdog below sends it
+    _DEATH_SIGNAL = signal_on_parent_death(signal.SIGTERM)  # else the watchdog below sends it
     if os.getppid() != _PARENT:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=_watch_parent, daemon=True, name="resviz-parent-watch").start()

@@ -10,6 +10,7 @@ acted on (the run finished first) is delivered again when the block ends, to the
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
@@ -41,3 +42,16 @@ class StopSignals:
 
 def describe(signum: int) -> str:
     return NAMES.get(signum, f"signal {signum}")
+
+
+def signal_on_parent_death(signum: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send this process `signum` when its parent dies (Linux PR_SET_PDEATHSIG); whether it
+    took. Elsewhere nothing happens: the caller watches the parent itself."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(1, int(signum), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
