@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import tarfile
 import warnings
 import zlib
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 from resviz.errors import UserError, first_line
-from resviz.io import atomic_torch_save
+from resviz.io import UnsafeFile, atomic_torch_save, read_plain_pickle
 from resviz.loader import PAD, DeviceLoader, augment, resolve_device  # noqa: F401 - re-exported
 
 SPECS = ("digits", "cifar10", "imagefolder:PATH")
@@ -278,9 +277,10 @@ def _download_cifar10(root: Path) -> None:
 def _read_cifar_pickle(path: Path) -> dict:
     """One CIFAR python pickle as a dict with str keys (the real files hold Python 2 byte-string keys)."""
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+        entry = read_plain_pickle(path, encoding="latin1")  # no code runs from the file: a crafted one is refused
         return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    except UnsafeFile:
+        raise
     except Exception as err:
         raise ValueError(
             f"{path} is not a CIFAR-10 pickle batch ({first_line(err)}); delete {path.parent} and run again "

@@ -70,6 +70,7 @@ def load_run_model(folder: str | os.PathLike) -> tuple[nn.Module, tuple, tuple]:
     """(model, mean, std) of a run folder written by `resviz train` (runs/<id>/checkpoint.pt), in eval mode."""
     from pathlib import Path
 
+    from resviz.io import UnsafeFile, read_checkpoint
     from resviz.models import cifar_resnet
 
     ckpt_path = Path(folder) / "checkpoint.pt"
@@ -79,8 +80,10 @@ def load_run_model(folder: str | os.PathLike) -> tuple[nn.Module, tuple, tuple]:
             "`resviz train` (runs/<id>/), an akamaster name (resnet20..resnet1202) or a .th file"
         )
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(ckpt_path)  # weights_only: a crafted file runs no code
         config = ckpt["config"]
+    except UnsafeFile:
+        raise
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise ValueError(f"{ckpt_path} is not a resviz run checkpoint ({type(err).__name__}); "
                          "delete it and resume the run to rewrite it") from None

@@ -9,11 +9,16 @@ reader, or a process killed with SIGKILL mid-write, sees the old file or the new
     atomic_write_json(path, obj)      indented, sorted JSON
     atomic_write_parquet(path, df)    a DataFrame, without its index
     atomic_torch_save(path, obj)      torch.save
+
+and reads what it wrote without running code from the file: `read_checkpoint` (torch.load with
+weights_only=True) and `read_plain_pickle` (a pickle of plain values and numpy arrays: the CIFAR-10 batches).
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -80,3 +85,56 @@ def make_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise ValueError(f"cannot create folder {path} ({err.strerror}); choose a writable {flag}") from None
     return path
 
+
+
+class UnsafeFile(ValueError):
+    """A file that holds more than tensors and plain values: loading it would run code it names. Refused."""
+
+
+def _refusal(path, err: Exception, what: str) -> UnsafeFile:
+    named = re.search(r"GLOBAL ([\w.]+)", str(err))
+    needs = f"needs {named.group(1)}" if named else "needs more than tensors and plain values"
+    return UnsafeFile(f"{path} {needs} to load, which would run code from the file; resviz reads {what} only: "
+                      "delete the file, or re-create it from a source you trust")
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu"):
+    """A file written by torch.save, loaded with weights_only=True: tensors, containers and plain values, so a
+    crafted file runs no code. A file that needs any other global is refused with `UnsafeFile` naming it;
+    other damage (a truncated file) raises what torch raises."""
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise _refusal(path, err, "weights and plain values") from None
+        raise
+
+
+# the globals a pickle of dicts, lists, bytes and numpy arrays needs (Python 2 and 3 writers, numpy 1 and 2)
+PLAIN_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+})
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PLAIN_GLOBALS:
+            raise pickle.UnpicklingError(f"GLOBAL {module}.{name} is not allowed")
+        return super().find_class(module, name)
+
+
+def read_plain_pickle(path: str | os.PathLike, encoding: str = "ASCII"):
+    """A pickle of plain values and numpy arrays (the CIFAR-10 batches), read without running code: any other
+    global is refused with `UnsafeFile` naming it."""
+    with open(path, "rb") as f:
+        try:
+            return _PlainUnpickler(f, encoding=encoding).load()
+        except pickle.UnpicklingError as err:
+            if "is not allowed" in str(err):
+                raise _refusal(path, err, "plain values and arrays") from None
+            raise

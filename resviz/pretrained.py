@@ -121,8 +121,12 @@ def _socket_timeout(seconds: float):
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The raw object of a checkpoint file (tensors only: weights_only=True), or a one-line ValueError."""
+    from resviz.io import UnsafeFile, read_checkpoint as read_weights
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_weights(path)  # weights_only: a crafted file runs no code
+    except UnsafeFile:
+        raise
     except Exception as err:
         raise ValueError(_unreadable(Path(path), err)) from err
 

@@ -146,7 +146,7 @@ def test_run_folders_give_their_final_weights(tmp_path):
     assert [n.name for n in nets] == sorted([config.run_id, dataclasses.replace(config, arch="plain").run_id])
     digits = datasets.load("digits", root=ROOT / "data")
     for n in nets:
-        saved = torch.load(Path(n.source) / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+        saved = torch.load(Path(n.source) / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
         for k, v in n.model.state_dict().items():
             torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
         assert (n.mean, n.std) == (digits.mean, digits.std)

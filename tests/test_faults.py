@@ -41,8 +41,8 @@ def reference(tmp_path_factory, data_root) -> Path:
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    ca = torch.load(a / "checkpoint.pt", weights_only=False)
-    cb = torch.load(b / "checkpoint.pt", weights_only=False)
+    ca = torch.load(a / "checkpoint.pt", weights_only=True)
+    cb = torch.load(b / "checkpoint.pt", weights_only=True)
     assert ca["step"] == cb["step"] and ca["warmup_until"] == cb["warmup_until"]
     assert ca["model"].keys() == cb["model"].keys()
     for name, tensor in ca["model"].items():  # weights and buffers: running stats, num_batches_tracked
@@ -171,7 +171,7 @@ def test_sigterm_saves_and_exits_143_and_a_second_writer_is_refused(tmp_path, da
     assert "Traceback" not in err and "SIGTERM" in err
     status = runs.read_status(folder)
     assert status["status"] == "interrupted" and status["step"] > 0
-    assert torch.load(folder / "checkpoint.pt", weights_only=False)["step"] == status["step"]
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["step"] == status["step"]
 
 
 def test_kill_9_leaves_no_running_status_and_a_lock_that_is_taken_over(tmp_path, data_root):

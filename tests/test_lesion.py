@@ -182,7 +182,7 @@ def test_akamaster_resnet20_downsampling_blocks_cost_most(akamaster_dir, cifar_j
     pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:500].tolist()
     images = datasets.decode_images([files[i] for i in pick], progress=False)
     labels = torch.tensor([classes.index(files[i].parent.name) for i in pick])
-    state = torch.load(akamaster_dir / "resnet20-12fca82f.th", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(akamaster_dir / "resnet20-12fca82f.th", map_location="cpu", weights_only=True)["state_dict"]
     model = cifar_resnet(20)
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
     frame = lesion_single(model, images, labels, mean=AKAMASTER_MEAN, std=AKAMASTER_STD)

@@ -58,7 +58,7 @@ def akamaster(directory: Path, depth: int):
     files = sorted(directory.glob(f"resnet{depth}-*.th"))
     if not files:
         pytest.skip(f"no resnet{depth} checkpoint in {directory}")
-    state = torch.load(files[0], map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(files[0], map_location="cpu", weights_only=True)["state_dict"]
     model = cifar_resnet(depth)
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
     return model.eval()

@@ -192,4 +192,4 @@ def test_ctrl_c_checkpoints_and_marks_interrupted(tmp_path, data_root):
     assert "Traceback" not in err and "interrupted" in err
     status = runs.read_status(folder)
     assert status["status"] == "interrupted" and status["step"] > 0
-    assert torch.load(folder / "checkpoint.pt", weights_only=False)["step"] == status["step"]
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["step"] == status["step"]

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from resviz import runs, schema
-from resviz.io import make_folder
+from resviz.io import UnsafeFile, make_folder, read_checkpoint
 from resviz.train.config import TrainConfig
 
 
@@ -98,7 +98,9 @@ def resume(folder: Path, config: TrainConfig, model, optimizer, device) -> Progr
     if not path.is_file():
         return fresh
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = read_checkpoint(path, map_location=device)  # weights_only: a crafted file runs no code
+    except UnsafeFile:
+        raise
     except Exception as err:  # noqa: BLE001 - a checkpoint that cannot be read is a failure we name
         raise ValueError(f"checkpoint {path} cannot be read ({err}); delete it to restart the run") from None
     _load_states(path, ckpt, config, model, optimizer)
