@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from resviz.errors import UserError, first_line
+from resviz.errors import UserError, first_line, os_error_line
 from resviz.integrations.commands import add_export_tb, add_export_wandb
 from resviz.ray_engine import add_engine_options
 
@@ -498,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RESVIZ_DEBUG"):
             raise
         print(f"resviz: error: {first_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a long name, a read-only place: the path and the fix; others are bugs
+        if os_error_line(err) is None or os.environ.get("RESVIZ_DEBUG"):
+            raise
+        print(f"resviz: error: {os_error_line(err)}", file=sys.stderr)
         return 2
     finally:
         warnings.showwarning = shown

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from resviz.errors import UserError, first_line
-from resviz.io import UnsafeFile, atomic_torch_save, read_plain_pickle
+from resviz.io import UnsafeFile, atomic_torch_save, read_plain_pickle, safe_name
 from resviz.loader import PAD, DeviceLoader, augment, resolve_device  # noqa: F401 - re-exported
 
 SPECS = ("digits", "cifar10", "imagefolder:PATH")
@@ -94,7 +94,7 @@ def load(spec: str, root: str | os.PathLike = "data", *, progress: bool = True) 
         samples, classes = _imagefolder_samples(tree)
         key = hashlib.sha1(str(tree.resolve()).encode()).hexdigest()[:10]
         return _cached(
-            root / f"resviz-imagefolder-{tree.resolve().name}-{key}.pt",
+            root / f"resviz-imagefolder-{safe_name(tree.resolve().name)}-{key}.pt",
             f"imagefolder:{tree}",
             _files_fingerprint(tree, samples["train"] + samples["test"], classes),
             lambda: _build_imagefolder(samples, classes, progress),

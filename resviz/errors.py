@@ -6,6 +6,9 @@ its traceback. `ValueError`s from validation count as user errors too (they name
 """
 from __future__ import annotations
 
+import errno
+import os
+
 
 class UserError(RuntimeError):
     """A failure the user can fix; its message names the fix. A RuntimeError, as these failures were before."""
@@ -41,3 +44,25 @@ class RunBusy(UserError):
 
     def __reduce__(self):
         return type(self), (str(self), self.pid)
+
+
+# OSErrors a user causes and fixes (a full disk, a long name, a read-only place): the fix, by errno
+OS_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space or choose another folder",
+    errno.EDQUOT: "the disk quota is used up: free some space or choose another folder",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the file system holds: raise the "
+                 "limit or choose another folder",
+    errno.ENAMETOOLONG: "a name in the path is longer than the file system takes: use shorter names",
+    errno.EROFS: "the file system is read-only: choose a writable folder",
+    errno.EACCES: "permission denied: choose a folder you may write to",
+    errno.EPERM: "operation not permitted: choose a folder you may write to",
+}
+
+
+def os_error_line(err: BaseException) -> str | None:
+    """One line naming the path and the fix of an OSError the user can cause, or None for any other error
+    (a bug, which keeps its traceback)."""
+    if not isinstance(err, OSError) or err.errno not in OS_FIXES:
+        return None
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or os.strerror(err.errno)}; {OS_FIXES[err.errno]}, then run the same command again"

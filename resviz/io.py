@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from resviz.errors import OS_FIXES
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -43,6 +45,11 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], object]) -> P
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:  # the old file stays whole; the error names the file (writers leave it out)
+        tmp.unlink(missing_ok=True)
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -62,14 +69,30 @@ def atomic_write_parquet(path: str | os.PathLike, df) -> Path:
 
 
 def atomic_torch_save(path: str | os.PathLike, obj) -> Path:
+    import io
+
     import torch  # here, so that writing JSON or bytes does not need torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    buffer = io.BytesIO()  # serialised in memory first: torch's file writer reports a full disk without errno
+    torch.save(obj, buffer)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def read_json(path: str | os.PathLike) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def safe_name(name: str, limit: int = 100) -> str:
+    """`name` made fit for a file name: unprintable characters and separators as "_", and a name of more than
+    `limit` bytes cut, with a hash of the whole so that two long names stay apart. Usual names stay as they are."""
+    import hashlib
+
+    clean = "".join("_" if not ch.isprintable() or ch in "/\\" else ch for ch in name)
+    if clean == name and len(os.fsencode(name)) <= limit:
+        return name
+    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:8]
+    return os.fsencode(clean)[: limit - 9].decode(errors="ignore") + "-" + digest
 
 
 def make_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -82,7 +105,8 @@ def make_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     except PermissionError:
         raise PermissionError(f"cannot create {path}: permission denied; choose a writable {flag}") from None
     except OSError as err:
-        raise ValueError(f"cannot create folder {path} ({err.strerror}); choose a writable {flag}") from None
+        fix = OS_FIXES.get(err.errno, "choose a writable folder").replace("folder", flag)
+        raise ValueError(f"cannot create folder {path} ({err.strerror}); {fix}") from None
     return path
 
 

@@ -105,6 +105,44 @@ def read_config(folder: str | os.PathLike) -> dict:
     return config
 
 
+# ------------------------------------------------------------------------------ run ids
+NAME_MAX = 255  # bytes in one file name on the usual file systems, where pathconf cannot say
+
+
+def name_max(out: str | os.PathLike) -> int:
+    """The longest file name (bytes) the file system of `out` (or its nearest existing parent) takes."""
+    path = Path(out).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return int(os.pathconf(path, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return NAME_MAX
+
+
+def check_run_id(run_id, out: str | os.PathLike = ".", flag: str = "--run-id") -> str:
+    """`run_id` if it is a name, not a path: one non-empty folder name (no separator, not . or ..), printable,
+    no longer than the file system of `out` takes; else a ValueError naming it and the fix. Checked before
+    anything is written, so the run's folder, its lock and its rows all use this one name inside `out`."""
+    shown = repr(run_id) if len(str(run_id)) <= 60 else repr(str(run_id)[:40]) + f"... ({len(str(run_id))} chars)"
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise ValueError(f"{flag} {shown} is empty; give a folder name such as 'resnet20-s0'")
+    seps = [s for s in (os.sep, os.altsep, "/", "\\") if s and s in run_id]
+    if seps or run_id in (".", ".."):
+        what = f"holds the separator {seps[0]!r}" if seps else "names a folder itself"
+        raise ValueError(f"{flag} {shown} {what}; a run id is one folder name inside --out (choose where with "
+                         "--out): use e.g. 'resnet20-s0'")
+    odd = next((ch for ch in run_id if not ch.isprintable()), None)
+    if odd is not None:
+        raise ValueError(f"{flag} {shown} holds the unprintable character {odd!r}; use letters, digits, '-', "
+                         "'_' and '.'")
+    limit = name_max(out)
+    if len(os.fsencode(run_id)) > limit:
+        raise ValueError(f"{flag} {shown} is {len(os.fsencode(run_id))} bytes long; the file system of {out} "
+                         f"takes at most {limit}: use a shorter one")
+    return run_id
+
+
 @contextlib.contextmanager
 def run_lock(folder: str | os.PathLike):
     """Own the run folder for the `with` block: an OS lock (flock) on `folder/.lock`, released when the block

@@ -138,3 +138,137 @@ def test_plain_pickles_still_load(tmp_path, protocol):
         pickle.dump(entry, f, protocol=protocol)
     back = read_plain_pickle(tmp_path / "b", encoding="latin1")
     assert back[b"labels"] == [0, 1] and back[b"data"].tolist() == entry[b"data"].tolist()
+
+
+# ------------------------------------------------------------------------ run ids are names, not paths
+@pytest.mark.parametrize("run_id, says", [
+    ("x/foo", "holds the separator '/'"), ("ABS", "holds the separator '/'"), ("../x", "holds the separator '/'"),
+    (".", "names a folder itself"), ("..", "names a folder itself"), ("a\\b", "holds the separator"),
+    ("a\nb", r"holds the unprintable character '\\n'"), ("", "is empty"), (" ", "is empty"),
+    ("y" * 300, r"\(300 chars\) is 300 bytes long; the file system of .* takes at most \d+"),
+])
+def test_a_run_id_that_is_not_a_name_is_refused_before_anything_is_written(tmp_path, data_root, capsys, run_id,
+                                                                            says):
+    import re
+
+    run_id = str(tmp_path / "abs") if run_id == "ABS" else run_id
+    out = tmp_path / "out"
+    assert main(train_args(data_root, out, run_id=run_id)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(f"--run-id .*{says}", err), err
+    assert list(tmp_path.iterdir()) == []  # no --out, no folder beside it, no .lock anywhere
+
+
+def test_the_lock_and_the_folder_are_one_path(tmp_path, data_root):
+    """A run holds `out/<id>/.lock` while it writes `out/<id>/`: a second writer of the same id is refused."""
+    from resviz.errors import RunBusy
+    from resviz.train import train
+    from tiny_training import tiny
+
+    folder = tmp_path / RUN
+    folder.mkdir()
+    with runs.run_lock(folder), pytest.raises(RunBusy, match=f"run folder {folder} is in use"):
+        train(tiny(data_root), tmp_path, run_id=RUN)
+
+
+def test_a_long_image_folder_name_gives_a_usable_run_id(tmp_path):
+    from resviz.io import safe_name
+    from resviz.train import TrainConfig
+
+    long = "a" * 250
+    config = TrainConfig(dataset=f"imagefolder:{tmp_path / long}")
+    assert len(config.run_id.encode()) < 160 and runs.check_run_id(config.run_id, tmp_path)
+    assert safe_name(long) != safe_name(long[:-1] + "b")  # cut names stay apart
+    assert safe_name("cats-vs-dogs") == "cats-vs-dogs" and safe_name("a\nb").startswith("a_b-")
+
+
+def test_an_integration_run_folder_takes_names_only(tmp_path):
+    from resviz.integrations.runfolder import RunFolder
+
+    with pytest.raises(ValueError, match=r"run_id '\.\./x' holds the separator '/'"):
+        RunFolder(tmp_path, "../x", {})
+
+
+# ------------------------------------------------------------------------ OSErrors a user causes
+def test_a_too_long_out_component_is_one_line(tmp_path, data_root, capsys):
+    out = tmp_path / ("z" * 300)
+    assert main(train_args(data_root, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "File name too long" in err and "use shorter names" in err, err
+
+
+def _run_cli(args, **kw):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "resviz.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_fails_the_run_in_one_line_and_the_rerun_continues(tmp_path, data_root):
+    """ulimit -f below the checkpoint's size (EFBIG, as a full quota): one line naming checkpoint.pt, status
+    failed, config.json kept; without the limit the same command trains the run to the end."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the checkpoint is ~180 kB
+
+    cut = _run_cli(train_args(data_root, tmp_path), preexec_fn=limit)
+    assert cut.returncode == 2, cut.stderr
+    assert cut.stderr.count("\n") == 1 and "Traceback" not in cut.stderr
+    assert f"{tmp_path / RUN / 'checkpoint.pt'}: File too large; " in cut.stderr and "ulimit -f" in cut.stderr
+    status = runs.read_status(tmp_path / RUN)
+    assert status["status"] == "failed" and status["step"] == 0 and (tmp_path / RUN / "config.json").is_file()
+    assert not [p for p in (tmp_path / RUN).iterdir() if p.name.endswith(".tmp")]  # no temporary left
+    again = _run_cli(train_args(data_root, tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert runs.read_status(tmp_path / RUN)["status"] == "done"
+
+
+FULL_DISK = """
+mount -t tmpfs -o size=300k tmpfs {mnt} || exit 99
+{cli} {train} > /dev/null 2> {tmp}/err1; echo $? > {tmp}/rc1
+cp -a {mnt}/r {tmp}/after_full
+{cli} report {mnt}/r --out {mnt}/report --formats html > /dev/null 2> {tmp}/err_report; echo $? > {tmp}/rc_report
+rm -rf {mnt}/report
+mount -o remount,size=8m {mnt}
+{cli} {train} > /dev/null 2> {tmp}/err2; echo $? > {tmp}/rc2
+cp -a {mnt}/r {tmp}/after_rerun
+mount -o remount,ro {mnt}
+{cli} {train} --run-id r2 > /dev/null 2> {tmp}/err_ro; echo $? > {tmp}/rc_ro
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_the_run_in_one_line_and_the_rerun_continues(tmp_path, data_root):
+    """A 300 kB tmpfs (in a user and mount namespace) fills at the second checkpoint: one line naming
+    checkpoint.pt, status failed at the first checkpoint's step, its files whole; `report` onto the full disk:
+    one line; with room again the same command finishes the run; onto a read-only mount: one line."""
+    import shlex
+    import subprocess
+    import sys
+
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare(1) to mount a small tmpfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli = f"{shlex.quote(sys.executable)} -m resviz.cli"
+    train = " ".join(shlex.quote(a) for a in train_args(data_root, mnt))
+    script = FULL_DISK.format(mnt=mnt, cli=cli, train=train, tmp=tmp_path)
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600)
+    if done.returncode == 99 or not (tmp_path / "rc1").exists():
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here ({done.stderr.strip()[:200]})")
+    read = lambda name: (tmp_path / name).read_text()  # noqa: E731
+    assert read("rc1").strip() == "2", read("err1")
+    assert read("err1").count("\n") == 1 and f"{mnt}/r/checkpoint.pt: No space left on device" in read("err1")
+    status = runs.read_status(tmp_path / "after_full")
+    assert status["status"] == "failed" and status["step"] == 10 and "free some space" in status["reason"]
+    assert torch.load(tmp_path / "after_full" / "checkpoint.pt", weights_only=True)["step"] == 10
+    assert read("rc_report").strip() == "2" and read("err_report").count("\n") == 1, read("err_report")
+    assert "No space left on device; the disk is full" in read("err_report")
+    assert read("rc2").strip() == "0", read("err2")
+    assert runs.read_status(tmp_path / "after_rerun")["status"] == "done"
+    assert read("rc_ro").strip() == "2" and read("err_ro").count("\n") == 1, read("err_ro")
+    assert f"{mnt}/r2 (Read-only file system); the file system is read-only: choose a writable --out" in read("err_ro")

@@ -75,8 +75,7 @@ class RunFolder:
     """Writes `out/run_id/`: config.json once, status.json as the fit goes, the two tables at each save."""
 
     def __init__(self, out: str | os.PathLike, run_id: str, config: dict, sinks=()):
-        if not run_id or "/" in run_id or run_id in (".", ".."):
-            raise ValueError(f"run_id={run_id!r} must be a non-empty folder name without '/', e.g. 'lightning-resnet8'")
+        runs.check_run_id(run_id, out, flag="run_id")  # one folder name inside `out`, before anything is written
         self.folder = Path(out) / run_id
         self.run_id = run_id
         self.config = {"run_id": run_id, **RUN_INFO_DEFAULTS, "steps": -1, "dataset": "", **config}

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from resviz.io import safe_name
 from resviz.models import check_depth, cifar_resnet
 
 PAPER_STEPS = 64_000  # He et al.: 64k iterations at batch 128 ...
@@ -23,7 +24,7 @@ def dataset_slug(spec: str) -> str:
     """A dataset spec as it appears in run ids and folder names: "digits", "cifar10", or "if-<folder name>"
     for "imagefolder:PATH"."""
     if spec.startswith("imagefolder:"):
-        return "if-" + Path(spec.split(":", 1)[1]).name
+        return "if-" + safe_name(Path(spec.split(":", 1)[1]).name)  # a 300-character folder name: cut, hashed
     return spec
 
 

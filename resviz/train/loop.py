@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from resviz import datasets, runs, schema
-from resviz.errors import Interrupted, UserError
+from resviz.errors import Interrupted, UserError, os_error_line
 from resviz.io import make_folder
 from resviz.evaluate import evaluate
 from resviz.loader import DeviceLoader
@@ -112,9 +112,10 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
     SIGINT and SIGTERM stop the run at the next step boundary: it is saved there, marked interrupted, and
     `resviz.errors.Interrupted` (a KeyboardInterrupt) is raised; running it again continues exactly."""
     config.validate()
+    run_id = runs.check_run_id(config.run_id if run_id is None else run_id, out)  # a name inside `out`
     device = datasets.resolve_device(config.device)
     sync_check = SyncCheck(device)  # checks $RESVIZ_SYNC_DEBUG before anything is written
-    folder = Path(out) / (run_id or config.run_id)
+    folder = Path(out) / run_id
     finished = run_folder.finished_result(config, folder)
     if finished is not None:
         return finished
@@ -123,7 +124,7 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
     make_folder(out)
     make_folder(folder)
     with runs.run_lock(folder), StopSignals() as stop:
-        folder = run_folder.prepare_folder(config, out, folder.name)
+        folder = run_folder.prepare_folder(config, out, run_id)  # the very folder locked above
         finished = run_folder.finished_result(config, folder)  # another process may have finished it meanwhile
         if finished is not None:
             return finished
@@ -148,11 +149,33 @@ def _train_locked(run: "_Run", sync_check: SyncCheck) -> RunResult:
         raise
     except torch.cuda.OutOfMemoryError:
         pass  # handled below, once this handler has let go of the failed step's tensors
+    except OSError as err:
+        if os_error_line(err) is None:
+            _mark_failed(run, f"{type(err).__name__}: {err}", run.step)
+            raise
+        raise _disk_error(run, err) from None
     except Exception as err:
-        runs.write_status(folder, "failed", f"{type(err).__name__}: {err}", step=run.step)
+        _mark_failed(run, f"{type(err).__name__}: {err}", run.step)
         raise
     # only an out-of-GPU-memory error gets here: every other path through the loop returns or raises
     raise _out_of_memory(run)
+
+
+def _mark_failed(run: "_Run", reason: str, step: int) -> None:
+    """Status `failed` at `step`; where even status.json cannot be written (a full disk)
+    the status left says `running` with this process's pid, which reads `interrupted` once it has exited."""
+    try:
+        runs.write_status(run.folder, "failed", reason, step=step)
+    except OSError:
+        pass
+
+
+def _disk_error(run: "_Run", err: OSError) -> UserError:
+    """A full disk, a read-only folder or a long name while saving: the files of the last checkpoint are whole
+    (atomic writes), the run is marked failed, and the line names the file and the fix."""
+    line = f"{run.folder.name}: {os_error_line(err)}: the run resumes from its checkpoint at step {run.saved_step}"
+    _mark_failed(run, line, run.saved_step)
+    return UserError(line)
 
 
 def _interrupted(run: "_Run", signum: int) -> Interrupted:
