@@ -125,15 +125,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def _csv(text: str | None, kind: type = str) -> tuple:
+def _csv(text: str | None, kind: type, flag: str) -> tuple:
+    """The values of a comma-separated option; a bad one is named with the option the user typed."""
     if text is None:
         return (None,)
     from resviz.train.config import parse_number
 
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise ValueError(f"empty list {text!r}: give comma-separated values")
-    return tuple(parse_number(t, kind, "list") if kind is not str else t for t in items)
+        raise ValueError(f"--{flag} {text!r} is an empty list: give comma-separated values")
+    return tuple(parse_number(t, kind, flag) if kind is not str else t for t in items)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -142,8 +143,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from resviz.sweep import format_summary, grid
 
     base = _config_from_args(args, skip=("depth", "arch", "norm", "shortcut", "seed", "branch_init"))
-    configs = grid(base, depths=_csv(args.depths, int), archs=_csv(args.arch), norms=_csv(args.norm),
-                   shortcuts=_csv(args.shortcut), seeds=_csv(args.seeds, int), branch_inits=_csv(args.branch_init))
+    configs = grid(base, depths=_csv(args.depths, int, "depths"), archs=_csv(args.arch, str, "arch"),
+                   norms=_csv(args.norm, str, "norm"), shortcuts=_csv(args.shortcut, str, "shortcut"),
+                   seeds=_csv(args.seeds, int, "seeds"), branch_inits=_csv(args.branch_init, str, "branch-init"))
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers={args.workers} must be at least 1")
     make_folder(args.out)
@@ -252,11 +254,12 @@ def _add_checkpoint_and_data_args(p: argparse.ArgumentParser) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from resviz.evaluate import evaluate, load_model_for_eval
+    from resviz.evaluate import check_classes, evaluate, load_model_for_eval
 
     device = _checked_device(args)
     model, mean, std = load_model_for_eval(args.checkpoint)
     data, images, labels = _load_split(args)
+    check_classes(model, data.classes, f"--checkpoint {args.checkpoint}")
     result = evaluate(
         model, images, labels, mean=mean, std=std, batch_size=args.batch_size, device=device, progress=not args.json
     )
@@ -336,6 +339,8 @@ def _cmd_invariance(args: argparse.Namespace) -> int:
 
     from resviz.analysis.invariance import NORMS, TRANSFORMATIONS, invariance_flags, invariance_grid, measure_invariance
 
+    if not 0 <= args.seed <= 2**32 - 1:
+        raise ValueError(f"--seed {args.seed} must be an integer from 0 to {2**32 - 1:,}")
     norms = _names(args.norms) if args.norms else NORMS
     transformations = _names(args.transformations) if args.transformations else TRANSFORMATIONS
     frame = measure_invariance(norms=norms, transformations=transformations, seed=args.seed)
@@ -379,7 +384,7 @@ def _cmd_lesion(args: argparse.Namespace) -> int:
     import torch
 
     from resviz.analysis.lesion import check_ks, lesion_random, lesion_single, resolve_blocks
-    from resviz.evaluate import load_model_for_eval
+    from resviz.evaluate import check_classes, load_model_for_eval
     from resviz.train.config import parse_number
 
     device = _checked_device(args)
@@ -390,6 +395,7 @@ def _cmd_lesion(args: argparse.Namespace) -> int:
     ks = [parse_number(k, int, "random-k") for k in _names(args.random_k)] if args.random_k else []
     check_ks(model, ks)  # before the per-block lesion, which takes a while
     data, images, labels = _load_split(args)
+    check_classes(model, data.classes, f"--checkpoint {args.checkpoint}")
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError(f"--limit {args.limit} must be a positive number of images")

@@ -164,6 +164,12 @@ def _crc(t: torch.Tensor) -> int:
     return zlib.crc32(t.contiguous().numpy().data)
 
 
+def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """A short key of a split's exact contents ("<n>:<crc of images><crc of labels>"), kept in checkpoints so a
+    resume on changed data is refused."""
+    return f"{len(labels)}:{_crc(images.cpu()):08x}{_crc(labels.cpu()):08x}"
+
+
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of uint8 images (N, 3, H, W), on the 0..1 scale; exact, from
     each channel's histogram of the 256 values."""

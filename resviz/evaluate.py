@@ -91,7 +91,23 @@ def load_run_model(folder: str | os.PathLike) -> tuple[nn.Module, tuple, tuple]:
                          norm=config["norm"], branch_init=config["branch_init"], width=config["width"],
                          num_classes=len(ckpt["classes"]))
     model.load_state_dict(ckpt["model"])
+    model.class_names = [str(c) for c in ckpt["classes"]]  # what each output means: check_classes compares it
     return model.eval(), tuple(ckpt["mean"]), tuple(ckpt["std"])
+
+
+def check_classes(model: nn.Module, classes, source: str) -> None:
+    """Refuse to score a model on a data set whose classes are not the ones it was trained on (a 10-class run on
+    a 2-class folder would read 0 % accuracy): the run's class names, where its checkpoint keeps them, must be
+    the data set's, in order."""
+    held = getattr(model, "class_names", None)
+    if held is None or list(held) == [str(c) for c in classes]:
+        return
+
+    def show(names):
+        return ", ".join(names[:5]) + (f", ... ({len(names)})" if len(names) > 5 else "")
+
+    raise ValueError(f"{source} was trained on the classes {show(list(held))} but the data set has "
+                     f"{show([str(c) for c in classes])}; evaluate it on the data set it was trained on")
 
 
 def num_classes(model: nn.Module) -> int | None:
@@ -99,4 +115,4 @@ def num_classes(model: nn.Module) -> int | None:
     return getattr(spec, "num_classes", None)
 
 
-__all__ = ["evaluate", "load_model_for_eval", "load_run_model", "num_classes"]
+__all__ = ["check_classes", "evaluate", "load_model_for_eval", "load_run_model", "num_classes"]

@@ -49,6 +49,10 @@ class RunSkipped(UserWarning):
     """A damaged run left out of a RunSet (`load`); the message names the file and what is wrong with it."""
 
 
+class RunIncomplete(UserWarning):
+    """A finished run loaded without a table it should hold; the message names the missing file."""
+
+
 # ------------------------------------------------------------------------------ status
 def write_status(folder: str | os.PathLike, status: str, reason: str = "", **extra) -> dict:
     if status not in STATUSES:
@@ -66,7 +70,7 @@ def read_status(folder: str | os.PathLike) -> dict:
     try:
         record = read_json(folder / "status.json")
     except FileNotFoundError:
-        return {"status": "running", "reason": "no status.json yet", "step": 0}
+        return _no_status(folder)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:  # not from our atomic writes: a hand edit
         return {"status": "failed", "reason": f"unreadable {folder / 'status.json'}: {err}"}
     if not isinstance(record, dict) or record.get("status") not in STATUSES:
@@ -75,6 +79,16 @@ def read_status(folder: str | os.PathLike) -> dict:
         return {**record, "status": "interrupted",
                 "reason": f"the process that ran it (pid {record['pid']}) is gone; run the command again to resume"}
     return record
+
+
+def _no_status(folder: Path) -> dict:
+    """A run folder without status.json: `running` while the process in its .lock lives (it is starting),
+    else `interrupted` (it never started, or was killed before its first status)."""
+    holder = _lock_holder_of(folder)
+    if holder is not None and not _dead(*holder):
+        return {"status": "running", "reason": "no status.json yet", "step": 0, "pid": holder[0]}
+    return {"status": "interrupted", "reason": "never started (no status.json); run the command again to start it",
+            "step": 0}
 
 
 def _dead(pid, host) -> bool:
@@ -161,7 +175,7 @@ def run_lock(folder: str | os.PathLike):
                           "wait for it to finish or stop it (a second writer would overwrite its files)",
                           holder) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}\n{socket.gethostname()}\n".encode(), 0)
         yield folder
     finally:
         os.close(fd)  # releases the lock
@@ -169,8 +183,17 @@ def run_lock(folder: str | os.PathLike):
 
 def _lock_holder(fd: int) -> int | None:
     try:
-        return int(os.pread(fd, 32, 0).decode().strip())
-    except (ValueError, OSError):
+        return int(os.pread(fd, 32, 0).decode().split()[0])
+    except (ValueError, OSError, IndexError):
+        return None
+
+
+def _lock_holder_of(folder: Path) -> tuple[int, str | None] | None:
+    """(pid, host) written in the folder's .lock by its last holder, or None (no lock, or unreadable)."""
+    try:
+        parts = (folder / LOCK_FILE).read_text().split()
+        return int(parts[0]), (parts[1] if len(parts) > 1 else None)
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
         return None
 
 
@@ -196,19 +219,34 @@ def find_runs(path_or_glob: str | os.PathLike | list) -> list[Path]:
     if isinstance(path_or_glob, (list, tuple)):
         return sorted({f for p in path_or_glob for f in find_runs(p)})
     text = str(path_or_glob)
-    if any(ch in text for ch in "*?["):
+    if Path(text).exists():  # a path that exists is itself, even with [ ] * ? in its name
+        candidates = [Path(text)]
+    elif any(ch in text for ch in "*?["):
         candidates = [Path(p) for p in sorted(globlib.glob(text, recursive=True))]
     else:
-        candidates = [Path(text)]
-        if not candidates[0].exists():
-            raise FileNotFoundError(f"no run folder at {text}: pass a run folder, a folder of runs, or a glob")
+        raise FileNotFoundError(f"no run folder at {text}: pass a run folder, a folder of runs, or a glob")
     found = []
     for c in candidates:
         if is_run_folder(c):
             found.append(c)
         elif c.is_dir():
-            found.extend(sorted(p.parent for p in c.rglob("config.json")))
-    return sorted(set(found))
+            found.extend(_run_folders_below(c))
+    unique = {os.path.realpath(f): f for f in sorted(set(found), reverse=True)}  # one path per folder
+    return sorted(unique.values())
+
+
+def _run_folders_below(top: Path) -> list[Path]:
+    """Run folders under `top`, through symbolic links too (`train` writes through them), each real folder once."""
+    found, seen = [], set()
+    for dirpath, dirnames, _ in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link loop, or a folder reached twice
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        if is_run_folder(dirpath):
+            found.append(Path(dirpath))
+    return found
 
 
 def _meta(config: dict) -> dict:
@@ -231,6 +269,10 @@ def load_run(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, dic
     metrics = metrics.assign(**{k: v for k, v in meta.items()})
     stats = read_table(folder / "stats.parquet", schema.empty)
     status = read_status(folder)
+    missing = [n for n in ("metrics.parquet", "stats.parquet") if not (folder / n).is_file()]
+    if status.get("status") in FINISHED and "metrics.parquet" in missing:
+        warnings.warn(f"run {folder} is {status['status']} but has no {' or '.join(missing)} (deleted?): its "
+                      "curves are left out; restore the files or train the run again", RunIncomplete, stacklevel=3)
     row = {
         "run_id": run_id,
         "status": status.get("status", "running"),

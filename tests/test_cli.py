@@ -46,11 +46,11 @@ def test_flags_become_a_typed_config(tmp_path):
 
 
 def test_sweep_lists_are_checked():
-    with pytest.raises(ValueError, match="empty list ','"):
-        cli._csv(",")
-    with pytest.raises(ValueError, match="--list='x' must be an integer"):
-        cli._csv("8,x", int)
-    assert cli._csv("8, 14", int) == (8, 14) and cli._csv(None) == (None,)
+    with pytest.raises(ValueError, match="--depths ',' is an empty list"):
+        cli._csv(",", int, "depths")
+    with pytest.raises(ValueError, match="--depths='x' must be an integer"):
+        cli._csv("8,x", int, "depths")
+    assert cli._csv("8, 14", int, "depths") == (8, 14) and cli._csv(None, str, "arch") == (None,)
 
 
 def test_cli_train_and_sweep_summary(tmp_path, data_root):

@@ -197,13 +197,13 @@ def test_a_too_long_out_component_is_one_line(tmp_path, data_root, capsys):
     assert len(err.splitlines()) == 1 and "File name too long" in err and "use shorter names" in err, err
 
 
-def _run_cli(args, **kw):
+def _run_cli(args, env=None, **kw):
     import os
     import subprocess
     import sys
 
     return subprocess.run([sys.executable, "-m", "resviz.cli", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+                          env=env or {**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
 
 
 @pytest.mark.slow
@@ -272,3 +272,183 @@ def test_a_full_disk_fails_the_run_in_one_line_and_the_rerun_continues(tmp_path,
     assert runs.read_status(tmp_path / "after_rerun")["status"] == "done"
     assert read("rc_ro").strip() == "2" and read("err_ro").count("\n") == 1, read("err_ro")
     assert f"{mnt}/r2 (Read-only file system); the file system is read-only: choose a writable --out" in read("err_ro")
+
+
+# ------------------------------------------------------------------------ silent wrong results
+def _image_tree(root: Path, classes=("cat", "dog"), per_class=6, seed=0) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _tree_args(tmp_path, tree, *extra):
+    return ["train", "--dataset", f"imagefolder:{tree}", "--root", str(tmp_path / "data"), "--depth", "8", "--width",
+            "4", "--steps", "4", "--batch-size", "4", "--log-every", "2", "--checkpoint-every", "2", "--eval-every",
+            "2", "--record-every", "2", "--no-progress", "--out", str(tmp_path / "runs"), "--run-id", RUN, *extra]
+
+
+def test_resume_on_changed_images_is_refused(tmp_path, capsys):
+    tree = _image_tree(tmp_path / "tree")
+    assert main(_tree_args(tmp_path, tree)) == 0
+    runs.write_status(tmp_path / "runs" / RUN, "interrupted", "cut", step=2)  # as if cut at step 2
+    _image_tree(tree, seed=1)  # the same names, other pictures
+    capsys.readouterr()
+    assert main(_tree_args(tmp_path, tree)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was trained on other data than imagefolder:" in err, err
+    assert "12 training images then, 12 now, contents differ" in err
+
+
+def test_a_one_class_image_folder_is_refused(tmp_path, capsys):
+    tree = _image_tree(tmp_path / "tree", classes=("cat",))
+    assert main(_tree_args(tmp_path, tree)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds 1 class (cat); a classifier needs at least 2" in err, err
+
+
+def test_evaluate_refuses_a_data_set_of_other_classes(trained, tmp_path, capsys):
+    tree = _image_tree(tmp_path / "tree")
+    assert main(["evaluate", "--checkpoint", str(trained), "--dataset", f"imagefolder:{tree}", "--root",
+                 str(tmp_path / "data"), "--device", "cpu", "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was trained on the classes 0, 1, 2, 3, 4, ... (10) but the data set has " \
+        "cat, dog; evaluate it on the data set it was trained on" in err, err
+
+
+def test_another_class_count_is_named_on_resume(trained, tmp_path, capsys):
+    """The checkpoint of a 10-class run in the folder of a 2-class one: the two descriptions differ in classes."""
+    tree = _image_tree(tmp_path / "tree")
+    assert main(_tree_args(tmp_path, tree)) == 0
+    folder = tmp_path / "runs" / RUN
+    runs.write_status(folder, "interrupted", "cut", step=2)
+    ckpt = torch.load(trained / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["width"] = 4
+    torch.save(ckpt, folder / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(_tree_args(tmp_path, tree)) == 2
+    err = capsys.readouterr().err
+    assert "holds another model (arch='resnet', depth=8, width=4, norm='batch', shortcut='A', classes=10) than " \
+           "this run (arch='resnet', depth=8, width=4, norm='batch', shortcut='A', classes=2)" in err, err
+
+
+def test_recorder_steps_must_increase():
+    from resviz import Recorder, cifar_resnet
+
+    model = cifar_resnet(8, width=4)
+    with Recorder(model, every=1) as rec:
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        rec.end_step(5)
+        with pytest.raises(ValueError, match=r"end_step\(step=3\) after step 5: steps must increase"):
+            rec.end_step(3)
+        with pytest.raises(ValueError, match=r"end_step\(step=5\) after step 5"):
+            rec.end_step(5)
+    assert sorted(rec.frame()["step"].unique()) == [5]
+
+
+def test_register_block_points_must_exist():
+    import resviz
+    from resviz.probes import unregister_block
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x)) + x)
+
+    resviz.register_block(Block, branch="bn", skip="zzz")
+    try:
+        with pytest.raises(ValueError, match=r"block '0' \(registered Block\) has none of the skip points 'zzz' "
+                                             r"\(its submodules: conv, bn\)"):
+            resviz.Recorder(nn.Sequential(Block(), Block()))
+    finally:
+        unregister_block(Block)
+
+
+def test_a_finished_run_without_its_metrics_is_named(trained, tmp_path):
+    folder = tmp_path / RUN
+    shutil.copytree(trained, folder)
+    (folder / "metrics.parquet").unlink()
+    with pytest.warns(runs.RunIncomplete, match=r"is done but has no metrics.parquet \(deleted\?\)"):
+        loaded = runs.load(folder)
+    assert loaded.status["status"].tolist() == ["done"]
+
+
+def test_symlinked_and_bracketed_run_folders_are_found(trained, tmp_path):
+    real = tmp_path / "elsewhere" / "r[1]"
+    shutil.copytree(trained, real)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "linked").symlink_to(real)
+    assert runs.find_runs(tmp_path / "out") == [tmp_path / "out" / "linked"]  # train writes through the link
+    assert runs.find_runs(real) == [real] and runs.find_runs(str(tmp_path / "elsewhere")) == [real]
+    assert runs.find_runs(tmp_path) == [tmp_path / "elsewhere" / "r[1]"]  # the real folder once, not twice
+
+
+def test_a_never_started_run_reads_interrupted(trained, tmp_path):
+    folder = tmp_path / RUN
+    shutil.copytree(trained, folder)
+    (folder / "status.json").unlink()
+    (folder / ".lock").write_text("999999999\n")  # a holder that is gone
+    assert runs.read_status(folder)["status"] == "interrupted"
+    with runs.run_lock(folder):  # a live holder: it is starting
+        assert runs.read_status(folder)["status"] == "running"
+
+
+# ------------------------------------------------------------------------ messages name what the user typed
+@pytest.mark.parametrize("args, says", [
+    (["train", "--seed", "99999999999999999999"], "--seed=99999999999999999999 must be an integer from 0 to"),
+    (["sweep", "--depths", "abc"], "--depths='abc' must be an integer"),
+    (["sweep", "--seeds", "1,x"], "--seeds='x' must be an integer"),
+    (["invariance", "--seed", "-1"], "--seed -1 must be an integer from 0 to"),
+    (["export-tb", "RUNS", "--depth-steps", "-3"], "--depth-steps -3 must be a positive number"),
+    (["export-wandb", "RUNS", "--depth-steps", "-3"], "--depth-steps -3 must be a positive number"),
+])
+def test_a_bad_value_is_named_as_typed_before_anything_is_written(tmp_path, capsys, args, says):
+    args = [str(tmp_path) if a == "RUNS" else a for a in args]
+    out = ["--out", str(tmp_path / "out")] if args[0] in ("train", "sweep") else []
+    assert main([*args, *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_tb_skips_a_damaged_run_as_report_does(trained, tmp_path, capsys):
+    shutil.copytree(trained, tmp_path / "runs" / "good")
+    shutil.copytree(trained, tmp_path / "runs" / "bad")
+    (tmp_path / "runs" / "bad" / "stats.parquet").write_bytes(b"not parquet")
+    assert main(["export-tb", str(tmp_path / "runs"), "--logdir", str(tmp_path / "tb")]) == 0
+    captured = capsys.readouterr()
+    assert "skipping run" in captured.err and "bad/stats.parquet cannot be read" in captured.err
+    assert (tmp_path / "tb" / RUN).is_dir()  # the good one (its config names it r)
+
+
+def test_export_tb_keeps_a_crafted_run_id_inside_the_logdir(trained, tmp_path, capsys):
+    import json
+
+    folder = tmp_path / "runs" / RUN
+    shutil.copytree(trained, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "run_id": "../../escaped"}))
+    assert main(["export-tb", str(folder), "--logdir", str(tmp_path / "tb" / "logs")]) == 2
+    assert "run_id in" in capsys.readouterr().err and not (tmp_path / "escaped").exists()
+
+
+def test_export_wandb_without_a_login_is_one_line(trained, tmp_path):
+    pytest.importorskip("wandb")
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    done = _run_cli(["export-wandb", str(trained), "--mode", "online", "--dir", str(tmp_path)],
+                    env={**env, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("resviz: error: W&B: No API key configured")
+    assert "wandb login" in done.stderr and "Traceback" not in done.stderr

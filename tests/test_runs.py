@@ -53,7 +53,8 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
 
 # ------------------------------------------------------------------------------ status
 def test_status_records(tmp_path):
-    assert runs.read_status(tmp_path) == {"status": "running", "reason": "no status.json yet", "step": 0}
+    assert runs.read_status(tmp_path) == {"status": "interrupted", "step": 0,
+                                          "reason": "never started (no status.json); run the command again to start it"}
     record = runs.write_status(tmp_path, "diverged", "loss became nan", step=7)
     assert runs.read_status(tmp_path) == record and record["step"] == 7 and record["updated"]
     with pytest.raises(ValueError, match="status='finished' is unknown; use one of running, done"):
@@ -108,7 +109,7 @@ def test_summary_one_row_per_run(two_runs):
 
 
 def test_damaged_and_unfinished_folders(tmp_path):
-    started = tmp_path / "started"  # a config, nothing else yet
+    started = tmp_path / "started"  # a config, nothing else: never started (no live .lock holder)
     started.mkdir()
     (started / "config.json").write_text(json.dumps({"run_id": "started", "depth": 20, "steps": 100}))
     garbled = tmp_path / "garbled"
@@ -119,7 +120,7 @@ def test_damaged_and_unfinished_folders(tmp_path):
     rs = runs.load(tmp_path)
     assert rs.status["run_id"].tolist() == ["garbled", "started"]  # no run_id in the config: the folder's name
     by_folder = rs.status.set_index(rs.status["folder"].map(lambda f: os.path.basename(f)))
-    assert by_folder.loc["started", "status"] == "running" and by_folder.loc["started", "step"] == 0
+    assert by_folder.loc["started", "status"] == "interrupted" and by_folder.loc["started", "step"] == 0
     assert by_folder.loc["garbled", "status"] == "failed"
     assert len(rs.metrics) == 0 and len(rs.stats) == 0
     assert set(runs.META_COLUMNS) <= set(rs.metrics.columns)

@@ -7,15 +7,41 @@ from __future__ import annotations
 import argparse
 
 
-def _cmd_export_tb(args: argparse.Namespace) -> int:
+def _run_folders(args: argparse.Namespace) -> list:
+    """The run folders named by RUN_DIR_OR_GLOB, once --depth-steps is checked."""
     from resviz import runs
-    from resviz.integrations.tensorboard import export_run
 
+    if args.depth_steps < 1:
+        raise ValueError(f"--depth-steps {args.depth_steps} must be a positive number of recorded steps, e.g. 8")
     folders = runs.find_runs(args.runs)
     if not folders:
         raise FileNotFoundError(f"no run folders in {args.runs}: a run folder holds config.json")
+    return folders
+
+
+def _export_each(folders: list, export) -> int:
+    """export(folder) for each run; a damaged run is named in one warning line and skipped, as `report` does.
+    The number exported; none: a ValueError."""
+    import warnings
+
+    from resviz.errors import first_line
+
+    done = 0
     for folder in folders:
-        print(export_run(folder, args.logdir, depth_steps=args.depth_steps))
+        try:
+            print(export(folder))
+            done += 1
+        except ValueError as err:
+            warnings.warn(f"skipping run {folder}: {first_line(err)}", stacklevel=2)
+    if not done:
+        raise ValueError(f"none of the {len(folders)} run(s) could be exported (see the warnings above)")
+    return done
+
+
+def _cmd_export_tb(args: argparse.Namespace) -> int:
+    from resviz.integrations.tensorboard import export_run
+
+    _export_each(_run_folders(args), lambda f: export_run(f, args.logdir, depth_steps=args.depth_steps))
     print(f"view with: tensorboard --logdir {args.logdir}")
     return 0
 
@@ -35,15 +61,10 @@ def add_export_tb(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export_wandb(args: argparse.Namespace) -> int:
-    from resviz import runs
     from resviz.integrations.wandb import export_run
 
-    folders = runs.find_runs(args.runs)
-    if not folders:
-        raise FileNotFoundError(f"no run folders in {args.runs}: a run folder holds config.json")
-    for folder in folders:
-        print(export_run(folder, project=args.project, entity=args.entity, mode=args.mode, dir=args.dir,
-                         depth_steps=args.depth_steps))
+    _export_each(_run_folders(args), lambda f: export_run(f, project=args.project, entity=args.entity,
+                                                          mode=args.mode, dir=args.dir, depth_steps=args.depth_steps))
     return 0
 
 

@@ -100,7 +100,7 @@ def export_run(run: str | os.PathLike, logdir: str | os.PathLike, *, depth_steps
     stats = schema.coerce(stats) if len(stats) else stats
     if not len(stats) and not len(metrics):
         raise ValueError(f"run {run} has neither stats.parquet nor metrics.parquet rows: nothing to export")
-    folder = Path(logdir) / row["run_id"]
+    folder = Path(logdir) / runs.check_run_id(row["run_id"], logdir, flag=f"run_id in {run}/config.json")
     writer = _summary_writer(folder)
     try:
         steps = profile_steps(stats["step"], depth_steps) if len(stats) else []

@@ -100,8 +100,8 @@ def export_run(run: str | os.PathLike, *, project: str = "resviz", entity: str |
     if not len(stats) and not len(metrics):
         raise ValueError(f"run {run} has neither stats.parquet nor metrics.parquet rows: nothing to export")
     config = runs.read_json(folder / "config.json")
-    wrun = wandb.init(project=project, entity=entity, name=row["run_id"], config=config, mode=mode,
-                      dir=None if dir is None else str(dir), reinit="create_new")
+    wrun = _init(wandb, project=project, entity=entity, name=row["run_id"], config=config, mode=mode,
+                 dir=None if dir is None else str(dir), reinit="create_new")
     try:
         steps = profile_steps(stats["step"], depth_steps) if len(stats) else []
         log(wrun, stats, metrics, depth_steps=steps)
@@ -109,6 +109,23 @@ def export_run(run: str | os.PathLike, *, project: str = "resviz", entity: str |
     finally:
         wrun.finish()
     return Path(wrun.dir).parent
+
+
+INIT_TIMEOUT = 20  # seconds wandb.init may wait for the server (its default is 90, retried: ~100 s offline)
+OFFLINE = "or pass --mode offline and upload later with `wandb sync`"
+
+
+def _init(wandb, **kwargs):
+    """wandb.init, bounded in time and quiet; no login or no server: a UserError naming the fix."""
+    from resviz.errors import UserError, first_line
+
+    try:
+        return wandb.init(**kwargs, settings=wandb.Settings(init_timeout=INIT_TIMEOUT, silent=True))
+    except wandb.errors.UsageError as err:
+        raise UserError(f"W&B: {first_line(err)}: run `wandb login` or set WANDB_API_KEY, {OFFLINE}") from None
+    except wandb.errors.CommError as err:
+        raise UserError(f"W&B could not be reached within {INIT_TIMEOUT} s ({first_line(err)}): check the "
+                        f"network, {OFFLINE}") from None
 
 
 class WandbSink:

@@ -73,6 +73,7 @@ class BlockSpec:
     marker: type[nn.Module] | None = None  # or: a block with children of this type named like its points
     channels: tuple[str, ...] = ()  # submodules whose width is the points' channel count; else the last conv
     tokens: bool = False
+    strict: bool = False  # every point given must be found in each matched block (register_block's specs)
 
     def matches(self, module: nn.Module) -> bool:
         if self.marker is not None:
@@ -229,7 +230,8 @@ def register_block(cls, branch=None, skip=None, sum=None, *, out="", adds=None, 
                                  _points(where.get("sum"), "sum"), name=f".{name}" if name else ""))
     key = qualname(cls)
     spec = BlockSpec(f"registered {cls.__name__}", tuple(parts), out=_points(out, "out"), classes=(key,),
-                     channels=tuple([channels] if isinstance(channels, str) else channels or ()), tokens=tokens)
+                     channels=tuple([channels] if isinstance(channels, str) else channels or ()), tokens=tokens,
+                     strict=True)  # a point the block lacks is a typo: refused when a Recorder plans the model
     _REGISTERED[key] = spec
     BLOCK_SPECS[:] = [*_REGISTERED.values(), *BUILTIN_SPECS]
     return spec

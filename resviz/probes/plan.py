@@ -237,10 +237,13 @@ def _observe_point(b: _Builder, bname: str, point: Point, name: str, channels: i
 def _plan_add_points(b, bname, spec, block, add, wanted: set[str], channels: int) -> dict[str, int]:
     """Sites of one residual addition's branch, skip and sum points that some wanted row reads."""
     found = {p: spec.find(block, getattr(add, p)) for p in ADD_POINTS}
-    if found["branch"] is None and "branch" in wanted:
-        names = ", ".join(repr(str(p)) for p in add.branch)
-        raise ValueError(f"block '{bname}' ({spec.family}) has none of the branch points {names}: name a "
-                         "submodule it has in resviz.register_block(..., branch=...)")
+    for p in ADD_POINTS:  # the branch when read; with register_block's specs, every point given
+        if found[p] is None and ((p == "branch" and "branch" in wanted) or (spec.strict and getattr(add, p))):
+            names = ", ".join(repr(str(q)) for q in getattr(add, p))
+            has = ", ".join(name for name, _ in block.named_children()) or "none"
+            hint = " (a list gives fallbacks: skip=['downsample', ':in'])" if p == "skip" else ""
+            raise ValueError(f"block '{bname}' ({spec.family}) has none of the {p} points {names} (its submodules: "
+                             f"{has}): name a submodule it has in resviz.register_block(..., {p}=...){hint}")
     if found["sum"] is not None and found["sum"].holds_sum and "sum" in wanted:
         wanted = wanted | {"branch"}  # the sum is recognised as the branch tensor, updated in place
     sites: dict[str, int] = {}

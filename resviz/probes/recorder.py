@@ -165,6 +165,7 @@ class Recorder:
         self._plan = build_plan(self._root, self._metrics, block_rows)
         self._central = False
         self._step = 0
+        self._ended = -1  # the last step end_step finished: steps must increase (each step's rows written once)
         self._recording = True
         self._active = False
         self._handles: list = []
@@ -294,6 +295,10 @@ class Recorder:
         queue the step's statistics on the device; no host synchronisation. The next step is step + 1."""
         self._require_active()
         step = self._step if step is None else self._check_step(step)
+        if step <= self._ended:
+            raise ValueError(f"end_step(step={step}) after step {self._ended}: steps must increase (each step's "
+                             "rows are written once); use a new Recorder for a new run")
+        self._ended = step
         if step % self._every == 0:
             self._commit(step, math.nan if epoch is None else float(epoch))
         else:

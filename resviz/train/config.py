@@ -16,6 +16,8 @@ PAPER_MILESTONES = (32_000, 48_000)  # ... lr / 10 at 32k and 48k
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LIST_FIELDS = ("milestones", "record_metrics")  # tuples; comma-separated on the command line
 OPTIONAL_FIELDS = ("branch_init", "train_subset")  # may be None; "none" (or "") on the command line
+MAX_SEED = 2**32 - 1  # seeds the batch generators as seed * 1_000_003 + step terms: stays inside int64
+MAX_INT = 2**40  # counts of steps and images: far beyond any run, far from the int64 they become
 POSITIVE_INT_FIELDS = ("steps", "batch_size", "record_every", "log_every", "eval_every", "checkpoint_every",
                        "eval_batch_size", "schedule_steps")
 
@@ -86,6 +88,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+            if value > MAX_INT:
+                raise ValueError(f"--{name.replace('_', '-')}={value} is too large; use at most {MAX_INT:,}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed={self.seed!r} must be an integer from 0 to {MAX_SEED:,}")
         if self.checkpoint_every % self.log_every:
             raise ValueError(
                 f"checkpoint_every={self.checkpoint_every} must be a multiple of log_every={self.log_every}"

@@ -89,11 +89,14 @@ class Progress:
     metrics: list[dict]
     stats: pd.DataFrame
     interval: dict | None = None  # the logging interval in progress at a mid-interval checkpoint (Ctrl-C)
+    data_key: str = ""  # datasets.fingerprint of the training split, saved in the checkpoint
 
 
-def resume(folder: Path, config: TrainConfig, model, optimizer, device) -> Progress:
-    """Load the folder's checkpoint (if any) into `model` and `optimizer`; the progress to go on from."""
-    fresh = Progress(0, 0.0, config.warmup_steps if config.warmup_enabled else None, [], schema.empty())
+def resume(folder: Path, config: TrainConfig, model, optimizer, device, data_key: str = "") -> Progress:
+    """Load the folder's checkpoint (if any) into `model` and `optimizer`; the progress to go on from.
+    `data_key` (datasets.fingerprint of the training split) must match the checkpoint's, where it holds one."""
+    fresh = Progress(0, 0.0, config.warmup_steps if config.warmup_enabled else None, [], schema.empty(),
+                     data_key=data_key)
     path = folder / "checkpoint.pt"
     if not path.is_file():
         return fresh
@@ -104,8 +107,13 @@ def resume(folder: Path, config: TrainConfig, model, optimizer, device) -> Progr
     except Exception as err:  # noqa: BLE001 - a checkpoint that cannot be read is a failure we name
         raise ValueError(f"checkpoint {path} cannot be read ({err}); delete it to restart the run") from None
     _load_states(path, ckpt, config, model, optimizer)
+    held = ckpt.get("data_key") or ""
+    if held and data_key and held != data_key:
+        raise ValueError(f"{path} was trained on other data than {config.dataset} holds now ({held.split(':')[0]} "
+                         f"training images then, {data_key.split(':')[0]} now, contents differ); restore the data "
+                         f"to resume, or start afresh: another --run-id, or delete {folder}")
     progress = Progress(ckpt["step"], ckpt["seconds"], ckpt["warmup_until"], [], schema.empty(),
-                        ckpt.get("interval"))
+                        ckpt.get("interval"), data_key)
     try:
         m = runs.read_table(folder / "metrics.parquet", schema.empty_train)
         s = runs.read_table(folder / "stats.parquet", schema.empty)
@@ -146,12 +154,21 @@ def _load_states(path: Path, ckpt, config: TrainConfig, model, optimizer) -> Non
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError):
         held = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-        what = ", ".join(f"{k}={held[k]!r}" for k in ("arch", "depth", "width", "norm", "shortcut") if k in held)
+        if isinstance(ckpt.get("classes"), list):
+            held = {**held, "classes": len(ckpt["classes"])}
+        mine = {**config.to_dict(), "classes": _outputs(model)}
+        keys = ("arch", "depth", "width", "norm", "shortcut", "classes")
+        shown = [k for k in keys if k in held]  # the class count too: it differs when the data set changed
         raise ValueError(
-            f"{path} holds another model ({what or 'unknown config'}) than this run "
-            f"(arch={config.arch!r}, depth={config.depth}, width={config.width}, norm={config.norm!r}, "
-            f"shortcut={config.shortcut!r}); delete the checkpoint to restart, or use the matching config"
+            f"{path} holds another model ({', '.join(f'{k}={held[k]!r}' for k in shown) or 'unknown config'}) "
+            f"than this run ({', '.join(f'{k}={mine[k]!r}' for k in shown or keys)}); delete the checkpoint to "
+            "restart, or use the matching config and data"
         ) from None
+
+
+def _outputs(model) -> int | None:
+    """The number of classes a model predicts (its spec's, for resviz nets)."""
+    return getattr(getattr(model, "spec", None), "num_classes", None)
 
 
 def save(folder: Path, step: int, progress: Progress, model, optimizer, data, config: TrainConfig) -> None:
@@ -163,7 +180,7 @@ def save(folder: Path, step: int, progress: Progress, model, optimizer, data, co
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
         "seconds": progress.seconds, "warmup_until": progress.warmup_until, "mean": tuple(data.mean),
         "std": tuple(data.std), "classes": list(data.classes), "config": config.to_dict(),
-        "interval": progress.interval})
+        "interval": progress.interval, "data_key": progress.data_key})
 
 
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:

@@ -192,6 +192,9 @@ def _interrupted(run: "_Run", signum: int) -> Interrupted:
 
 def _training_split(config: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = data.train_images, data.train_labels
+    if len(data.classes) < 2:  # every label the same: training error 0 % from the first step, a wrong result
+        raise ValueError(f"{config.dataset} holds {len(data.classes)} class ({', '.join(data.classes)}); a "
+                         "classifier needs at least 2: add a folder per class to train/ and test/")
     if config.train_subset is not None:
         images, labels = images[: config.train_subset], labels[: config.train_subset]
     if config.batch_size > len(images):
@@ -217,7 +220,7 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
     loader = DeviceLoader(images, labels, batch_size=config.batch_size, train=True, mean=data.mean, std=data.std,
                           device=device, seed=config.seed, augment=config.augment,
                           channels_last=config.channels_last)
-    progress = run_folder.resume(folder, config, model, optimizer, device)
+    progress = run_folder.resume(folder, config, model, optimizer, device, datasets.fingerprint(images, labels))
     run = _Run(config, folder, data, device, model, optimizer, loader, progress, step=progress.step,
                step_done=progress.step,
                last_finite=progress.metrics[-1] if progress.metrics else {}, interval=_Interval(device),
