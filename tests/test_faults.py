@@ -114,8 +114,54 @@ def test_signal_in_any_phase_resumes_exactly(tmp_path, data_root, reference, pha
     folder = tmp_path / config.run_id
     status = runs.read_status(folder)
     assert status["status"] == "interrupted" and 0 < status["step"] < config.steps
-    if times == 1:
-        assert isinstance(caught.value, Interrupted) and caught.value.signum == signum
+    assert isinstance(caught.value, Interrupted) and caught.value.signum == signum  # a second one too: 128 + signum
+    assert train(config, tmp_path).status == "done"
+    assert_same_run(reference, folder)
+
+
+def test_a_step_that_outlasts_the_grace_is_abandoned_for_the_last_checkpoint(tmp_path, data_root, reference,
+                                                                            monkeypatch):
+    """SIGTERM inside a step that goes on far longer than the grace (a 30 s sleep in a forward hook stands for a
+    very deep net on a CPU): the step is abandoned within the grace, the run reads interrupted at its last
+    checkpoint, and running it again gives exactly the uninterrupted run."""
+    from resviz.train import signals
+
+    monkeypatch.setattr(signals, "GRACE", 0.05)
+    calls = []
+
+    def long_step(module, args, output) -> None:
+        if isinstance(module, torch.nn.Linear) and module.training:
+            calls.append(1)
+            if len(calls) == 25:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(long_step)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Interrupted) as caught:
+            train(_config(data_root), tmp_path)
+    finally:
+        handle.remove()
+    assert time.monotonic() - started < 30  # the sleep did not run out: the step was abandoned
+    folder = tmp_path / _config(data_root).run_id
+    status = runs.read_status(folder)
+    assert caught.value.signum == signal.SIGTERM and status["status"] == "interrupted" and status["step"] == 20
+    assert "inside a step that outlasted the 0.05 s grace (at step 24)" in status["reason"]
+    assert train(_config(data_root), tmp_path).status == "done"
+    assert_same_run(reference, folder)
+
+
+def test_a_signal_while_setting_up_stops_at_once(tmp_path, data_root, reference):
+    """The first eval-mode forward is the held-out measurement in setup: SIGTERM there stops before any step,
+    nothing is trained or lost, and the same command then trains the whole run."""
+    config = _config(data_root)
+    with _SignalAt("eval", 1, signal.SIGTERM), pytest.raises(Interrupted) as caught:
+        train(config, tmp_path)
+    folder = tmp_path / config.run_id
+    status = runs.read_status(folder)
+    assert caught.value.signum == signal.SIGTERM and "while setting up" in str(caught.value)
+    assert status["status"] == "interrupted" and status["step"] == 0 and not (folder / "checkpoint.pt").exists()
     assert train(config, tmp_path).status == "done"
     assert_same_run(reference, folder)
 

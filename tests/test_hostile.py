@@ -452,3 +452,14 @@ def test_export_wandb_without_a_login_is_one_line(trained, tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("resviz: error: W&B: No API key configured")
     assert "wandb login" in done.stderr and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------------ sizes bounded before building
+def test_a_net_beyond_memory_is_refused_before_building(tmp_path, data_root, capsys):
+    """ResNet-60002 at width 16 holds hundreds of GiB for backward: refused in one line before the model is built
+    (it used to build for minutes and train for 15 before it could be stopped)."""
+    out = tmp_path / "out"
+    assert main(train_args(data_root, out, "--depth", "60002", "--width", "16", "--batch-size", "128")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "depth=60002, width=16 at batch_size=128 needs at least" in err, err
+    assert "GiB free; use a smaller --depth, --width or --batch-size" in err and not out.exists()

@@ -31,8 +31,8 @@ from resviz.models import cifar_resnet
 from resviz.train import folder as run_folder
 from resviz.train.config import TrainConfig
 from resviz.train.folder import Progress, RunResult
-from resviz.train.signals import StopSignals, describe
-from resviz.train.speed import SyncCheck, TrainStep, cudnn_benchmark, largest_batch
+from resviz.train.signals import StopNow, StopSignals, describe
+from resviz.train.speed import SyncCheck, TrainStep, check_fits, cudnn_benchmark, largest_batch
 
 
 def learning_rate(config: TrainConfig, step: int, warmup_until: int | None) -> float:
@@ -114,6 +114,7 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
     config.validate()
     run_id = runs.check_run_id(config.run_id if run_id is None else run_id, out)  # a name inside `out`
     device = datasets.resolve_device(config.device)
+    check_fits(config.depth, config.width, config.batch_size, device)  # before building or writing anything
     sync_check = SyncCheck(device)  # checks $RESVIZ_SYNC_DEBUG before anything is written
     folder = Path(out) / run_id
     finished = run_folder.finished_result(config, folder)
@@ -124,13 +125,27 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
     make_folder(out)
     make_folder(folder)
     with runs.run_lock(folder), StopSignals() as stop:
-        folder = run_folder.prepare_folder(config, out, run_id)  # the very folder locked above
-        finished = run_folder.finished_result(config, folder)  # another process may have finished it meanwhile
-        if finished is not None:
-            return finished
-        run = _setup(config, folder, data, images, labels, device)
-        run.stop = stop
+        stop.phase = "setup"  # a signal stops at once: nothing in memory to save yet
+        try:
+            folder = run_folder.prepare_folder(config, out, run_id)  # the very folder locked above
+            finished = run_folder.finished_result(config, folder)  # another process may have finished it meanwhile
+            if finished is not None:
+                return finished
+            run = _setup(config, folder, data, images, labels, device)
+        except StopNow as err:
+            raise _stopped_in_setup(folder, stop, err) from None
+        run.stop, stop.phase = stop, "boundary"
         return _train_locked(run, sync_check)
+
+
+def _stopped_in_setup(folder: Path, stop: StopSignals, err: StopNow) -> Interrupted:
+    """A signal while setting up: nothing trained, nothing lost; the folder says interrupted at its last step."""
+    stop.acted()
+    step = int(runs.read_status(folder).get("step", 0) or 0) if runs.is_run_folder(folder) else 0
+    reason = f"{err}; run the same command again to resume from step {step}"
+    if runs.is_run_folder(folder):
+        _write_status_if_possible(folder, "interrupted", reason, step)
+    return Interrupted(err.signum, f"{folder.name}: {reason}")
 
 
 def _train_locked(run: "_Run", sync_check: SyncCheck) -> RunResult:
@@ -141,31 +156,36 @@ def _train_locked(run: "_Run", sync_check: SyncCheck) -> RunResult:
         with cudnn_benchmark(run.device, config.cudnn_benchmark), bar, sync_check:
             runs.write_status(folder, "running", step=run.progress.step, pid=os.getpid())
             return _run_steps(run, bar, sync_check)
+    except StopNow as err:  # a second signal, or a step that outlasted the grace: the last checkpoint is the
+        run.stop.acted()     # consistent state to resume from
+        reason = f"{err} (at step {run.step}); run the same command again to resume from step {run.saved_step}"
+        _write_status_if_possible(folder, "interrupted", reason, run.saved_step)
+        raise Interrupted(err.signum, f"{folder.name}: {reason}") from None
     except Interrupted:
         raise  # saved at a step boundary already
-    except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint is the consistent state
-        runs.write_status(folder, "interrupted", "stopped at once by a second signal; run again to resume from "
-                          f"step {run.saved_step}", step=run.saved_step)
+    except KeyboardInterrupt:  # a Ctrl-C outside StopSignals' handlers: the last checkpoint is the consistent state
+        _write_status_if_possible(folder, "interrupted", "stopped at once; run again to resume from step "
+                                  f"{run.saved_step}", run.saved_step)
         raise
     except torch.cuda.OutOfMemoryError:
         pass  # handled below, once this handler has let go of the failed step's tensors
     except OSError as err:
         if os_error_line(err) is None:
-            _mark_failed(run, f"{type(err).__name__}: {err}", run.step)
+            _write_status_if_possible(folder, "failed", f"{type(err).__name__}: {err}", run.step)
             raise
         raise _disk_error(run, err) from None
     except Exception as err:
-        _mark_failed(run, f"{type(err).__name__}: {err}", run.step)
+        _write_status_if_possible(folder, "failed", f"{type(err).__name__}: {err}", run.step)
         raise
     # only an out-of-GPU-memory error gets here: every other path through the loop returns or raises
     raise _out_of_memory(run)
 
 
-def _mark_failed(run: "_Run", reason: str, step: int) -> None:
-    """Status `failed` at `step`; where even status.json cannot be written (a full disk)
-    the status left says `running` with this process's pid, which reads `interrupted` once it has exited."""
+def _write_status_if_possible(folder: Path, status: str, reason: str, step: int) -> None:
+    """The run's status at `step`; where even status.json cannot be written (a full disk) the status left says
+    `running` with this process's pid, which reads `interrupted` once it has exited."""
     try:
-        runs.write_status(run.folder, "failed", reason, step=step)
+        runs.write_status(folder, status, reason, step=step)
     except OSError:
         pass
 
@@ -174,16 +194,16 @@ def _disk_error(run: "_Run", err: OSError) -> UserError:
     """A full disk, a read-only folder or a long name while saving: the files of the last checkpoint are whole
     (atomic writes), the run is marked failed, and the line names the file and the fix."""
     line = f"{run.folder.name}: {os_error_line(err)}: the run resumes from its checkpoint at step {run.saved_step}"
-    _mark_failed(run, line, run.saved_step)
+    _write_status_if_possible(run.folder, "failed", line, run.saved_step)
     return UserError(line)
 
 
 def _interrupted(run: "_Run", signum: int) -> Interrupted:
     """Save the run at the boundary before step `run.step_done` (with the logging interval in progress, so the
     resumed run logs exactly the rows an uninterrupted one would) and mark it interrupted."""
+    run.stop.acted()  # no abandoning while saving (a second signal still stops at once)
     run.progress.interval = run.interval.state()
     _checkpoint(run, run.step_done)
-    run.stop.handled = True
     how = describe(signum)
     runs.write_status(run.folder, "interrupted", f"interrupted by {how} at step {run.step_done}; run the same "
                       "command again to resume", step=run.step_done, signal=signum)
@@ -260,7 +280,9 @@ def _run_steps(run: _Run, bar, sync_check: SyncCheck) -> RunResult:
                 raise _interrupted(run, run.stop.signum)
             # no host sync from here to the next boundary (RESVIZ_SYNC_DEBUG=error checks it on CUDA)
             run.step = step
+            run.stop.phase = "step"  # a step that outlasts the grace after a signal may be abandoned
             lr = _train_step(run, step)
+            run.stop.phase = "boundary"
             bar.update(1)
             done = step + 1
             if done % config.log_every and done != config.steps:
@@ -305,7 +327,7 @@ def _log_row(run: _Run, done: int, lr: float, bar) -> dict:
     run.progress.seconds += seconds
     evaluated = _due(config.eval_every, done, config.steps)
     if evaluated:
-        run.phase = "evaluation"
+        run.phase, run.stop.phase = "evaluation", "step"  # an evaluation may be abandoned as a step may
         with run.rec.paused():  # SYNC: evaluation boundary (one host copy at its end)
             result = evaluate(run.model, run.data.test_images, run.data.test_labels, mean=run.data.mean,
                               std=run.data.std, batch_size=config.eval_batch_size, device=run.device,
@@ -314,7 +336,7 @@ def _log_row(run: _Run, done: int, lr: float, bar) -> dict:
                                       batch_size=config.eval_batch_size)
             run.eval_stats.append(_heldout_stats(run, done))
         run.last_test = (1.0 - result["accuracy"], result["loss"])
-        run.phase = "training"
+        run.phase, run.stop.phase = "training", "boundary"
     row = {"run_id": run.folder.name, "step": done, "epoch": run.loader.epoch_of(done), "loss": loss_mean,
            "train_error": train_err, "test_error": run.last_test[0] if evaluated else float("nan"),
            "test_loss": run.last_test[1] if evaluated else float("nan"), "lr": lr, "seconds": run.progress.seconds,

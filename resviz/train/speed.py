@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from resviz import datasets
-from resviz.errors import first_line
+from resviz.errors import UserError, first_line
 
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # modes that replay CUDA graphs on CUDA
 COMPILE_BACKEND_ENV = "RESVIZ_COMPILE_BACKEND"  # torch.compile backend (default inductor); tests use aot_eager
@@ -154,3 +154,43 @@ def largest_batch(model, start: int, *, amp: bool, channels_last: bool, device) 
             model.zero_grad(set_to_none=True)
         batch //= 2
     return 0
+
+
+def activation_bytes(depth: int, width: int, batch_size: int) -> int:
+    """A lower bound of the memory a training step of a CIFAR net (6n+2) holds for backward: two fp32 tensors of
+    each conv layer's output (32x32 x width, 16x16 x 2 width, 8x8 x 4 width per stage), plus the weights with
+    their gradients and momentum."""
+    n = (depth - 2) // 6
+    per_image = 2 * n * (1024 + 512 + 256) * width * 2 * 4  # 2 convs a block, 2 tensors a conv, 4 bytes
+    weights = 2 * n * 9 * (width**2 + (2 * width) ** 2 + (4 * width) ** 2) * 3 * 4  # weights, grads, momentum
+    return batch_size * per_image + weights
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for a run on `device`: CUDA's free memory; on the CPU the smaller of MemAvailable and the
+    cgroup's limit (a container). None where it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            found += [int(text) for text in [f.read().strip()] if text.isdigit()]
+    except OSError:
+        pass
+    return min(found) if found else None
+
+
+def check_fits(depth: int, width: int, batch_size: int, device: torch.device) -> None:
+    """Refuse, before the model is built, a depth, width and batch whose training step cannot fit in memory
+    (by a lower bound of what it holds): one line with the numbers and the fix."""
+    need, have = activation_bytes(depth, width, batch_size), available_bytes(device)
+    if have is None or need <= have:
+        return
+    raise UserError(f"depth={depth}, width={width} at batch_size={batch_size} needs at least {need / 2**30:.1f} GiB "
+                    f"to train but {device} has {have / 2**30:.1f} GiB free; use a smaller --depth, --width or "
+                    "--batch-size")
