@@ -175,7 +175,7 @@ def run_lock(folder: str | os.PathLike):
                           "wait for it to finish or stop it (a second writer would overwrite its files)",
                           holder) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n{socket.gethostname()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield folder
     finally:
         os.close(fd)  # releases the lock
@@ -183,17 +183,16 @@ def run_lock(folder: str | os.PathLike):
 
 def _lock_holder(fd: int) -> int | None:
     try:
-        return int(os.pread(fd, 32, 0).decode().split()[0])
-    except (ValueError, OSError, IndexError):
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (ValueError, OSError):
         return None
 
 
-def _lock_holder_of(folder: Path) -> tuple[int, str | None] | None:
-    """(pid, host) written in the folder's .lock by its last holder, or None (no lock, or unreadable)."""
+def _lock_holder_of(folder: Path) -> tuple[int, None] | None:
+    """(pid, host unknown) written in the folder's .lock by its last holder, or None (no lock, or unreadable)."""
     try:
-        parts = (folder / LOCK_FILE).read_text().split()
-        return int(parts[0]), (parts[1] if len(parts) > 1 else None)
-    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        return int((folder / LOCK_FILE).read_text().strip()), None
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
 
 
