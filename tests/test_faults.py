@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from resviz import runs, sweep
+from resviz import runs, sweeps
 from resviz.cli import main
 from resviz.errors import Interrupted
 from resviz.train import train
@@ -196,13 +196,13 @@ def test_sweep_skips_a_run_another_process_holds(tmp_path, data_root):
                                str(tmp_path / config.run_id / runs.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        table = sweep.run_sweep([config], tmp_path, progress=False)
+        table = sweeps.run_sweep([config], tmp_path, progress=False)
     finally:
         holder.kill()
         holder.wait()
     assert table["status"].tolist() == ["busy"] and str(holder.pid) in table["reason"].iloc[0]
     assert not (tmp_path / config.run_id / "config.json").exists()  # nothing touched
-    assert sweep.run_one(config.to_dict(), tmp_path)["status"] == "done"  # the lock of the dead holder is free
+    assert sweeps.run_one(config.to_dict(), tmp_path)["status"] == "done"  # the lock of the dead holder is free
 
 
 def _alive(pid: int) -> bool:
@@ -340,14 +340,14 @@ def test_checkpoint_of_another_depth_is_named(tmp_path, data_root):
 # ------------------------------------------------------------------------ what a user reads
 def test_sweep_summary_shows_each_reason_whole_once():
     reason = "cifar10 is not available offline: " + "x" * 80 + " put the file here: data/cifar-10-python.tar.gz"
-    table = sweep.summary_table([
+    table = sweeps.summary_table([
         {"run": "a", "status": "failed", "step": -1, "train_error": float("nan"), "test_error": float("nan"),
          "seconds": float("nan"), "reason": reason},
         {"run": "b", "status": "failed", "step": -1, "train_error": float("nan"), "test_error": float("nan"),
          "seconds": float("nan"), "reason": reason},
         {"run": "c", "status": "done", "step": 10, "train_error": 0.1, "test_error": 0.2, "seconds": 3.0,
          "reason": ""}])
-    text = sweep.format_summary(table)
+    text = sweeps.format_summary(table)
     assert text.count(reason) == 1 and "[1] a, b:" in text
 
 

@@ -1,5 +1,5 @@
-"""Sweeps on Ray (resviz.ray_engine) on a real local Ray cluster: the same runs as the local engine, a killed
-worker's run resumed by Ray's retry, a diverging run recorded and not retried, fractional GPU placement
+"""Sweeps on Ray (resviz.sweeps.ray_engine) on a real local Ray cluster: the same runs as the local engine, a
+killed worker's run resumed by Ray's retry, a diverging run recorded and not retried, fractional GPU placement
 (GPUs declared to Ray without hardware), the storage probe, and bad addresses."""
 from __future__ import annotations
 
@@ -15,25 +15,17 @@ import torch
 
 from resviz import runs
 from resviz.errors import UserError
-from resviz.sweep import grid, run_sweep
+from resviz.sweeps import add_sweep_arguments, dispatch, grid, run_grid_on_ray, run_sweep
 from resviz.train import train
 from tiny_training import data_root, tiny  # noqa: F401 - data_root is a fixture
 
 ray = pytest.importorskip("ray")
-from resviz.ray_engine import (  # noqa: E402
-    _gpus_per_run,
-    _nodes_that_fit,
-    add_engine_options,
-    check_storage,
-    dispatch,
-    run_grid_on_ray,
-)
+from resviz.sweeps.ray_engine import check_storage, gpus_for_each_run, nodes_that_fit  # noqa: E402
 
 
 def _parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--workers", type=int, default=None)
-    add_engine_options(parser)
+    add_sweep_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -135,7 +127,7 @@ def test_a_run_failing_for_its_own_reasons_is_recorded_not_retried(cluster, tmp_
 
 def test_fractional_gpus_are_placed_by_ray(cluster, tmp_path, data_root):
     configs = grid(tiny(data_root, steps=5, log_every=5, eval_every=5, checkpoint_every=5), seeds=(0, 1, 2, 3))
-    assert _gpus_per_run(cluster, None, configs) == 1.0  # the cluster has GPUs: one per run by default
+    assert gpus_for_each_run(cluster, None, configs) == 1.0  # the cluster has GPUs: one per run by default
     table = run_grid_on_ray(configs, tmp_path, gpus_per_run=0.5, progress=False)
     assert table["status"].tolist() == ["done"] * 4
     given = table.attrs["placement"]
@@ -145,10 +137,10 @@ def test_fractional_gpus_are_placed_by_ray(cluster, tmp_path, data_root):
         assert placement["cuda_visible_devices"] == placement["gpu_ids"][0]  # a run sees only its own GPU
     with pytest.raises(UserError, match=r"no Ray node has --cpus-per-run 1 and --gpus-per-run 3 free "
                                         r"\([0-9a-f.:]+: 2 CPU 2 GPU\)"):
-        _nodes_that_fit(cluster, 1, 3)
+        nodes_that_fit(cluster, 1, 3)
 
 
 def test_storage_probe_writes_from_every_node_and_cleans_up(cluster, tmp_path):
-    nodes = _nodes_that_fit(cluster, 1, 0)
+    nodes = nodes_that_fit(cluster, 1, 0)
     check_storage(cluster, tmp_path, nodes)
     assert list(tmp_path.iterdir()) == []

@@ -19,10 +19,13 @@ import pytest
 import torch
 
 from resviz import runs
+from resviz.errors import UserError
+from resviz.sweeps import grid, run_grid_on_ray
+from resviz.sweeps.private_cluster import namespace_error
 from resviz.train import TrainConfig, train
+from tiny_training import tiny
 
-pytest.importorskip("ray")
-from resviz.ray_private import namespace_error  # noqa: E402
+ray = pytest.importorskip("ray")
 
 NO_NAMESPACE = namespace_error()  # None where this machine can make a loopback-only network namespace
 confinable = pytest.mark.skipif(NO_NAMESPACE is not None, reason=f"no network namespace here: {NO_NAMESPACE}")
@@ -125,26 +128,16 @@ def test_a_confined_sweep_survives_ctrl_c_and_a_killed_driver_and_resumes_exactl
 
 @confinable
 def test_tasks_of_the_private_cluster_see_only_loopback(tmp_path):
-    from resviz.ray_engine import run_grid_on_ray
-    from resviz.sweep import grid
-    from tiny_training import tiny
-
     configs = grid(tiny(str(tmp_path / "data"), steps=10), seeds=(0,))
     table = run_grid_on_ray(configs, tmp_path / "out", gpus_per_run=0, progress=False)
     assert table["status"].tolist() == ["done"]
     placement = table.attrs["placement"][configs[0].run_id]
     assert placement["interfaces"] == ["lo"]  # the namespace has no other interface: nothing listens elsewhere
-    import ray
-
     assert not ray.is_initialized()  # the cluster lived in the child, and is gone with it
 
 
 @pytest.mark.skipif(NO_NAMESPACE is None, reason="this machine makes network namespaces: the confined tests run")
 def test_without_namespaces_the_private_cluster_is_refused_in_one_line(tmp_path):
-    from resviz.errors import UserError
-    from resviz.ray_engine import run_grid_on_ray
-    from tiny_training import tiny
-
     with pytest.raises(UserError, match=r"start Ray yourself \(`ray start --head"):
         run_grid_on_ray([tiny(str(tmp_path / "data"), steps=10)], tmp_path / "out", gpus_per_run=0, progress=False)
     assert not (tmp_path / "out" / tiny(str(tmp_path)).run_id).exists()  # nothing trained outside the namespace

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from resviz import runs
-from resviz.sweep import format_summary, grid, run_sweep
+from resviz.sweeps import format_summary, grid, run_sweep
 from resviz.train import prepare_folder, train
 from tiny_training import TINY, data_root, tiny  # noqa: F401 - data_root is a fixture
 
