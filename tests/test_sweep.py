@@ -62,6 +62,7 @@ def test_sweep_resumes_a_cut_run_and_retries_a_failed_one(tmp_path, data_root):
     assert runs.read_status(cut)["status"] == "done"
 
 
+@pytest.mark.slow  # two spawned worker processes, each importing torch before it trains
 def test_sweep_with_two_worker_processes(tmp_path, data_root):
     configs = grid(tiny(data_root, steps=10, checkpoint_every=10), depths=(8,), archs=("plain", "resnet"))
     table = run_sweep(configs, tmp_path, workers=2, progress=False)

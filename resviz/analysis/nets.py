@@ -62,7 +62,7 @@ def run_nets(path_or_glob, *, mean=None, std=None) -> list[Net]:
     with_weights = [f for f in folders if (f / "checkpoint.pt").is_file()]
     if not with_weights:
         raise FileNotFoundError(
-            f"no run with a checkpoint.pt under {path_or_glob}: train one first (resviz train, or sweep.run_sweep)"
+            f"no run with a checkpoint.pt under {path_or_glob}: train one first (resviz train, or sweeps.run_sweep)"
         )
     nets = []
     for folder in with_weights:
