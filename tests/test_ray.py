@@ -48,7 +48,9 @@ def test_bad_address_and_options_are_one_line(tmp_path, data_root):
 @pytest.fixture(scope="module")
 def cluster():
     """A real Ray instance on 127.0.0.1: 2 CPUs, and 2 GPUs declared without hardware. On a busy 2-core
-    machine Ray's agents can take longer than the raylet waits for them by default: give them 2 min."""
+    machine Ray's agents can take longer than the raylet waits for them by default: give them 2 min. Every test
+    on it is marked slow: its start (~16 s on 2 cores) lands on whichever runs first, and each new Ray worker
+    imports torch before its first run."""
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     ray.init(num_cpus=2, num_gpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
     yield ray
@@ -59,6 +61,7 @@ def _losses(folder) -> list[float]:
     return pd.read_parquet(folder / "metrics.parquet")["loss"].tolist()
 
 
+@pytest.mark.slow  # on the cluster: see its fixture
 def test_grid_equals_the_local_engine_run_for_run(cluster, tmp_path, data_root):
     configs = grid(tiny(data_root, steps=20), archs=("plain", "resnet"), seeds=(0, 1))
     threads = torch.get_num_threads()
@@ -96,6 +99,7 @@ def _kill_at_checkpoint(folder, killed: list) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # on the cluster: see its fixture
 def test_killed_worker_is_retried_and_resumes_to_the_uninterrupted_run(cluster, tmp_path, data_root):
     config = tiny(data_root, steps=80)
     torch.set_num_threads(1)
@@ -114,6 +118,7 @@ def test_killed_worker_is_retried_and_resumes_to_the_uninterrupted_run(cluster, 
                                   pd.read_parquet(reference.folder / "stats.parquet"))
 
 
+@pytest.mark.slow  # on the cluster: see its fixture
 def test_a_run_failing_for_its_own_reasons_is_recorded_not_retried(cluster, tmp_path, data_root):
     diverging = tiny(data_root, norm="none", lr=50.0, steps=40)
     too_big = tiny(data_root, batch_size=5000, steps=10)  # larger than the training set: the run's own error
@@ -125,6 +130,7 @@ def test_a_run_failing_for_its_own_reasons_is_recorded_not_retried(cluster, tmp_
     assert set(table.attrs["placement"]) == {diverging.run_id, too_big.run_id}
 
 
+@pytest.mark.slow  # on the cluster: see its fixture
 def test_fractional_gpus_are_placed_by_ray(cluster, tmp_path, data_root):
     configs = grid(tiny(data_root, steps=5, log_every=5, eval_every=5, checkpoint_every=5), seeds=(0, 1, 2, 3))
     assert gpus_for_each_run(cluster, None, configs) == 1.0  # the cluster has GPUs: one per run by default
@@ -140,6 +146,7 @@ def test_fractional_gpus_are_placed_by_ray(cluster, tmp_path, data_root):
         nodes_that_fit(cluster, 1, 3)
 
 
+@pytest.mark.slow  # on the cluster: see its fixture
 def test_storage_probe_writes_from_every_node_and_cleans_up(cluster, tmp_path):
     nodes = nodes_that_fit(cluster, 1, 0)
     check_storage(cluster, tmp_path, nodes)
