@@ -286,6 +286,8 @@ class RunFolder:
             self.write_status(status, reason, step=int(step), **extra)
 
 
-__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "FINISHED", "LOCK_FILE", "METRICS_FILE", "RUN_INFO_DEFAULTS", "RunFolder",
-           "STATS_FILE", "STATUSES", "STATUS_FILE", "default_run_id", "is_run_folder", "jsonable", "load_checkpoint", "metrics_frame",
-           "read_config", "read_status", "read_table", "run_lock", "write_status"]
+__all__ = [
+    "CHECKPOINT_FILE", "CONFIG_FILE", "FINISHED", "LOCK_FILE", "METRICS_FILE", "RUN_INFO_DEFAULTS", "STATS_FILE",
+    "STATUSES", "STATUS_FILE", "RunFolder", "default_run_id", "is_run_folder", "jsonable", "load_checkpoint",
+    "metrics_frame", "read_config", "read_status", "read_table", "run_lock", "write_status",
+]

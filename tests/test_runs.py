@@ -1,4 +1,5 @@
-"""Run folders: atomic writes, status records, finding and loading runs, the summary, damaged folders."""
+"""Reading run folders (resviz.runs) and atomic writes (resviz.io): finding and loading runs, the summary, damaged
+folders. One folder's writer, status and lock: test_runfolder.py."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from resviz import io, runfolder, runs, schema
+from resviz import io, runs, schema
 from resviz.train import train
 from tiny_training import TINY, data_root, tiny  # noqa: F401 - data_root is a fixture
 
@@ -49,18 +50,6 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(TypeError):  # not JSON: nothing written, nothing left behind
         io.atomic_write_json(path, {1j: 1})  # complex keys
     assert io.read_json(path) == {"old": True} and [p.name for p in tmp_path.iterdir()] == ["x.json"]
-
-
-# ------------------------------------------------------------------------------ status
-def test_status_records(tmp_path):
-    assert runfolder.read_status(tmp_path) == {"status": "running", "reason": "no status.json yet", "step": 0}
-    record = runfolder.write_status(tmp_path, "diverged", "loss became nan", step=7)
-    assert runfolder.read_status(tmp_path) == record and record["step"] == 7 and record["updated"]
-    with pytest.raises(ValueError, match="status='finished' is unknown; use one of running, done"):
-        runfolder.write_status(tmp_path, "finished")
-    (tmp_path / "status.json").write_text("{not json")
-    damaged = runfolder.read_status(tmp_path)
-    assert damaged["status"] == "failed" and damaged["reason"].startswith(f"unreadable {tmp_path / 'status.json'}")
 
 
 def test_run_metadata_keys_are_one_list():

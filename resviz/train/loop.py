@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from tqdm.auto import tqdm
 
 from resviz import datasets, schema
@@ -199,8 +198,8 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
                           device=device, seed=config.seed, augment=config.augment,
                           channels_last=config.channels_last)
     progress = run_folder.resume(folder, config, model, optimizer, device)
-    run = _Run(config, folder, RunFolder(folder.parent, folder.name), data, device, model, optimizer, loader, progress, step=progress.step,
-               step_done=progress.step,
+    run = _Run(config, folder, RunFolder(folder.parent, folder.name), data, device, model, optimizer, loader,
+               progress, step=progress.step, step_done=progress.step,
                last_finite=progress.metrics[-1] if progress.metrics else {}, interval=_Interval(device),
                saved_step=progress.step)
     tested = [r for r in progress.metrics if math.isfinite(r.get("test_error", math.nan))]
