@@ -108,7 +108,7 @@ def size() -> str:
 def demo_runs(root: Path | None = None) -> tuple[Path, TrainConfig] | None:
     """`make demo`'s finished runs (`<project>/runs/demo`) and the base config that names them, or None: 01
     reuses them instead of training the same four nets again."""
-    from resviz import runs
+    from resviz import runfolder, runs
     from resviz.demo import DEMO_DEPTHS, DEMO_OUT, demo_configs
 
     folder = (root or project_root() or Path.cwd()) / DEMO_OUT
@@ -119,14 +119,14 @@ def demo_runs(root: Path | None = None) -> tuple[Path, TrainConfig] | None:
     done = status[status["status"].astype(str) == "done"]
     if len(done) < 2 * len(DEMO_DEPTHS):
         return None
-    config = runs.read_config(Path(done["folder"].iloc[0]))
+    config = runfolder.read_config(Path(done["folder"].iloc[0]))
     base = dataclasses.replace(DEMO, root=str(config.get("root", DEMO.root)), device=str(config.get("device", "cpu")))
     skip = {"run_id", "versions", *TrainConfig.RESUME_SAFE}
     for c in demo_configs(root=base.root):
         stored = folder / c.run_id
         if c.run_id not in set(done["run_id"]) or not stored.is_dir():
             return None
-        old, new = runs.read_config(stored), dataclasses.replace(c, device=base.device).to_dict()
+        old, new = runfolder.read_config(stored), dataclasses.replace(c, device=base.device).to_dict()
         if any(old.get(k) != v for k, v in new.items() if k not in skip):
             return None  # not `make demo`'s current runs (an old smoke demo, other settings): train 01's own
     return folder, base

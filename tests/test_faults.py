@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from resviz import runs, sweeps
+from resviz import runfolder, runs, sweeps
 from resviz.cli import main
 from resviz.errors import Interrupted
 from resviz.train import train
@@ -58,7 +58,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(ma, mb, check_exact=True)
     pd.testing.assert_frame_equal(pd.read_parquet(a / "stats.parquet"), pd.read_parquet(b / "stats.parquet"),
                                   check_exact=True)
-    assert runs.read_status(b)["status"] == "done"
+    assert runfolder.read_status(b)["status"] == "done"
 
 
 class _SignalAt:
@@ -112,7 +112,7 @@ def test_signal_in_any_phase_resumes_exactly(tmp_path, data_root, reference, pha
         train(config, tmp_path)
     assert hook.calls >= nth
     folder = tmp_path / config.run_id
-    status = runs.read_status(folder)
+    status = runfolder.read_status(folder)
     assert status["status"] == "interrupted" and 0 < status["step"] < config.steps
     if times == 1:
         assert isinstance(caught.value, Interrupted) and caught.value.signum == signum
@@ -148,7 +148,7 @@ def _wait_running(folder: Path, proc, min_step: int = 0, timeout: float = 90) ->
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if (folder / "status.json").exists():
-            status = runs.read_status(folder)
+            status = runfolder.read_status(folder)
             if status["status"] == "running" and status.get("step", 0) >= min_step and "pid" in status:
                 return status
         time.sleep(0.05)
@@ -169,7 +169,7 @@ def test_sigterm_saves_and_exits_143_and_a_second_writer_is_refused(tmp_path, da
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "SIGTERM" in err
-    status = runs.read_status(folder)
+    status = runfolder.read_status(folder)
     assert status["status"] == "interrupted" and status["step"] > 0
     assert torch.load(folder / "checkpoint.pt", weights_only=False)["step"] == status["step"]
 
@@ -180,11 +180,11 @@ def test_kill_9_leaves_no_running_status_and_a_lock_that_is_taken_over(tmp_path,
     _wait_running(folder, proc)
     proc.kill()
     proc.wait()
-    assert runs.read_status(folder)["status"] == "interrupted"
-    assert "is gone" in runs.read_status(folder)["reason"]
+    assert runfolder.read_status(folder)["status"] == "interrupted"
+    assert "is gone" in runfolder.read_status(folder)["reason"]
     assert runs.load(tmp_path).status["status"].tolist() == ["interrupted"]  # what the dashboard and report read
-    with runs.run_lock(folder):  # the dead holder's lock is taken over
-        assert (folder / runs.LOCK_FILE).read_text().strip() == str(os.getpid())
+    with runfolder.run_lock(folder):  # the dead holder's lock is taken over
+        assert (folder / runfolder.LOCK_FILE).read_text().strip() == str(os.getpid())
 
 
 def test_sweep_skips_a_run_another_process_holds(tmp_path, data_root):
@@ -193,7 +193,7 @@ def test_sweep_skips_a_run_another_process_holds(tmp_path, data_root):
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
                                "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
                                "os.write(fd, str(os.getpid()).encode()); print('held', flush=True); time.sleep(60)",
-                               str(tmp_path / config.run_id / runs.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+                               str(tmp_path / config.run_id / runfolder.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         table = sweeps.run_sweep([config], tmp_path, progress=False)
@@ -231,7 +231,7 @@ def test_sweep_workers_die_with_their_parent(tmp_path, data_root):
         time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "workers outlived their parent"
     for f in folders:  # they saved themselves on the way out (SIGTERM) or are reported interrupted (pid gone)
-        assert runs.read_status(f)["status"] == "interrupted"
+        assert runfolder.read_status(f)["status"] == "interrupted"
 
 
 # ------------------------------------------------------------------------ validation before the first byte
@@ -306,7 +306,7 @@ def test_one_corrupt_table_skips_that_run_only(tmp_path, data_root):
 def test_status_json_hand_edited(tmp_path, data_root):
     folder = train(tiny(data_root, steps=10), tmp_path).folder
     (folder / "status.json").write_text("[]")
-    assert runs.read_status(folder)["status"] == "failed" and "status.json" in runs.read_status(folder)["reason"]
+    assert runfolder.read_status(folder)["status"] == "failed" and "status.json" in runfolder.read_status(folder)["reason"]
 
 
 def test_empty_image_file_is_named(tmp_path):
@@ -377,7 +377,7 @@ def test_signal_before_the_first_step_resumes_exactly(tmp_path, data_root, refer
         train(config, tmp_path)
     assert hook.calls >= 1
     folder = tmp_path / config.run_id
-    status = runs.read_status(folder)
+    status = runfolder.read_status(folder)
     assert status["status"] == "interrupted" and status["step"] == 0
     assert train(config, tmp_path).status == "done"
     assert_same_run(reference, folder)

@@ -12,7 +12,7 @@ from torch import nn
 L = pytest.importorskip("lightning")
 
 import resviz  # noqa: E402
-from resviz import runs  # noqa: E402
+from resviz import io, runfolder, runs  # noqa: E402
 from resviz.integrations.lightning import RecorderCallback  # noqa: E402
 
 STEPS, BATCH = 6, 8
@@ -94,7 +94,7 @@ def test_table_equals_hand_loop_with_validation_kept_out(tmp_path, accumulate):
     assert sorted(rs.stats["step"].unique()) == [0, 2, 4]  # global_step, one record per optimiser step
     assert_same_stats(rs.stats, expected)
     assert list(rs.metrics["step"]) == [2, 4, 6] and rs.metrics["loss"].notna().all()
-    config = runs.read_json(tmp_path / "lit" / "config.json")
+    config = io.read_json(tmp_path / "lit" / "config.json")
     assert config["trainer"]["accumulate_grad_batches"] == accumulate and config["source"] == "lightning"
     assert no_hooks(net)
 
@@ -110,7 +110,7 @@ def test_exception_in_training_step_leaves_no_hook(tmp_path, error, status):
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after a KeyboardInterrupt
     assert no_hooks(net)
-    st = runs.read_status(tmp_path / "boom")
+    st = runfolder.read_status(tmp_path / "boom")
     assert st["status"] == status and st["step"] == 3
     assert sorted(pd.read_parquet(tmp_path / "boom" / "stats.parquet")["step"].unique()) == [0, 1, 2]
 
@@ -125,7 +125,7 @@ def test_bf16_mixed_and_timm_model(tmp_path):
     assert rs.status.loc[0, "status"] == "done" and rs.status.loc[0, "arch"] == "ResNet"
     assert set(rs.stats["metric"].astype(str)) == set(metrics) and sorted(rs.stats["step"].unique()) == [0, 2]
     assert np.isfinite(rs.stats["value"]).all()
-    assert "bf16" in runs.read_json(tmp_path / "timm" / "config.json")["trainer"]["precision"]
+    assert "bf16" in io.read_json(tmp_path / "timm" / "config.json")["trainer"]["precision"]
     assert no_hooks(net)
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from resviz import runs
+from resviz import runfolder, runs
 from resviz.errors import UserError
 from resviz.sweeps import add_sweep_arguments, dispatch, grid, run_grid_on_ray, run_sweep
 from resviz.train import train
@@ -91,7 +91,7 @@ def _kill_at_checkpoint(folder, killed: list) -> None:
     """Wait for the run's first checkpoint, then SIGKILL the Ray worker process training it."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        status = runs.read_status(folder) if folder.is_dir() else {}
+        status = runfolder.read_status(folder) if folder.is_dir() else {}
         if status.get("status") == "running" and status.get("step", 0) >= 10 and status.get("pid"):
             os.kill(status["pid"], signal.SIGKILL)
             killed.append(status["pid"])
@@ -125,7 +125,7 @@ def test_a_run_failing_for_its_own_reasons_is_recorded_not_retried(cluster, tmp_
     table = run_grid_on_ray([diverging, too_big], tmp_path, gpus_per_run=0, max_retries=3, progress=False)
     assert table["status"].tolist() == ["diverged", "failed"]
     assert "batch_size=5000 is larger than the training set" in table["reason"].iloc[1]
-    assert runs.read_status(tmp_path / diverging.run_id)["status"] == "diverged"
+    assert runfolder.read_status(tmp_path / diverging.run_id)["status"] == "diverged"
     # each came back as the task's own result (the task returned, it did not raise into Ray's retries)
     assert set(table.attrs["placement"]) == {diverging.run_id, too_big.run_id}
 

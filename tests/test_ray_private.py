@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from resviz import runs
+from resviz import runfolder, runs
 from resviz.errors import UserError
 from resviz.sweeps import grid, run_grid_on_ray
 from resviz.sweeps.private_cluster import namespace_error
@@ -75,8 +75,8 @@ def _rerun_and_compare(out: Path, root: Path, tmp_path: Path) -> None:
     try:
         torch.set_num_threads(1)  # each Ray task trains with one thread (--cpus-per-run 1)
         references = {}
-        for folder in sorted(p for p in out.iterdir() if runs.is_run_folder(p)):
-            stored = {k: v for k, v in runs.read_config(folder).items() if k not in ("run_id", "versions")}
+        for folder in sorted(p for p in out.iterdir() if runfolder.is_run_folder(p)):
+            stored = {k: v for k, v in runfolder.read_config(folder).items() if k not in ("run_id", "versions")}
             references[folder] = train(TrainConfig.from_dict(stored), tmp_path / "reference").folder
         rerun.wait(timeout=900)
     finally:
@@ -116,7 +116,7 @@ def test_a_confined_sweep_survives_ctrl_c_and_a_killed_driver_and_resumes_exactl
     live = _wait_until_both_train(out, proc)
     assert len(runs.load(out).stats) > 0  # what explore's refresh shows while the grid runs: runs and rows
     for run_id in live["run_id"]:  # the Ray workers training: in their own namespace, with only loopback
-        namespace, interfaces = _netns_of(int(runs.read_status(out / run_id)["pid"]))
+        namespace, interfaces = _netns_of(int(runfolder.read_status(out / run_id)["pid"]))
         assert namespace != os.readlink("/proc/self/ns/net") and interfaces == ["lo"]
 
     proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver

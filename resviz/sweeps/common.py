@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from resviz import runs
+from resviz import runfolder, runs
 from resviz.errors import RunBusy
 from resviz.train import RunResult, TrainConfig, train
 
@@ -78,8 +78,8 @@ def summary_row(r: RunResult) -> dict:
 
 def steps_done(config: TrainConfig, out: str | os.PathLike) -> int:
     """Steps a run has saved so far (its last checkpoint), read from its status file."""
-    status = runs.read_status(Path(out) / config.run_id)
-    return config.steps if status.get("status") in runs.FINISHED else int(status.get("step", 0) or 0)
+    status = runfolder.read_status(Path(out) / config.run_id)
+    return config.steps if status.get("status") in runfolder.FINISHED else int(status.get("step", 0) or 0)
 
 
 def summary_table(rows: list[dict], configs: list[TrainConfig] | None = None) -> pd.DataFrame:
@@ -98,7 +98,7 @@ def format_summary(table: pd.DataFrame) -> str:
     for col in ("train_error", "test_error"):
         shown[col] = (100 * shown[col]).map(lambda v: "—" if pd.isna(v) else f"{v:.2f} %")
     shown["seconds"] = shown["seconds"].map(lambda v: "—" if pd.isna(v) else f"{v:.0f}")
-    unfinished = shown[~shown["status"].isin(runs.FINISHED) & (shown["reason"].fillna("") != "")]
+    unfinished = shown[~shown["status"].isin(runfolder.FINISHED) & (shown["reason"].fillna("") != "")]
     reasons = list(dict.fromkeys(unfinished["reason"]))
     shown["reason"] = shown["reason"].fillna("").map(
         lambda r: f"[{reasons.index(r) + 1}]" if r in reasons else r[:40])

@@ -69,7 +69,7 @@ def child_main(request: Path, result: Path, parent: int) -> int:
     from resviz.sweeps.private_cluster import CONFINED_ENV
     from resviz.sweeps.ray_engine import run_grid_on_ray
     from resviz.train import TrainConfig
-    from resviz.train.signals import signal_on_parent_death
+    from resviz.train.interrupts import signal_on_parent_death
 
     os.environ[CONFINED_ENV] = "1"
     _die_with_parent(parent, signal_on_parent_death)

@@ -22,7 +22,7 @@ from resviz.errors import Interrupted, UserError
 from resviz.io import make_folder
 from resviz.sweeps.common import run_one, steps_done, summary_table
 from resviz.train import TrainConfig
-from resviz.train.signals import StopSignals, describe, signal_on_parent_death
+from resviz.train.interrupts import StopSignals, describe, signal_on_parent_death
 
 
 def side_by_side_workers() -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from resviz import runs
+from resviz import runfolder
 from resviz.errors import UserError, first_line
 from resviz.io import make_folder
 from resviz.sweeps.common import run_one, steps_done, summary_row, summary_table
@@ -272,9 +272,9 @@ def _outcome(ray, ref, config: TrainConfig, out: Path, max_retries: int) -> dict
         reason = (f"Ray worker or node died {max_retries + 1} times ({first_line(err, with_type=True)}); "
                   "run the sweep again to resume from its checkpoint")
     folder = out / config.run_id
-    step = int(runs.read_status(folder).get("step", 0) or 0)
-    if runs.is_run_folder(folder):
-        runs.write_status(folder, "interrupted", reason, step=step)
+    step = int(runfolder.read_status(folder).get("step", 0) or 0)
+    if runfolder.is_run_folder(folder):
+        runfolder.write_status(folder, "interrupted", reason, step=step)
     nan = float("nan")
     return {"run": config.run_id, "status": "interrupted", "step": step, "train_error": nan, "test_error": nan,
             "seconds": nan, "reason": reason}
