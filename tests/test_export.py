@@ -9,7 +9,7 @@ import struct
 import plotly.io as pio
 import pytest
 
-import synthetic
+from resviz import synthetic
 from resviz import cli, export, io, plots, runfolder
 
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<svg", "pdf": b"%PDF-"}

@@ -23,7 +23,7 @@ from resviz import runfolder, runs, sweeps
 from resviz.cli import main
 from resviz.errors import Interrupted
 from resviz.train import train
-from tiny_training import TINY, cli, data_root, tiny  # noqa: F401 - data_root is a fixture
+from helpers import TINY, cli, tiny
 
 TIMING = ["seconds", "images_per_s"]  # wall-clock columns: differ between any two runs
 STEPS = dict(steps=40, log_every=10, eval_every=20, checkpoint_every=20, record_every=5)

@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
 
+from helpers import all_hooks_empty
 from resviz import io, runfolder, runs  # noqa: E402
 from resviz.integrations.transformers import RecorderCallback  # noqa: E402
 
@@ -37,10 +38,6 @@ def train(tmp_path, run_id, *, model=None, eval_steps=None, callback_kw=None, **
     return model
 
 
-def no_hooks(model) -> bool:
-    return all(not (m._forward_hooks or m._forward_pre_hooks) for m in model.modules())
-
-
 def test_gpt2_grad_norms_per_optimizer_step_and_eval_kept_out(tmp_path):
     model = train(tmp_path, "plain")
     train(tmp_path, "evaluated", eval_steps=1)
@@ -58,7 +55,7 @@ def test_gpt2_grad_norms_per_optimizer_step_and_eval_kept_out(tmp_path):
     assert config["arch"] == "GPT2LMHeadModel" and config["trainer"]["gradient_accumulation_steps"] == 2
     ev = rs.metrics[rs.metrics["run_id"] == "evaluated"]
     assert ev["test_loss"].notna().any() and ev["loss"].notna().any()
-    assert no_hooks(model)
+    assert not all_hooks_empty(model)
 
 
 def test_exception_in_train_leaves_no_hook_and_failed(tmp_path):
@@ -75,7 +72,7 @@ def test_exception_in_train_leaves_no_hook_and_failed(tmp_path):
     model.forward = failing_forward
     with pytest.raises(RuntimeError, match="boom"):
         train(tmp_path, "boom", model=model, remove_unused_columns=False)
-    assert no_hooks(model)
+    assert not all_hooks_empty(model)
     status = runfolder.read_status(tmp_path / "boom")
     assert status["status"] == "failed" and "boom" in status["reason"] and status["step"] == 2
     assert sorted(runs.load(tmp_path / "boom").stats["step"].unique()) == [0, 1]

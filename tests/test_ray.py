@@ -17,7 +17,7 @@ from resviz import runfolder, runs
 from resviz.errors import UserError
 from resviz.sweeps import add_sweep_arguments, dispatch, grid, run_grid_on_ray, run_sweep
 from resviz.train import train
-from tiny_training import data_root, tiny  # noqa: F401 - data_root is a fixture
+from helpers import tiny
 
 ray = pytest.importorskip("ray")
 from resviz.sweeps.ray_engine import check_storage, gpus_for_each_run, nodes_that_fit  # noqa: E402

@@ -23,7 +23,7 @@ from resviz.errors import UserError
 from resviz.sweeps import grid, run_grid_on_ray
 from resviz.sweeps.private_cluster import namespace_error
 from resviz.train import TrainConfig, train
-from tiny_training import tiny
+from helpers import tiny
 
 ray = pytest.importorskip("ray")
 

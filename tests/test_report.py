@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import synthetic
+from resviz import synthetic
 
 from resviz import io, report, runfolder
 

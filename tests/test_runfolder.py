@@ -13,7 +13,7 @@ import torch
 from resviz import runfolder, runs, schema
 from resviz.evaluate import load_run_model
 from resviz.train import prepare_folder, train
-from tiny_training import data_root, tiny  # noqa: F401 - data_root is a fixture
+from helpers import tiny
 
 
 # ------------------------------------------------------------------------------ status

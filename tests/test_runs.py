@@ -12,7 +12,7 @@ import torch
 
 from resviz import io, runs, schema
 from resviz.train import train
-from tiny_training import TINY, data_root, tiny  # noqa: F401 - data_root is a fixture
+from helpers import TINY, tiny
 
 
 # ------------------------------------------------------------------------------ atomic writes

@@ -7,7 +7,7 @@ import pytest
 from resviz import runfolder
 from resviz.sweeps import format_summary, grid, run_sweep
 from resviz.train import prepare_folder, train
-from tiny_training import TINY, data_root, tiny  # noqa: F401 - data_root is a fixture
+from helpers import TINY, tiny
 
 
 def test_grid_expands_every_combination_in_order():

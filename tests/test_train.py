@@ -17,7 +17,7 @@ import torch
 from resviz import runfolder, runs, schema
 from resviz.cli import main
 from resviz.train import TrainConfig, learning_rate, train
-from tiny_training import TINY, cli, data_root, tiny  # noqa: F401 - data_root is a fixture
+from helpers import TINY, cli, tiny
 
 def test_paper_recipe_defaults():
     c = TrainConfig()

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import synthetic
+from resviz import synthetic
 from resviz import io, runfolder, runs, widgets
 
 RUNS = [("plain", 20), ("resnet", 20), ("plain", 32), ("resnet", 32), ("resnet", 56)]
