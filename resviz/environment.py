@@ -5,7 +5,7 @@ import platform
 
 import torch
 
-from resviz import __version__
+__version__ = "0.1.0"  # the one place the package version is written (pyproject.toml reads it)
 
 
 def versions(**extra: str) -> dict:
