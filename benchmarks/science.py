@@ -64,7 +64,7 @@ def demo(seeds: int, steps: int | None, width: int | None, depths: tuple[int, ..
     from resviz import datasets
     from resviz.demo import DEMO
     from resviz.measure import HELDOUT_IMAGES, fixed_subset
-    from resviz.sweep import grid, run_sweep
+    from resviz.sweeps import grid, run_sweep
 
     base = DEMO
     if steps is not None:

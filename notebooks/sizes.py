@@ -4,14 +4,14 @@ This file sits beside the notebooks, not in the package: Jupyter runs a notebook
 notebook's first cell says `import sizes` and calls `sizes.sizes("01_quickstart")`, which returns everything
 the notebook needs, so the notebook itself holds no logic:
     smoke          RESVIZ_SMOKE read as a switch ("1"/"true"/"yes"/"on"; unset, "0"/"false"/"no"/"off")
-    base, depths, archs   the runs: `sweep.grid(s["base"], depths=s["depths"], archs=s["archs"])`
+    base, depths, archs   the runs: `sweeps.grid(s["base"], depths=s["depths"], archs=s["archs"])`
     runs, figures  folders under $RESVIZ_OUT (default `<project>/runs/notebooks`): runs are grouped by the
                    experiment they belong to and the data set, so notebooks that need the same runs train them
                    once (e.g. `smoke-digits`, `depth-cifar10`), and a folder never mixes data sets
     data_root      $RESVIZ_DATA (default `<project>/data`): datasets and their caches
     dataset, dataset_note   which data set and why, in words (the notebook prints it)
     formats, progress       export formats; tqdm bars on or off
-    workers        runs trained side by side by `sweep.run_sweep` (1 in smoke mode; else as `make demo`)
+    workers        runs trained side by side by `sweeps.run_sweep` (1 in smoke mode; else as `make demo`)
     checkpoints, checkpoint_dirs, images   (03, 06) akamaster names, local folders holding them, test images
 The lab notebooks (05-08, `LAB_NOTEBOOKS`) add their own keys (see `_lab_sizes`): 05 `norms`, `batch_sizes`,
 `draws`; 06 `test_set`, `test_set_note`, `ks`, `draws`; 07 the shattering grid (`depths`, `width`, `n_inputs`,
@@ -31,7 +31,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from resviz import datasets, pretrained, sweep
+from resviz import datasets, pretrained, sweeps
 from resviz.demo import DEMO
 from resviz.train import TrainConfig, dataset_slug
 
@@ -108,7 +108,7 @@ def size() -> str:
 def demo_runs(root: Path | None = None) -> tuple[Path, TrainConfig] | None:
     """`make demo`'s finished runs (`<project>/runs/demo`) and the base config that names them, or None: 01
     reuses them instead of training the same four nets again."""
-    from resviz import runs
+    from resviz import runfolder, runs
     from resviz.demo import DEMO_DEPTHS, DEMO_OUT, demo_configs
 
     folder = (root or project_root() or Path.cwd()) / DEMO_OUT
@@ -119,14 +119,14 @@ def demo_runs(root: Path | None = None) -> tuple[Path, TrainConfig] | None:
     done = status[status["status"].astype(str) == "done"]
     if len(done) < 2 * len(DEMO_DEPTHS):
         return None
-    config = runs.read_config(Path(done["folder"].iloc[0]))
+    config = runfolder.read_config(Path(done["folder"].iloc[0]))
     base = dataclasses.replace(DEMO, root=str(config.get("root", DEMO.root)), device=str(config.get("device", "cpu")))
     skip = {"run_id", "versions", *TrainConfig.RESUME_SAFE}
     for c in demo_configs(root=base.root):
         stored = folder / c.run_id
         if c.run_id not in set(done["run_id"]) or not stored.is_dir():
             return None
-        old, new = runs.read_config(stored), dataclasses.replace(c, device=base.device).to_dict()
+        old, new = runfolder.read_config(stored), dataclasses.replace(c, device=base.device).to_dict()
         if any(old.get(k) != v for k, v in new.items() if k not in skip):
             return None  # not `make demo`'s current runs (an old smoke demo, other settings): train 01's own
     return folder, base
@@ -263,7 +263,7 @@ def sizes(notebook: str) -> dict:
         "data_root": root,
         "formats": ("html",) if is_smoke else ("html", "png"),  # PNG starts a Chromium: seconds
         "progress": not is_smoke,
-        "workers": 1 if is_smoke else sweep.side_by_side_workers(),  # runs side by side, as `make demo`
+        "workers": 1 if is_smoke else sweeps.side_by_side_workers(),  # runs side by side, as `make demo`
         "size": "smoke" if is_smoke else size(),
     }
     if reuse is not None:  # `make demo` trained these four nets already: use them, train nothing
@@ -279,7 +279,7 @@ def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
     """Sizes of the lab notebooks 05-08 (same common keys as `sizes`)."""
     s = {"notebook": name, "smoke": is_smoke, "data_root": root, "figures": out / "figures" / name,
          "formats": ("html",) if is_smoke else ("html", "png"), "progress": not is_smoke,
-         "workers": 1 if is_smoke else sweep.side_by_side_workers()}
+         "workers": 1 if is_smoke else sweeps.side_by_side_workers()}
     if name == "07_shattered_gradients":  # no data set, no training: nets at initialisation on a line of images
         s.update(dataset="", dataset_note="no data set: Gaussian images on a line, nets at initialisation")
         if is_smoke:

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 from resviz.errors import UserError, first_line, os_error_line
 from resviz.integrations.commands import add_export_tb, add_export_wandb
-from resviz.ray_engine import add_engine_options
+from resviz.io import make_folder
+from resviz.sweeps import GRID_FIELDS, add_sweep_arguments, dispatch, format_summary, grid
 
 # Each command module-level function pair: add_<name>(subparsers) builds the parser and sets
 # `func` to the function that runs it. They are registered in COMMANDS at the bottom of the file.
@@ -36,7 +37,7 @@ COMMANDS: list[CommandAdder] = []
 
 
 # ---------------------------------------------------------------------------------------------
-# train / sweep / demo (resviz.train, resviz.sweep, resviz.demo)
+# train / sweep / demo (resviz.train, resviz.sweeps, resviz.demo)
 # ---------------------------------------------------------------------------------------------
 def _config_help() -> dict[str, str]:
     """Help text of every TrainConfig field, read from the field comments (one source of truth)."""
@@ -138,11 +139,7 @@ def _csv(text: str | None, kind: type, flag: str) -> tuple:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from resviz.io import make_folder
-    from resviz.ray_engine import dispatch
-    from resviz.sweep import format_summary, grid
-
-    base = _config_from_args(args, skip=("depth", "arch", "norm", "shortcut", "seed", "branch_init"))
+    base = _config_from_args(args, skip=GRID_FIELDS)
     configs = grid(base, depths=_csv(args.depths, int, "depths"), archs=_csv(args.arch, str, "arch"),
                    norms=_csv(args.norm, str, "norm"), shortcuts=_csv(args.shortcut, str, "shortcut"),
                    seeds=_csv(args.seeds, int, "seeds"), branch_inits=_csv(args.branch_init, str, "branch-init"))
@@ -164,17 +161,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train a grid of runs (depth x arch x norm x shortcut x seed)",
                        description="Train every combination into OUT/<run id>/. Finished runs are skipped, cut "
                        "ones resumed, failed ones retried; a summary table prints at the end.")
-    p.add_argument("--depths", default=None, help="comma-separated depths 6n+2, e.g. 20,32,44,56")
-    p.add_argument("--arch", default=None, help="comma-separated: plain,resnet")
-    p.add_argument("--norm", default=None, help="comma-separated: batch,layer,group,none")
-    p.add_argument("--shortcut", default=None, help="comma-separated: A,B")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1")
-    p.add_argument("--branch-init", default=None, help="comma-separated: none,skipinit,rezero,fixup")
-    p.add_argument("--workers", type=int, default=None, help="runs at once, one process each (default 1)")
-    p.add_argument("--config", help="YAML or JSON file of TrainConfig keys shared by every run")
-    p.add_argument("--out", default="runs", help="folder that holds the run folders (default: runs)")
-    _add_config_options(p, skip=("depth", "arch", "norm", "shortcut", "seed", "branch_init"))
-    add_engine_options(p)  # --engine local|ray and Ray's placement options (Ray itself is imported only to run)
+    add_sweep_arguments(p, _add_config_options)  # the grid, TrainConfig's flags, the engine (--engine local|ray)
     p.set_defaults(func=_cmd_sweep)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from resviz.sweep import format_summary, grid, run_sweep, side_by_side_workers
+from resviz.sweeps import format_summary, grid, run_sweep, side_by_side_workers
 from resviz.train import TrainConfig
 
 # Fair comparison: the same data, steps, batch, learning-rate schedule (with the paper's warm-up for every

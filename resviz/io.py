@@ -15,6 +15,8 @@ weights_only=True) and `read_plain_pickle` (a pickle of plain values and numpy a
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import pickle
@@ -22,6 +24,8 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from resviz.errors import OS_FIXES
 
@@ -69,10 +73,6 @@ def atomic_write_parquet(path: str | os.PathLike, df) -> Path:
 
 
 def atomic_torch_save(path: str | os.PathLike, obj) -> Path:
-    import io
-
-    import torch  # here, so that writing JSON or bytes does not need torch
-
     buffer = io.BytesIO()  # serialised in memory first: torch's file writer reports a full disk without errno
     torch.save(obj, buffer)
     return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
@@ -86,8 +86,6 @@ def read_json(path: str | os.PathLike) -> dict:
 def safe_name(name: str, limit: int = 100) -> str:
     """`name` made fit for a file name: unprintable characters and separators as "_", and a name of more than
     `limit` bytes cut, with a hash of the whole so that two long names stay apart. Usual names stay as they are."""
-    import hashlib
-
     clean = "".join("_" if not ch.isprintable() or ch in "/\\" else ch for ch in name)
     if clean == name and len(os.fsencode(name)) <= limit:
         return name
@@ -126,8 +124,6 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu"):
     """A file written by torch.save, loaded with weights_only=True: tensors, containers and plain values, so a
     crafted file runs no code. A file that needs any other global is refused with `UnsafeFile` naming it;
     other damage (a truncated file) raises what torch raises."""
-    import torch
-
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from resviz.errors import UserError, first_line
+from resviz.io import UnsafeFile
+from resviz.io import read_checkpoint as read_weights
 from resviz.models import CifarResNet, cifar_resnet
 
 AKAMASTER_MEAN = (0.485, 0.456, 0.406)
@@ -121,8 +123,6 @@ def _socket_timeout(seconds: float):
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The raw object of a checkpoint file (tensors only: weights_only=True), or a one-line ValueError."""
-    from resviz.io import UnsafeFile, read_checkpoint as read_weights
-
     try:
         return read_weights(path)  # weights_only: a crafted file runs no code
     except UnsafeFile:

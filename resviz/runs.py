@@ -1,23 +1,11 @@
-"""Run folders on disk: atomic writes, status, and loading many runs at once.
+"""Reading run folders: many at once (`load` -> `RunSet`), and a summary row per run (`summary`).
 
-    runs/<run_id>/config.json      the TrainConfig (+ versions), written once
-                  status.json      running | done | diverged | failed | interrupted, with a reason
-                  metrics.parquet  per-step training log (schema.TRAIN_COLUMNS)
-                  stats.parquet    the Recorder's tidy table (schema.STATS_COLUMNS)
-                  checkpoint.pt    model, optimiser, step, seconds, warm-up end: what a resume needs (no
-                                   RNG state: batches are a pure function of (seed, step))
-
-Every file is written atomically by `resviz.io` (re-exported here as `atomic_write_json`, ...), so a reader
-(or a run killed with SIGKILL mid-write) sees the old file or the new one, never half.
+The folder's layout, its writer, status and lock are `resviz.runfolder`; this module only reads.
 """
 from __future__ import annotations
 
-import contextlib
 import glob as globlib
-import json
 import os
-import socket
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,24 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from resviz import schema
-from resviz.errors import RunBusy
-from resviz.io import (  # noqa: F401 - re-exported: runs.atomic_write_json etc. are public names
-    atomic_torch_save,
-    atomic_write,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_parquet,
-    read_json,
-)
+from resviz.runfolder import (FINISHED, METRICS_FILE, STATS_FILE, is_run_folder, read_config, read_status,
+                              read_table)
+from resviz.schema import META_COLUMNS
 
-STATUSES = ("running", "done", "diverged", "failed", "interrupted")
-FINISHED = ("done", "diverged")  # a sweep does not run these again
-# The metadata that names a run in every table (the Recorder's run_info, the stats and metrics rows), with
-# its Python type: the one list of these keys.
-RUN_INFO_KEYS: dict[str, type] = {k: str if kind == "str" else int for k, kind in schema.RUN_COLUMNS.items()}
-META_COLUMNS = tuple(k for k in RUN_INFO_KEYS if k != "run_id")  # what a run's config.json gives its rows
 SUMMARY_COLUMNS = ("run", "status", "step", "train_error", "test_error", "seconds", "reason")  # one row a run
-LOCK_FILE = ".lock"  # in the run folder: flock'ed by the process that owns the run, holding its pid
 
 
 class RunSkipped(UserWarning):
@@ -51,153 +26,6 @@ class RunSkipped(UserWarning):
 
 class RunIncomplete(UserWarning):
     """A finished run loaded without a table it should hold; the message names the missing file."""
-
-
-# ------------------------------------------------------------------------------ status
-def write_status(folder: str | os.PathLike, status: str, reason: str = "", **extra) -> dict:
-    if status not in STATUSES:
-        raise ValueError(f"status={status!r} is unknown; use one of {', '.join(STATUSES)}")
-    record = {"status": status, "reason": reason, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
-    if "pid" in extra:
-        record["host"] = socket.gethostname()  # a pid means something only on its own machine
-    atomic_write_json(Path(folder) / "status.json", record)
-    return record
-
-
-def read_status(folder: str | os.PathLike) -> dict:
-    """The run's status record; a folder with a config but no status is reported as 'running' at step 0."""
-    folder = Path(folder)
-    try:
-        record = read_json(folder / "status.json")
-    except FileNotFoundError:
-        return _no_status(folder)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # not from our atomic writes: a hand edit
-        return {"status": "failed", "reason": f"unreadable {folder / 'status.json'}: {err}"}
-    if not isinstance(record, dict) or record.get("status") not in STATUSES:
-        return {"status": "failed", "reason": f"{folder / 'status.json'} is not a run status; delete it to resume"}
-    if record["status"] == "running" and _dead(record.get("pid"), record.get("host")):
-        return {**record, "status": "interrupted",
-                "reason": f"the process that ran it (pid {record['pid']}) is gone; run the command again to resume"}
-    return record
-
-
-def _no_status(folder: Path) -> dict:
-    """A run folder without status.json: `running` while the process in its .lock lives (it is starting),
-    else `interrupted` (it never started, or was killed before its first status)."""
-    holder = _lock_holder_of(folder)
-    if holder is not None and not _dead(*holder):
-        return {"status": "running", "reason": "no status.json yet", "step": 0, "pid": holder[0]}
-    return {"status": "interrupted", "reason": "never started (no status.json); run the command again to start it",
-            "step": 0}
-
-
-def _dead(pid, host) -> bool:
-    """Whether the process `pid` on this machine is gone (a pid from another machine, or none: unknown)."""
-    if not isinstance(pid, int) or pid <= 0 or (host is not None and host != socket.gethostname()):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
-def read_config(folder: str | os.PathLike) -> dict:
-    """A run folder's config.json as a dict, or a ValueError naming the file and the fix."""
-    path = Path(folder) / "config.json"
-    try:
-        config = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); restore it or delete the run folder") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a folder, not a file; delete the run folder") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} holds a {type(config).__name__}, not a run config; restore it or delete the run "
-                         "folder")
-    return config
-
-
-# ------------------------------------------------------------------------------ run ids
-NAME_MAX = 255  # bytes in one file name on the usual file systems, where pathconf cannot say
-
-
-def name_max(out: str | os.PathLike) -> int:
-    """The longest file name (bytes) the file system of `out` (or its nearest existing parent) takes."""
-    path = Path(out).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    try:
-        return int(os.pathconf(path, "PC_NAME_MAX"))
-    except (OSError, ValueError):
-        return NAME_MAX
-
-
-def check_run_id(run_id, out: str | os.PathLike = ".", flag: str = "--run-id") -> str:
-    """`run_id` if it is a name, not a path: one non-empty folder name (no separator, not . or ..), printable,
-    no longer than the file system of `out` takes; else a ValueError naming it and the fix. Checked before
-    anything is written, so the run's folder, its lock and its rows all use this one name inside `out`."""
-    shown = repr(run_id) if len(str(run_id)) <= 60 else repr(str(run_id)[:40]) + f"... ({len(str(run_id))} chars)"
-    if not isinstance(run_id, str) or not run_id.strip():
-        raise ValueError(f"{flag} {shown} is empty; give a folder name such as 'resnet20-s0'")
-    seps = [s for s in (os.sep, os.altsep, "/", "\\") if s and s in run_id]
-    if seps or run_id in (".", ".."):
-        what = f"holds the separator {seps[0]!r}" if seps else "names a folder itself"
-        raise ValueError(f"{flag} {shown} {what}; a run id is one folder name inside --out (choose where with "
-                         "--out): use e.g. 'resnet20-s0'")
-    odd = next((ch for ch in run_id if not ch.isprintable()), None)
-    if odd is not None:
-        raise ValueError(f"{flag} {shown} holds the unprintable character {odd!r}; use letters, digits, '-', "
-                         "'_' and '.'")
-    limit = name_max(out)
-    if len(os.fsencode(run_id)) > limit:
-        raise ValueError(f"{flag} {shown} is {len(os.fsencode(run_id))} bytes long; the file system of {out} "
-                         f"takes at most {limit}: use a shorter one")
-    return run_id
-
-
-@contextlib.contextmanager
-def run_lock(folder: str | os.PathLike):
-    """Own the run folder for the `with` block: an OS lock (flock) on `folder/.lock`, released when the block
-    ends or the process dies (so a stale lock of a killed process is simply taken over). Another live holder:
-    `RunBusy` naming the folder and its pid, before anything in the folder is touched."""
-    import fcntl
-
-    folder = Path(folder)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            raise RunBusy(f"run folder {folder} is in use by process {holder if holder else '(unknown pid)'}; "
-                          "wait for it to finish or stop it (a second writer would overwrite its files)",
-                          holder) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield folder
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _lock_holder(fd: int) -> int | None:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip())
-    except (ValueError, OSError):
-        return None
-
-
-def _lock_holder_of(folder: Path) -> tuple[int, None] | None:
-    """(pid, host unknown) written in the folder's .lock by its last holder, or None (no lock, or unreadable)."""
-    try:
-        return int((folder / LOCK_FILE).read_text().strip()), None
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-
-
-def is_run_folder(folder: str | os.PathLike) -> bool:
-    return (Path(folder) / "config.json").is_file()
 
 
 # ------------------------------------------------------------------------------ loading many runs
@@ -264,12 +92,12 @@ def load_run(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, dic
     config = read_config(folder)
     run_id = config.get("run_id", folder.name)
     meta = _meta(config)
-    metrics = read_table(folder / "metrics.parquet", schema.empty_train)
+    metrics = read_table(folder / METRICS_FILE, schema.empty_train)
     metrics = metrics.assign(**{k: v for k, v in meta.items()})
-    stats = read_table(folder / "stats.parquet", schema.empty)
+    stats = read_table(folder / STATS_FILE, schema.empty)
     status = read_status(folder)
-    missing = [n for n in ("metrics.parquet", "stats.parquet") if not (folder / n).is_file()]
-    if status.get("status") in FINISHED and "metrics.parquet" in missing:
+    missing = [n for n in (METRICS_FILE, STATS_FILE) if not (folder / n).is_file()]
+    if status.get("status") in FINISHED and METRICS_FILE in missing:
         warnings.warn(f"run {folder} is {status['status']} but has no {' or '.join(missing)} (deleted?): its "
                       "curves are left out; restore the files or train the run again", RunIncomplete, stacklevel=3)
     row = {
@@ -309,17 +137,6 @@ def load(path_or_glob: str | os.PathLike | list) -> RunSet:
         stats=schema.concat(stats),
         status=pd.DataFrame(rows, columns=status_cols),
     )
-
-
-def read_table(path: Path, empty) -> pd.DataFrame:
-    """A run's parquet table (`empty()` when absent), or a ValueError naming the damaged file."""
-    if not path.exists():
-        return empty()
-    try:
-        return pd.read_parquet(path)
-    except Exception as err:  # noqa: BLE001 - pyarrow raises several types; the file is what the user fixes
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} cannot be read ({text}); delete it or the run folder") from None
 
 
 def _damage(folder: Path, err: Exception) -> str:

@@ -14,8 +14,7 @@ from resviz import cli
 from resviz.cli import build_parser, main
 from resviz.errors import UserError
 from resviz.train import TrainConfig
-from tiny_training import cli as run_cli  # the command line in a subprocess
-from tiny_training import data_root  # noqa: F401 - a fixture
+from helpers import cli as run_cli  # the command line in a subprocess
 
 
 def test_parser_has_every_command_and_every_config_flag(capsys):

@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 
-from resviz import runs, schema
+from resviz import runfolder, runs, schema
 from resviz.demo import DEMO, DEMO_DEPTHS, DEMO_OUT, SMOKE_OUT, demo_configs, trained_only
 
 
@@ -62,6 +62,6 @@ def test_only_finished_runs_of_the_demo_reach_the_report(tmp_path):
     for rid, status in (("a", "done"), ("b", "failed"), ("c", "done")):
         (folder / rid).mkdir(parents=True)
         (folder / rid / "config.json").write_text(json.dumps({"run_id": rid, "arch": "plain", "depth": 8}))
-        runs.write_status(folder / rid, status)
+        runfolder.write_status(folder / rid, status)
     kept = trained_only(runs.load(folder), ["a", "b"])  # c: another sweep's run in the same folder
     assert list(kept.status["run_id"]) == ["a"]

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from resviz import datasets, runs
+from resviz import datasets, runfolder, runs
 from resviz.cli import main
 from resviz.io import UnsafeFile, read_plain_pickle
-from tiny_training import data_root  # noqa: F401 - a fixture
 
 RUN = "r"
 
@@ -73,11 +72,11 @@ def _one_line_naming(capsys, path: Path) -> str:
 
 def test_resume_refuses_a_crafted_checkpoint(trained, tmp_path, data_root, capsys):
     folder, marker = crafted_copy(trained, tmp_path)
-    runs.write_status(folder, "interrupted", "cut", step=10)  # so that train resumes from the checkpoint
+    runfolder.write_status(folder, "interrupted", "cut", step=10)  # so that train resumes from the checkpoint
     assert main(train_args(data_root, folder.parent)) == 2
     _one_line_naming(capsys, folder / "checkpoint.pt")
     assert not marker.exists()
-    assert runs.read_status(folder)["status"] == "interrupted"  # nothing written over the run
+    assert runfolder.read_status(folder)["status"] == "interrupted"  # nothing written over the run
 
 
 @pytest.mark.parametrize("target", ["folder", "checkpoint.pt"])
@@ -162,12 +161,12 @@ def test_a_run_id_that_is_not_a_name_is_refused_before_anything_is_written(tmp_p
 def test_the_lock_and_the_folder_are_one_path(tmp_path, data_root):
     """A run holds `out/<id>/.lock` while it writes `out/<id>/`: a second writer of the same id is refused."""
     from resviz.errors import RunBusy
+    from helpers import tiny
     from resviz.train import train
-    from tiny_training import tiny
 
     folder = tmp_path / RUN
     folder.mkdir()
-    with runs.run_lock(folder), pytest.raises(RunBusy, match=f"run folder {folder} is in use"):
+    with runfolder.run_lock(folder), pytest.raises(RunBusy, match=f"run folder {folder} is in use"):
         train(tiny(data_root), tmp_path, run_id=RUN)
 
 
@@ -177,13 +176,13 @@ def test_a_long_image_folder_name_gives_a_usable_run_id(tmp_path):
 
     long = "a" * 250
     config = TrainConfig(dataset=f"imagefolder:{tmp_path / long}")
-    assert len(config.run_id.encode()) < 160 and runs.check_run_id(config.run_id, tmp_path)
+    assert len(config.run_id.encode()) < 160 and runfolder.check_run_id(config.run_id, tmp_path)
     assert safe_name(long) != safe_name(long[:-1] + "b")  # cut names stay apart
     assert safe_name("cats-vs-dogs") == "cats-vs-dogs" and safe_name("a\nb").startswith("a_b-")
 
 
 def test_an_integration_run_folder_takes_names_only(tmp_path):
-    from resviz.integrations.runfolder import RunFolder
+    from resviz.runfolder import RunFolder
 
     with pytest.raises(ValueError, match=r"run_id '\.\./x' holds the separator '/'"):
         RunFolder(tmp_path, "../x", {})
@@ -219,12 +218,12 @@ def test_a_file_size_limit_fails_the_run_in_one_line_and_the_rerun_continues(tmp
     assert cut.returncode == 2, cut.stderr
     assert cut.stderr.count("\n") == 1 and "Traceback" not in cut.stderr
     assert f"{tmp_path / RUN / 'checkpoint.pt'}: File too large; " in cut.stderr and "ulimit -f" in cut.stderr
-    status = runs.read_status(tmp_path / RUN)
+    status = runfolder.read_status(tmp_path / RUN)
     assert status["status"] == "failed" and status["step"] == 0 and (tmp_path / RUN / "config.json").is_file()
     assert not [p for p in (tmp_path / RUN).iterdir() if p.name.endswith(".tmp")]  # no temporary left
     again = _run_cli(train_args(data_root, tmp_path))
     assert again.returncode == 0, again.stderr
-    assert runs.read_status(tmp_path / RUN)["status"] == "done"
+    assert runfolder.read_status(tmp_path / RUN)["status"] == "done"
 
 
 FULL_DISK = """
@@ -263,13 +262,13 @@ def test_a_full_disk_fails_the_run_in_one_line_and_the_rerun_continues(tmp_path,
     read = lambda name: (tmp_path / name).read_text()  # noqa: E731
     assert read("rc1").strip() == "2", read("err1")
     assert read("err1").count("\n") == 1 and f"{mnt}/r/checkpoint.pt: No space left on device" in read("err1")
-    status = runs.read_status(tmp_path / "after_full")
+    status = runfolder.read_status(tmp_path / "after_full")
     assert status["status"] == "failed" and status["step"] == 10 and "free some space" in status["reason"]
     assert torch.load(tmp_path / "after_full" / "checkpoint.pt", weights_only=True)["step"] == 10
     assert read("rc_report").strip() == "2" and read("err_report").count("\n") == 1, read("err_report")
     assert "No space left on device; the disk is full" in read("err_report")
     assert read("rc2").strip() == "0", read("err2")
-    assert runs.read_status(tmp_path / "after_rerun")["status"] == "done"
+    assert runfolder.read_status(tmp_path / "after_rerun")["status"] == "done"
     assert read("rc_ro").strip() == "2" and read("err_ro").count("\n") == 1, read("err_ro")
     assert f"{mnt}/r2 (Read-only file system); the file system is read-only: choose a writable --out" in read("err_ro")
 
@@ -297,7 +296,7 @@ def _tree_args(tmp_path, tree, *extra):
 def test_resume_on_changed_images_is_refused(tmp_path, capsys):
     tree = _image_tree(tmp_path / "tree")
     assert main(_tree_args(tmp_path, tree)) == 0
-    runs.write_status(tmp_path / "runs" / RUN, "interrupted", "cut", step=2)  # as if cut at step 2
+    runfolder.write_status(tmp_path / "runs" / RUN, "interrupted", "cut", step=2)  # as if cut at step 2
     _image_tree(tree, seed=1)  # the same names, other pictures
     capsys.readouterr()
     assert main(_tree_args(tmp_path, tree)) == 2
@@ -327,7 +326,7 @@ def test_another_class_count_is_named_on_resume(trained, tmp_path, capsys):
     tree = _image_tree(tmp_path / "tree")
     assert main(_tree_args(tmp_path, tree)) == 0
     folder = tmp_path / "runs" / RUN
-    runs.write_status(folder, "interrupted", "cut", step=2)
+    runfolder.write_status(folder, "interrupted", "cut", step=2)
     ckpt = torch.load(trained / "checkpoint.pt", weights_only=True)
     ckpt["config"]["width"] = 4
     torch.save(ckpt, folder / "checkpoint.pt")
@@ -398,9 +397,9 @@ def test_a_never_started_run_reads_interrupted(trained, tmp_path):
     shutil.copytree(trained, folder)
     (folder / "status.json").unlink()
     (folder / ".lock").write_text("999999999\n")  # a holder that is gone
-    assert runs.read_status(folder)["status"] == "interrupted"
-    with runs.run_lock(folder):  # a live holder: it is starting
-        assert runs.read_status(folder)["status"] == "running"
+    assert runfolder.read_status(folder)["status"] == "interrupted"
+    with runfolder.run_lock(folder):  # a live holder: it is starting
+        assert runfolder.read_status(folder)["status"] == "running"
 
 
 # ------------------------------------------------------------------------ messages name what the user typed

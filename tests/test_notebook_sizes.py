@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import sizes as ns  # notebooks/sizes.py (conftest puts notebooks/ on sys.path, as Jupyter's cwd does)
-from resviz.sweep import grid
+from resviz.sweeps import grid
 
 ROOT = Path(__file__).resolve().parents[1]
 

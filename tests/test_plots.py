@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from plotly.colors import unlabel_rgb
 
-import synthetic
+from resviz import synthetic
 from resviz import plots
-from synthetic import SyntheticRun
+from resviz.synthetic import SyntheticRun
 
 RUNS = [("plain", 20), ("resnet", 20), ("resnet", 56)]
 

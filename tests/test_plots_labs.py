@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-import synthetic
+from resviz import synthetic
 from resviz import plots
 from resviz.analysis import invariance, lesion, shattered, signal
 from resviz.analysis.nets import Net

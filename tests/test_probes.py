@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from probes_reference import (
+from helpers import (
     all_hooks_empty,
     by_hand,
     channel_sq_mean,

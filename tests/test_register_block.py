@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from probes_reference import all_hooks_empty, norm, std, values
+from helpers import all_hooks_empty, norm, std, values
 from torch import nn
 
 import resviz

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from resviz.analysis.modes import batch_stats_mode  # also re-exported from here (its old home)
+from resviz.modes import batch_stats_mode  # also re-exported from here (its old home)
 from resviz.analysis.nets import normalise_images
 
 NORMS = ("batch", "weight", "layer", "rms")

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resviz.analysis.modes import eval_mode  # noqa: F401 (re-exported from here, its old home)
+from resviz.modes import eval_mode  # noqa: F401 (re-exported from here, its old home)
 from resviz.models import ShortcutA, iter_blocks
 
 _MISSING = object()

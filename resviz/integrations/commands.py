@@ -5,12 +5,14 @@ Each adder builds its sub-parser and sets `func`; the libraries are imported onl
 from __future__ import annotations
 
 import argparse
+import warnings
+
+from resviz import runs
+from resviz.errors import first_line
 
 
 def _run_folders(args: argparse.Namespace) -> list:
     """The run folders named by RUN_DIR_OR_GLOB, once --depth-steps is checked."""
-    from resviz import runs
-
     if args.depth_steps < 1:
         raise ValueError(f"--depth-steps {args.depth_steps} must be a positive number of recorded steps, e.g. 8")
     folders = runs.find_runs(args.runs)
@@ -22,10 +24,6 @@ def _run_folders(args: argparse.Namespace) -> list:
 def _export_each(folders: list, export) -> int:
     """export(folder) for each run; a damaged run is named in one warning line and skipped, as `report` does.
     The number exported; none: a ValueError."""
-    import warnings
-
-    from resviz.errors import first_line
-
     done = 0
     for folder in folders:
         try:

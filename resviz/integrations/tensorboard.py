@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from resviz import runs, schema
+from resviz.runfolder import check_run_id
 
 DEPTH_STEPS = 8  # depth profiles drawn per metric when exporting a finished run
 
@@ -100,7 +101,7 @@ def export_run(run: str | os.PathLike, logdir: str | os.PathLike, *, depth_steps
     stats = schema.coerce(stats) if len(stats) else stats
     if not len(stats) and not len(metrics):
         raise ValueError(f"run {run} has neither stats.parquet nor metrics.parquet rows: nothing to export")
-    folder = Path(logdir) / runs.check_run_id(row["run_id"], logdir, flag=f"run_id in {run}/config.json")
+    folder = Path(logdir) / check_run_id(row["run_id"], logdir, flag=f"run_id in {run}/config.json")
     writer = _summary_writer(folder)
     try:
         steps = profile_steps(stats["step"], depth_steps) if len(stats) else []

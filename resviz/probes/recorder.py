@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from resviz import schema
-from resviz.models import ModelSpec
+from resviz.models import model_identity, unwrap
 from resviz.probes.plan import BLOCK_ROWS, BlockRow, HookSpec, build_plan
 from resviz.probes.reductions import SENTINEL, derive, write_moments
-from resviz.runs import RUN_INFO_KEYS  # the one list of run-metadata keys (from schema.RUN_COLUMNS)
+from resviz.schema import RUN_INFO_KEYS  # the one list of run-metadata keys (from schema.RUN_COLUMNS)
 
 METRICS: tuple[str, ...] = schema.RECORDER_METRICS  # what a Recorder can take (not the evaluation metrics)
 DEFAULT_METRICS: tuple[str, ...] = schema.DEFAULT_METRICS
@@ -42,18 +42,6 @@ def _dynamo():
     return sys.modules.get("torch._dynamo")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module whose submodules get the hooks: inside torch.compile's and DataParallel's wrappers."""
-    while True:
-        dynamo = _dynamo()
-        if dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule):
-            model = model._orig_mod
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        else:
-            return model
-
-
 def _chosen_metrics(metrics, per_channel: bool) -> frozenset[str]:
     chosen = list(DEFAULT_METRICS) if metrics is None else [metrics] if isinstance(metrics, str) else list(metrics)
     bad = [m for m in chosen if m not in METRICS]
@@ -64,37 +52,14 @@ def _chosen_metrics(metrics, per_channel: bool) -> frozenset[str]:
     return frozenset(chosen)
 
 
-def model_identity(root: nn.Module) -> tuple[str, str]:
-    """(name, family) of a model: resviz's spec ("resnet20", "resviz"), timm's pretrained_cfg architecture
-    ("convnext_atto", "timm convnext"), a Hugging Face config's name or model_type ("gpt2", "hf gpt2"),
-    torchvision's module ("torchvision resnet"), else the class name and its top-level package."""
-    spec = getattr(root, "spec", None)
-    if isinstance(spec, ModelSpec):
-        return f"{spec.arch}{spec.depth}", "resviz"
-    module, leaf = type(root).__module__, type(root).__module__.rpartition(".")[2]
-    config = getattr(root, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if module.startswith("transformers.") and isinstance(model_type, str):
-        return str(getattr(config, "_name_or_path", "") or model_type), f"hf {model_type}"
-    cfg = getattr(root, "pretrained_cfg", None)
-    if module.startswith("timm.") and isinstance(cfg, dict) and cfg.get("architecture"):
-        return str(cfg["architecture"]), f"timm {leaf}"
-    if module.startswith("torchvision."):
-        return type(root).__name__, f"torchvision {leaf}"
-    return type(root).__name__, module.partition(".")[0]
-
-
 _INFO_KEYS = {**RUN_INFO_KEYS, **dict.fromkeys(schema.MODEL_COLUMNS, str)}  # what run_info may set
 
 
 def _run_info(root: nn.Module, given: dict) -> dict:
     """The run metadata of every row: from model.spec for resviz models, then `given` checked and applied."""
-    spec = getattr(root, "spec", None)
-    if isinstance(spec, ModelSpec):
-        info = dict(run_id="", arch=spec.arch, depth=spec.depth, norm=spec.norm, shortcut=spec.shortcut, seed=-1)
-    else:
-        info = dict(run_id="", arch=type(root).__name__, depth=-1, norm="unknown", shortcut="unknown", seed=-1)
-    info["model"], info["family"] = model_identity(root)
+    identity = model_identity(root)
+    info = {"run_id": "", **{k: identity[k] for k in RUN_INFO_KEYS if k in identity}, "seed": -1,
+            **{k: identity[k] for k in schema.MODEL_COLUMNS}}
     for key, value in given.items():
         if key not in _INFO_KEYS:
             raise ValueError(f"run_info key {key!r} is unknown; valid: {', '.join(_INFO_KEYS)}")
@@ -160,7 +125,7 @@ class Recorder:
         self._metrics = _chosen_metrics(metrics, per_channel)
         self._per_channel = "response_channel_std" in self._metrics
         self._model = model
-        self._root = _unwrap(model)
+        self._root = unwrap(model)
         self._info = _run_info(self._root, run_info or {})
         self._plan = build_plan(self._root, self._metrics, block_rows)
         self._central = False
@@ -200,6 +165,12 @@ class Recorder:
     @property
     def metrics(self) -> tuple[str, ...]:
         return tuple(m for m in METRICS if m in self._metrics)
+
+    @staticmethod
+    def hooked(model: nn.Module) -> bool:
+        """Whether an active Recorder has hooks on any module of `model` (inside its compile / DataParallel
+        wrappers): a measurement that must not reach that Recorder's table then runs on a copy (resviz.measure)."""
+        return any(m in _ACTIVE for m in unwrap(model).modules())
 
     # ---- lifecycle
     def __enter__(self) -> Recorder:

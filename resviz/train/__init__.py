@@ -1,11 +1,12 @@
-"""Training one run: `TrainConfig` (config.py), `train()` (loop.py), the run folder and its checkpoint
-(folder.py), and the speed switches with their guards (speed.py).
+"""Training one run: `TrainConfig` (config.py), `train()` (loop.py), what training needs of its run folder (the
+config check, the finished result, resume: folder.py, over `resviz.runfolder`), the speed switches with their
+guards (speed.py), and SIGINT/SIGTERM as a stop at the next step boundary (interrupts.py).
 
     from resviz.train import TrainConfig, train
     result = train(TrainConfig(dataset="digits", depth=20, steps=2_000), out="runs")
 """
 from resviz.train.config import COMPILE_MODES, PAPER_MILESTONES, PAPER_STEPS, TrainConfig, dataset_slug
-from resviz.train.folder import RunResult, prepare_folder, versions
+from resviz.train.folder import RunResult, prepare_folder
 from resviz.train.loop import learning_rate, train
 from resviz.train.speed import (
     COMPILE_BACKEND_ENV,
@@ -32,5 +33,4 @@ __all__ = [
     "learning_rate",
     "prepare_folder",
     "train",
-    "versions",
 ]

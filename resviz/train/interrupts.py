@@ -2,16 +2,17 @@
 
 Inside `StopSignals()` the two signals only set `signum`; the training loop checks it between steps and saves
 itself there (a consistent state: no half-done forward, optimiser step or write), then raises
-`resviz.errors.Interrupted`. A step that outlasts `grace` seconds after the signal (a very deep net on a CPU)
-is abandoned: `StopNow` is raised from inside it, where `abortable` says the state in memory may be dropped
-(the run resumes from its last checkpoint, still exactly). While setting up (`abortable` with no step begun)
-a signal stops at once the same way. A second signal of the same kind while the first is pending stops at
-once too (the user insists), as `StopNow` with that signal. Handlers can only be installed in the main
+`resviz.errors.Interrupted`. The loop says where it is (`phase`): a step or an evaluation that outlasts
+`grace` seconds after the signal (a very deep net on a CPU) is abandoned, `StopNow` raised from inside it by
+SIGALRM (the state in memory is dropped; the run resumes from its last checkpoint, still exactly); while setting
+up, a signal stops at once the same way (nothing trained yet). A second signal of the same kind while the first
+is pending stops at once too (the user insists), as `StopNow` with that signal. Handlers can only be installed in the main
 thread; elsewhere the block changes nothing. A signal that arrived during the block but was not acted on
 (the run finished first) is delivered again when the block ends, to the handlers it had before.
 """
 from __future__ import annotations
 
+import ctypes
 import signal
 import sys
 import threading
@@ -87,8 +88,6 @@ def signal_on_parent_death(signum: int = signal.SIGTERM) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
-
         return ctypes.CDLL(None, use_errno=True).prctl(1, int(signum), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return False

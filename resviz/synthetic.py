@@ -1,4 +1,5 @@
-"""Synthetic stats and training tables with the real shapes, for tests, benchmarks and demos without training.
+"""Stand-in stats and training tables with the real shapes: for trying figures, benchmarks and tests without
+training.
 
 The layer names, indices, stages and blocks follow a resviz model of depth 6n+2 exactly (as the Recorder
 writes them); the values are smooth deterministic curves plus seeded noise, shaped like the papers' trends
