@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from resviz import schema
-from resviz.errors import RunBusy
+from resviz.errors import RunBusy, UserError
 from resviz.io import atomic_torch_save, atomic_write_json, atomic_write_parquet, read_checkpoint, read_json
 
 CONFIG_FILE = "config.json"
@@ -120,6 +120,10 @@ def run_lock(folder: str | os.PathLike):
             raise RunBusy(f"run folder {folder} is in use by process {holder if holder else '(unknown pid)'}; "
                           "wait for it to finish or stop it (a second writer would overwrite its files)",
                           holder) from None
+        except OSError as err:  # ENOSYS, ENOLCK, EOPNOTSUPP: a file system without flock (Lustre, NFS -o nolock)
+            raise UserError(f"cannot lock {folder / LOCK_FILE} ({err.strerror or err}): its file system does not "
+                            "support flock, which keeps two writers off one run; mount Lustre with -o flock, NFS "
+                            "with locking (not -o nolock), or choose an --out on a local disk") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield folder

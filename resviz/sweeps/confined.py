@@ -80,8 +80,8 @@ def child_main(request: Path, result: Path, parent: int) -> int:
     except UserError as err:
         _write(result, {"error": str(err)})
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        _write(result, {"interrupted": True})
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (resviz.errors.Interrupted keeps which)
+        _write(result, {"interrupted": getattr(err, "signum", signal.SIGINT)})
         return EXIT_INTERRUPTED
     _write(result, {"table": table})
     return 0

@@ -22,7 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from resviz.errors import UserError
+from resviz.errors import Interrupted, UserError
+from resviz.train.interrupts import describe
 
 CHILD = Path(__file__).with_name("confined.py")  # run as a file, never imported here
 CONFINED_ENV = "RESVIZ_RAY_CONFINED"  # "1" in the child: a cluster it starts is inside the loopback-only namespace
@@ -64,24 +65,33 @@ def run_confined(configs: list, out: str | os.PathLike, **options):
     if "error" in payload:
         raise UserError(payload["error"])
     if interrupted or payload.get("interrupted"):
-        raise KeyboardInterrupt
+        signum = interrupted or int(payload["interrupted"])
+        raise Interrupted(signum, f"sweep interrupted by {describe(signum)}; the runs in progress saved themselves")
     if "table" not in payload:
         raise RuntimeError(f"the confined Ray sweep (pid {child.pid}) exited {child.returncode} without a result; "
                            "its traceback is above")
     return payload["table"]
 
 
-def _wait_forwarding_ctrl_c(child: subprocess.Popen) -> bool:
-    """Wait for the child; each Ctrl-C here is sent on to it (it cancels its runs and exits). True if any came."""
-    interrupted = False
-    while True:
-        try:
-            child.wait()
-            return interrupted
-        except KeyboardInterrupt:
-            interrupted = True
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
+def _wait_forwarding_ctrl_c(child: subprocess.Popen) -> int:
+    """Wait for the child; each Ctrl-C or SIGTERM here is sent on to it (it cancels its runs, which save
+    themselves, and exits). The last signal that came (0: none)."""
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    came = 0
+    previous = signal.signal(signal.SIGTERM, interrupt)  # scancel, a time limit, a pod's deletion: as Ctrl-C
+    try:
+        while True:
+            try:
+                child.wait()
+                return came
+            except KeyboardInterrupt as err:
+                came = getattr(err, "signum", signal.SIGINT)
+                if child.poll() is None:
+                    child.send_signal(came)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = ["CONFINED_ENV", "confined", "namespace_error", "run_confined"]

@@ -19,10 +19,14 @@ starts).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import socket
+import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -30,12 +34,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from resviz import runfolder
-from resviz.errors import UserError, first_line
+from resviz.errors import Interrupted, RunBusy, UserError, first_line
 from resviz.io import make_folder
 from resviz.sweeps.common import run_one, steps_done, summary_row, summary_table
 from resviz.sweeps.private_cluster import confined, run_confined
 from resviz.train import TrainConfig
 from resviz.train.folder import finished_result
+from resviz.train.interrupts import describe
 
 HEAD_COMMAND = "ray start --head --port 6379 --node-ip-address 127.0.0.1"
 SHARED_CHECK = ("check it from a worker node with `touch OUT/x` and `ls OUT` on the head, or use a shared "
@@ -60,17 +65,44 @@ def run_grid_on_ray(configs: list[TrainConfig], out: str | os.PathLike = "runs",
     if address is None and not ray.is_initialized() and not confined():
         return run_confined(configs, out, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
                             max_retries=max_retries, progress=progress)
-    started = _connect(ray, address)
+    todo = [dataclasses.replace(c, root=str(Path(c.root).resolve())) for c in todo]  # absolute on the driver:
+    # a worker resolves a relative path where `ray start` ran. A private cluster gets a temp dir of its own
+    # (mode 0700, short enough for Ray's socket paths), removed when it stops
+    temp = tempfile.mkdtemp(prefix="resviz-ray-") if address is None and not ray.is_initialized() else None
+    started = _connect(ray, address, temp)
     try:
-        gpus = gpus_for_each_run(ray, gpus_per_run, todo)
-        nodes = nodes_that_fit(ray, cpus_per_run, gpus)
-        check_storage(ray, out, nodes)
-        rows += _run_tasks(ray, todo, out, cpus_per_run=cpus_per_run, gpus_per_run=gpus,
-                           max_retries=max_retries, progress=progress)
+        with signals_as_interrupt():  # after ray.init, which replaces the SIGTERM handler
+            gpus = gpus_for_each_run(ray, gpus_per_run, todo)
+            nodes = nodes_that_fit(ray, cpus_per_run, gpus)
+            check_storage(ray, out, nodes)
+            rows += _run_tasks(ray, todo, out, cpus_per_run=cpus_per_run, gpus_per_run=gpus,
+                               max_retries=max_retries, progress=progress)
     finally:
         if started:
             ray.shutdown()
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
     return _table(rows, configs)
+
+
+@contextlib.contextmanager
+def signals_as_interrupt():
+    """SIGINT and SIGTERM (scancel, a SLURM time limit, a pod's deletion) raise `Interrupted` in the driver, so
+    both cancel the tasks as Ctrl-C does: the runs checkpoint and read `interrupted`, the command exits 130 or
+    143. Installed after ray.init, which replaces the SIGTERM handler (the confined child's too)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum, f"sweep interrupted by {describe(signum)}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _check_options(cpus_per_run: float, gpus_per_run: float | None, max_retries: int) -> None:
@@ -111,7 +143,7 @@ def _table(rows: list[dict], configs: list[TrainConfig]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ the cluster
-def _connect(ray, address: str | None) -> bool:
+def _connect(ray, address: str | None, temp: str | None = None) -> bool:
     """Join the cluster at `address`, or start a private one on 127.0.0.1 (in the confined child that
     `resviz.sweeps.private_cluster` starts); True when this call started it. A process already connected (a
     notebook, the tests) keeps its connection."""
@@ -121,16 +153,18 @@ def _connect(ray, address: str | None) -> bool:
         return False
     if address is None:
         os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")  # agents start slowly on busy CPUs
-        try:
-            ray.init(address=None, _node_ip_address="127.0.0.1", include_dashboard=False)
+        try:  # "local": a new cluster, never one that /tmp/ray/ray_current_cluster or `ps` names; its own temp dir
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                     _temp_dir=temp)
         except Exception as err:  # Ray raises a bare Exception when its processes start too slowly
             if "timed out during startup" not in str(err):
                 raise
             raise UserError(f"Ray did not start on this machine within its time limit (busy CPUs?); run again, "
                             f"or start it once with `{HEAD_COMMAND}` and pass --address auto") from None
         return True
+    target = _resolve_auto(address) if address == "auto" else address  # a UserError of its own, not caught below
     try:
-        ray.init(address=address)
+        ray.init(address=target)
     except (ConnectionError, RuntimeError, ValueError) as err:
         fix = (f"start one with `{HEAD_COMMAND}`, or drop --address to let resviz start a private one"
                if address == "auto" else f"check it with `ray status --address {address}`")
@@ -138,7 +172,26 @@ def _connect(ray, address: str | None) -> bool:
     return True
 
 
-def _check_address(address: str) -> None:
+def _resolve_auto(address: str) -> str:
+    """`--address auto` as the HOST:PORT of the user's running cluster, checked to answer within seconds: Ray's own
+    search (RAY_ADDRESS, ray_current_cluster, `ps`) can find a cluster it cannot reach (a private sweep's, in its
+    own network namespace; a dead one) and retry it forever."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        found = canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as err:
+        found, why = None, first_line(err)
+    else:
+        why = "none found"
+    if not found:
+        raise UserError(f"--address auto finds no Ray cluster on this machine ({why}); start one with "
+                        f"`{HEAD_COMMAND}`, or drop --address to let resviz start a private one")
+    _check_address(found, shown=f"auto ({found})")
+    return found
+
+
+def _check_address(address: str, shown: str | None = None) -> None:
     """`auto`, HOST:PORT or ray://HOST:PORT, with something listening there; one line naming it otherwise."""
     if address == "auto":
         return
@@ -149,8 +202,8 @@ def _check_address(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as err:
-        raise UserError(f"no Ray cluster answers at --address {address} ({err.strerror or err}); start one with "
-                        f"`{HEAD_COMMAND}` or fix the address") from None
+        raise UserError(f"no Ray cluster answers at --address {shown or address} ({err.strerror or err}); start "
+                        f"one with `{HEAD_COMMAND}` or fix the address") from None
 
 
 def gpus_for_each_run(ray, gpus_per_run: float | None, configs: list[TrainConfig]) -> float:
@@ -249,7 +302,7 @@ def _run_tasks(ray, configs: list[TrainConfig], out: Path, *, cpus_per_run: floa
                 bar.update(1)
             bar.set_postfix_str(f"{sum(steps_done(c, out) for c in configs)}/{sum(c.steps for c in configs)} steps")
     except KeyboardInterrupt:
-        _cancel(ray, pending)
+        _cancel(ray, pending, refs, out)
         raise
     finally:
         bar.close()
@@ -296,14 +349,29 @@ def _line(row: dict) -> str:
     return text
 
 
-def _cancel(ray, pending: list) -> None:
+def _cancel(ray, pending: list, refs: dict, out: Path) -> None:
     """Cancel the grid's tasks: a running run gets a KeyboardInterrupt, checkpoints and marks itself
-    interrupted (resumable); a queued one never starts. Waits for them to let go."""
+    interrupted (resumable); a queued one never starts. Waits for them to let go; a run whose worker let go
+    without a status (killed) is marked interrupted here, under its lock."""
     for ref in pending:
         ray.cancel(ref)
     if pending:
         ray.wait(pending, num_returns=len(pending), timeout=CANCEL_WAIT_S)
+    for ref in pending:
+        mark_interrupted(out / refs[ref].run_id, "cancelled with the sweep; run the same command again to resume")
     print(f"sweep: cancelled {len(pending)} runs; run the same command again to resume them")
+
+
+def mark_interrupted(folder: Path, reason: str) -> None:
+    """A run left `running` by a process that is gone: `interrupted` at its last step, if nobody holds it."""
+    if not runfolder.is_run_folder(folder) or runfolder.read_status(folder).get("status") != "running":
+        return
+    try:
+        with runfolder.run_lock(folder):
+            step = int(runfolder.read_status(folder).get("step", 0) or 0)
+            runfolder.write_status(folder, "interrupted", reason, step=step)
+    except RunBusy:
+        pass  # a live worker still holds it: it marks itself
 
 
 __all__ = ["check_storage", "gpus_for_each_run", "nodes_that_fit", "run_grid_on_ray"]

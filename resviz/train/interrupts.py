@@ -6,9 +6,9 @@ itself there (a consistent state: no half-done forward, optimiser step or write)
 `grace` seconds after the signal (a very deep net on a CPU) is abandoned, `StopNow` raised from inside it by
 SIGALRM (the state in memory is dropped; the run resumes from its last checkpoint, still exactly); while setting
 up, a signal stops at once the same way (nothing trained yet). A second signal of the same kind while the first
-is pending stops at once too (the user insists), as `StopNow` with that signal. Handlers can only be installed in the main
-thread; elsewhere the block changes nothing. A signal that arrived during the block but was not acted on
-(the run finished first) is delivered again when the block ends, to the handlers it had before.
+is pending stops at once too (the user insists), as `StopNow` with that signal. Handlers can only be installed
+in the main thread; elsewhere the block changes nothing. A signal that arrived during the block but was not
+acted on (the run finished first) is delivered again when the block ends, to the handlers it had before.
 """
 from __future__ import annotations
 
