@@ -18,6 +18,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from resviz import runs
+from resviz.evaluate import load_run_model
+from resviz.pretrained import AKAMASTER_FILES, AKAMASTER_MEAN, AKAMASTER_STD, find_local, pretrained
+
 
 @dataclass(frozen=True, eq=False)
 class Net:
@@ -34,8 +38,6 @@ class Net:
 def akamaster_nets(names: Sequence[str], *, search_dirs: Sequence[str | os.PathLike] = (),
                    progress: bool = False) -> list[Net]:
     """akamaster's CIFAR-10 ResNets by name, from `search_dirs`, $RESVIZ_CHECKPOINTS, or a download."""
-    from resviz.pretrained import AKAMASTER_FILES, AKAMASTER_MEAN, AKAMASTER_STD, find_local, pretrained
-
     if isinstance(names, (str, os.PathLike)):
         names = [names]
     nets = []
@@ -55,9 +57,6 @@ def run_nets(path_or_glob, *, mean=None, std=None) -> list[Net]:
 
     mean/std: override the per-channel normalisation (default: the one the run trained with, from its checkpoint).
     """
-    from resviz import runs
-    from resviz.evaluate import load_run_model
-
     folders = runs.find_runs(path_or_glob)
     with_weights = [f for f in folders if (f / "checkpoint.pt").is_file()]
     if not with_weights:
