@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from resviz import cli
 from resviz.cli import build_parser, main
 from resviz.errors import UserError
 from resviz.train import TrainConfig
@@ -117,19 +118,17 @@ def test_a_download_failure_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, data_root, monkeypatch, capsys):
-    import resviz.train
-
     def fail(config, out, run_id=None):
         raise UserError("the fix is named here\nsecond line")
 
-    monkeypatch.setattr(resviz.train, "train", fail)
+    monkeypatch.setattr(cli, "train", fail)  # the function `resviz train` calls
     assert main(["train", "--dataset", "digits", "--root", data_root, "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "resviz: error: the fix is named here\n"
 
     def bug(config, out, run_id=None):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(resviz.train, "train", bug)
+    monkeypatch.setattr(cli, "train", bug)
     with pytest.raises(RuntimeError, match="illegal memory access"):  # not turned into exit 2
         main(["train", "--dataset", "digits", "--root", data_root, "--out", str(tmp_path)])
 
