@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from resviz import runs
+from resviz.report import write_report
 from resviz.sweeps import format_summary, grid, run_sweep, side_by_side_workers
 from resviz.train import TrainConfig
 
@@ -37,14 +39,13 @@ NEXT_STEPS = "next: open {index} in a browser (depth and step sliders, no Jupyte
 def trained_only(runset, ids):
     """The runs of `runset` among `ids` that finished (status done): a run that could not be trained, or one
     of another sweep in the same folder, never reaches a figure."""
-    import dataclasses as dc
-
     done = set(map(str, ids)) & set(runset.status.loc[runset.status["status"].astype(str) == "done", "run_id"])
 
     def keep(frame):
         return frame[frame["run_id"].astype(str).isin(done).to_numpy()] if len(frame) else frame
 
-    return dc.replace(runset, metrics=keep(runset.metrics), stats=keep(runset.stats), status=keep(runset.status))
+    return dataclasses.replace(runset, metrics=keep(runset.metrics), stats=keep(runset.stats),
+                               status=keep(runset.status))
 
 
 def run_demo(out: str | Path | None = None, *, smoke: bool = False, root: str = "data",
@@ -55,9 +56,6 @@ def run_demo(out: str | Path | None = None, *, smoke: bool = False, root: str = 
     `formats=None` adds a PNG of each figure when a browser is found and says in `note` why not
     otherwise; formats named explicitly (e.g. ("png",)) must be made: BrowserNotFoundError otherwise.
     """
-    from resviz import runs
-    from resviz.report import write_report
-
     out = Path(out if out is not None else (SMOKE_OUT if smoke else DEMO_OUT))
     configs = demo_configs(smoke, root)
     table = run_sweep(configs, out, workers=1 if smoke else side_by_side_workers(), progress=progress)

@@ -252,14 +252,14 @@ def test_bad_values_refused_before_anything_is_written(tmp_path, data_root, caps
 
 
 def test_lesion_random_k_checked_before_the_per_block_lesion(tmp_path, data_root, capsys, monkeypatch):
-    import resviz.analysis.lesion as lesion
+    import resviz.cli
 
     folder = train(tiny(data_root, steps=10), tmp_path).folder
 
     def never(*a, **k):
         raise AssertionError("the per-block lesion ran before --random-k was checked")
 
-    monkeypatch.setattr(lesion, "lesion_single", never)
+    monkeypatch.setattr(resviz.cli, "lesion_single", never)  # what `resviz lesion` calls
     code = main(["lesion", "--checkpoint", str(folder), "--dataset", "digits", "--root", data_root,
                  "--random-k", "100", "--json"])
     assert code == 2 and "k=100 blocks cannot be removed" in capsys.readouterr().err
