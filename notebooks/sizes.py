@@ -33,7 +33,8 @@ from pathlib import Path
 
 from resviz import datasets, pretrained, sweeps
 from resviz.demo import DEMO
-from resviz.train import TrainConfig, dataset_slug
+from resviz.train import TrainConfig
+from resviz.train.config import dataset_slug
 
 SMOKE_ENV = "RESVIZ_SMOKE"
 SIZE_ENV = "RESVIZ_SIZE"  # "smoke" | "medium" | "full" (default full; RESVIZ_SMOKE=1 means smoke)

@@ -31,7 +31,9 @@ from resviz.evaluate import evaluate, load_model_for_eval
 from resviz.integrations import tensorboard, wandb
 from resviz.io import make_folder
 from resviz.report import write_report
-from resviz.sweeps import GRID_FIELDS, add_sweep_arguments, dispatch, format_summary, grid
+from resviz.sweeps import format_summary, grid
+from resviz.sweeps.command import add_sweep_arguments, dispatch
+from resviz.sweeps.common import GRID_FIELDS
 from resviz.train import TrainConfig, train
 from resviz.train.config import parse_number
 

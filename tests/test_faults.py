@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from resviz import runfolder, runs, sweeps
+from resviz.sweeps import common as sweeps_common
 from resviz.cli import main
 from resviz.errors import Interrupted
 from resviz.train import train
@@ -202,7 +203,7 @@ def test_sweep_skips_a_run_another_process_holds(tmp_path, data_root):
         holder.wait()
     assert table["status"].tolist() == ["busy"] and str(holder.pid) in table["reason"].iloc[0]
     assert not (tmp_path / config.run_id / "config.json").exists()  # nothing touched
-    assert sweeps.run_one(config.to_dict(), tmp_path)["status"] == "done"  # the lock of the dead holder is free
+    assert sweeps_common.run_one(config.to_dict(), tmp_path)["status"] == "done"  # the lock of the dead holder is free
 
 
 def _alive(pid: int) -> bool:
@@ -340,7 +341,7 @@ def test_checkpoint_of_another_depth_is_named(tmp_path, data_root):
 # ------------------------------------------------------------------------ what a user reads
 def test_sweep_summary_shows_each_reason_whole_once():
     reason = "cifar10 is not available offline: " + "x" * 80 + " put the file here: data/cifar-10-python.tar.gz"
-    table = sweeps.summary_table([
+    table = sweeps_common.summary_table([
         {"run": "a", "status": "failed", "step": -1, "train_error": float("nan"), "test_error": float("nan"),
          "seconds": float("nan"), "reason": reason},
         {"run": "b", "status": "failed", "step": -1, "train_error": float("nan"), "test_error": float("nan"),
