@@ -124,6 +124,32 @@ def _categorical(codes: np.ndarray, categories: list[str]) -> pd.Categorical:
     return cat.remove_unused_categories()
 
 
+def _watched_points(plan, root: nn.Module) -> list[tuple[str, str, str, str, int, np.ndarray]]:
+    """(block, its class, "branch" or "skip", the point as register_block spells it, the point's count slot, the
+    count slots of the block's other points) for every branch and skip point: a point whose hook never runs
+    while the block's others do is reported (`_report_silent_points`), not dropped without a word."""
+    from resviz.probes.blocks import find_blocks
+
+    blocks = sorted(((name, type(m).__name__) for name, _, m in find_blocks(root)[0]), key=lambda b: -len(b[0]))
+    hooks = {h.site: h for h in plan.hooks}
+    slot = [site.offset + 2 * site.channels for site in plan.sites]  # elements per channel: SENTINEL if unwritten
+    found = []
+    for i, site in enumerate(plan.sites):
+        role = site.name.rpartition(".probe_")[2]
+        owner = next(((b, c) for b, c in blocks if not b or site.name.startswith(b + ".")), None)
+        if role not in ("branch", "skip") or owner is None or i not in hooks:
+            continue
+        hook, prefix = hooks[i], owner[0] + "." if owner[0] else ""
+        point = hook.module.removeprefix(prefix) if hook.module != owner[0] else ""
+        if hook.kind != "fwd":
+            point += ":in" if hook.arg == 0 else f":in{hook.arg}"
+        others = [slot[j] for j, o in enumerate(plan.sites)
+                  if j != i and (o.name.startswith(prefix) if prefix else ".probe_" in o.name)]
+        if others:
+            found.append((owner[0], owner[1], role, point, slot[i], np.array(others)))
+    return found
+
+
 @dataclass
 class _Chunk:
     steps: np.ndarray  # (R,)
@@ -181,6 +207,8 @@ class Recorder:
         n = self._flush_every
         self._row_steps = np.zeros(n, dtype=np.int64)
         self._row_epochs = np.full(n, np.nan)
+        self._watched = _watched_points(self._plan, self._root)
+        self._reported: set[tuple[str, str]] = set()
 
     # ---- public state
     @property
@@ -501,8 +529,25 @@ class Recorder:
                     event.synchronize()
                 host = host.numpy().astype(np.float64)
             self._pending.pop(0)
+            self._report_silent_points(host, steps)
             values, valid = derive(host, self._plan, self._central)
             self._chunks.append(_Chunk(steps, epochs, values, valid))
+
+    def _report_silent_points(self, raw: np.ndarray, steps: np.ndarray) -> None:
+        """One warning line per branch or skip point that never ran in a recorded step while its block's other
+        points did (e.g. a registered skip submodule that the block's forward never calls), once per point."""
+        import warnings
+
+        for block, cls, role, point, slot, others in self._watched:
+            silent = (raw[:, slot] < 0) & (raw[:, others] >= 0).any(axis=1)  # (R,)
+            if silent.any() and (block, point) not in self._reported:
+                self._reported.add((block, point))
+                hint = ("name a point its forward passes through, e.g. skip=':in' where the skip is the block's "
+                        "input" if role == "skip" else "name the submodule whose output is the residual branch")
+                warnings.warn(
+                    f"Recorder: block '{block}' ({cls}) never ran its {role} point '{point}' in recorded step "
+                    f"{int(steps[silent.argmax()])} while its other points ran: no {role}_std or branch_ratio row "
+                    f"for it; {hint} (resviz.register_block, docs/blocks.md)", UserWarning, stacklevel=2)
 
     def _table(self, chunks: list[_Chunk]) -> pd.DataFrame:
         if not chunks:
