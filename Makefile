@@ -12,7 +12,7 @@ CORE_STAMP  := $(VENV)/.installed-core
 TEST_STAMP  := $(VENV)/.installed-test
 # Measured on a 2-core VM from a fresh clone (README, "What `make demo` costs"); printed before pip starts.
 INSTALL_ESTIMATE := about 4 minutes and a 3.4 GB download into a 6.1 GB .venv
-DEMO_ESTIMATE    := about 4 minutes on 2 CPU cores
+DEMO_ESTIMATE    := about 4 minutes on 2 CPU cores; seconds when runs/demo holds them already
 
 .PHONY: demo test install clean
 
