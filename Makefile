@@ -10,8 +10,8 @@ PIP         := $(BIN)/python -m pip
 CONSTRAINTS := constraints/ci.txt
 CORE_STAMP  := $(VENV)/.installed-core
 TEST_STAMP  := $(VENV)/.installed-test
-# Measured on a 2-core VM from a fresh clone (README, "What `make demo` costs"); printed before pip starts.
-INSTALL_ESTIMATE := about 4 minutes and a 3.4 GB download into a 6.1 GB .venv
+# Measured on a 2-core VM from a fresh clone (the table at the top of README.md); printed before pip starts.
+INSTALL_ESTIMATE := about 5 minutes and a 3.2 GB download into a 6.2 GB .venv
 DEMO_ESTIMATE    := about 4 minutes on 2 CPU cores; seconds when runs/demo holds them already
 
 .PHONY: demo test install clean
@@ -33,7 +33,7 @@ install: $(CORE_STAMP)
 
 demo:
 	@echo "make demo: $(if $(wildcard $(CORE_STAMP)),$(VENV)/ exists,first run: create $(VENV)/ and install resviz ($(INSTALL_ESTIMATE))), then train 4 nets on the built-in digits and write runs/demo/report/ ($(DEMO_ESTIMATE))"
-	@$(MAKE) --no-print-directory $(CORE_STAMP)
+	@$(MAKE) --no-print-directory --silent $(CORE_STAMP)
 	$(BIN)/resviz demo
 
 test: $(TEST_STAMP)
