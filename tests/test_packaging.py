@@ -48,6 +48,7 @@ def test_dependencies_are_ranges_and_the_constraints_pin_a_pair_inside_them():
     for name in PINNED:
         assert deps[name].specifier, f"{name} has no range in pyproject.toml"
         assert deps[name].specifier.contains(pinned[name]), (name, deps[name].specifier, pinned[name])
+    assert f"- -c {CONSTRAINTS}" in (ROOT / "environment.yml").read_text()  # conda installs the same pair
     assert "constraints.txt" not in (ROOT / ".gitignore").read_text().split()  # the file is committed
     tracked = subprocess.run(["git", "ls-files", CONSTRAINTS], cwd=ROOT, capture_output=True, text=True)
     if tracked.returncode == 0:  # a git checkout (CI's clean clone is one)

@@ -126,27 +126,31 @@ def _categorical(codes: np.ndarray, categories: list[str]) -> pd.Categorical:
 
 def _watched_points(plan, root: nn.Module) -> list[tuple[str, str, str, str, int, np.ndarray]]:
     """(block, its class, "branch" or "skip", the point as register_block spells it, the point's count slot, the
-    count slots of the block's other points) for every branch and skip point: a point whose hook never runs
-    while the block's others do is reported (`_report_silent_points`), not dropped without a word."""
+    count slots of the block's other sites) for every branch and skip point: a point whose hook never runs
+    while the rest of its block does is reported (`_report_silent_points`), not dropped without a word."""
     from resviz.probes.blocks import find_blocks
 
-    blocks = sorted(((name, type(m).__name__) for name, _, m in find_blocks(root)[0]), key=lambda b: -len(b[0]))
+    classes = {name: type(m).__name__ for name, _, m in find_blocks(root)[0]}
     hooks = {h.site: h for h in plan.hooks}
     slot = [site.offset + 2 * site.channels for site in plan.sites]  # elements per channel: SENTINEL if unwritten
-    found = []
+    members: dict[str, list[int]] = {}  # block -> its sites (points and norm layers inside it)
     for i, site in enumerate(plan.sites):
-        role = site.name.rpartition(".probe_")[2]
-        owner = next(((b, c) for b, c in blocks if not b or site.name.startswith(b + ".")), None)
-        if role not in ("branch", "skip") or owner is None or i not in hooks:
-            continue
-        hook, prefix = hooks[i], owner[0] + "." if owner[0] else ""
-        point = hook.module.removeprefix(prefix) if hook.module != owner[0] else ""
-        if hook.kind != "fwd":
-            point += ":in" if hook.arg == 0 else f":in{hook.arg}"
-        others = [slot[j] for j, o in enumerate(plan.sites)
-                  if j != i and (o.name.startswith(prefix) if prefix else ".probe_" in o.name)]
-        if others:
-            found.append((owner[0], owner[1], role, point, slot[i], np.array(others)))
+        parts = site.name.split(".")
+        owner = next((".".join(parts[:k]) for k in range(len(parts) - 1, -1, -1) if ".".join(parts[:k]) in classes),
+                     None)
+        if owner is not None:
+            members.setdefault(owner, []).append(i)
+    found = []
+    for block, sites in members.items():
+        prefix = block + "." if block else ""
+        for i in sites:
+            role, hook = plan.sites[i].name.rpartition(".probe_")[2], hooks.get(i)
+            if role not in ("branch", "skip") or hook is None or len(sites) < 2:
+                continue
+            point = hook.module.removeprefix(prefix) if hook.module != block else ""
+            if hook.kind != "fwd":
+                point += ":in" if hook.arg == 0 else f":in{hook.arg}"
+            found.append((block, classes[block], role, point, slot[i], np.array([slot[j] for j in sites if j != i])))
     return found
 
 
@@ -538,6 +542,9 @@ class Recorder:
         points did (e.g. a registered skip submodule that the block's forward never calls), once per point."""
         import warnings
 
+        level, frame = 1, sys._getframe(0)
+        while frame is not None and frame.f_globals.get("__name__", "").startswith("resviz."):
+            level, frame = level + 1, frame.f_back  # the warning names the user's line (rec.frame(), end_step)
         for block, cls, role, point, slot, others in self._watched:
             silent = (raw[:, slot] < 0) & (raw[:, others] >= 0).any(axis=1)  # (R,)
             if silent.any() and (block, point) not in self._reported:
@@ -547,7 +554,7 @@ class Recorder:
                 warnings.warn(
                     f"Recorder: block '{block}' ({cls}) never ran its {role} point '{point}' in recorded step "
                     f"{int(steps[silent.argmax()])} while its other points ran: no {role}_std or branch_ratio row "
-                    f"for it; {hint} (resviz.register_block, docs/blocks.md)", UserWarning, stacklevel=2)
+                    f"for it; {hint} (resviz.register_block, docs/blocks.md)", UserWarning, stacklevel=level)
 
     def _table(self, chunks: list[_Chunk]) -> pd.DataFrame:
         if not chunks:
