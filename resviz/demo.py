@@ -8,6 +8,7 @@ error of plain-110 on CIFAR-10. The full CIFAR-10 version is `resviz sweep` on a
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from pathlib import Path
 
 from resviz import runs
@@ -48,6 +49,15 @@ def trained_only(runset, ids):
                                status=keep(runset.status))
 
 
+def png_note(note: str, out: Path, report: Path) -> str:
+    """The report's "PNGs not written" line, ending in the exact command that writes them once a browser is
+    installed (from the finished runs: nothing is trained again)."""
+    if not note:
+        return note
+    command = f"resviz report {shlex.quote(str(out))} --out {shlex.quote(str(report))} --formats html,png"
+    return f"{note.partition('then rerun')[0].rstrip(', ')}, then `{command}` (nothing is trained again)"
+
+
 def run_demo(out: str | Path | None = None, *, smoke: bool = False, root: str = "data",
              report: str | Path | None = None, formats=None, progress: bool = True) -> dict:
     """Train the four demo nets into `out` (default runs/demo, or runs/demo-smoke), then write their report
@@ -63,7 +73,9 @@ def run_demo(out: str | Path | None = None, *, smoke: bool = False, root: str = 
     if len(runset) == 0:
         raise ValueError(f"no demo run finished in {out}; see the table above for each run's reason")
     # PNG only unless asked: each static format costs a browser render per figure, and `make demo` has 5 minutes
-    rep = write_report(runset, Path(report) if report else out / "report", static=formats, auto_static=("png",))
+    report_dir = Path(report) if report else out / "report"
+    rep = write_report(runset, report_dir, static=formats, auto_static=("png",))
     text = format_summary(table)
-    return {"summary": table, "report": rep.index, "figures": rep.files, "note": rep.static_note, "text": text,
+    note = png_note(rep.static_note, out, report_dir)
+    return {"summary": table, "report": rep.index, "figures": rep.files, "note": note, "text": text,
             "next": NEXT_STEPS.format(index=rep.index)}

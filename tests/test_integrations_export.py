@@ -65,7 +65,11 @@ def test_docs_examples_run_and_write_run_folders(docs_run):
     lit = rs.stats[rs.stats["run_id"] == "lightning-digits"]
     assert sorted(lit["step"].unique()) == [0, 4, 8, 12]
     hf = rs.stats[rs.stats["run_id"] == "hf-gpt2"]
-    assert sorted(hf["step"].unique()) == [0, 2, 4, 6] and set(hf["metric"].astype(str)) == {"grad_norm"}
+    assert sorted(hf["step"].unique()) == [0, 2, 4, 6]
+    # GPT-2's blocks are known: the default metrics, per residual addition and per LayerNorm (issue 24)
+    assert {"grad_norm", "response_std", "branch_std", "skip_std", "sum_std", "branch_ratio"} <= set(
+        hf["metric"].astype(str))
+    assert "transformer.h.0.attn.probe_branch" in set(hf["layer"].astype(str))
     assert rs.metrics[rs.metrics["run_id"] == "hf-gpt2"]["loss"].notna().any()
 
 
