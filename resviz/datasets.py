@@ -31,13 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from torchvision.datasets import CIFAR10
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from torchvision.datasets.utils import download_url
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms.v2.functional import resize
 from tqdm.auto import tqdm
 
 from resviz.errors import UserError, first_line
@@ -227,6 +220,8 @@ def _tree_fingerprint(folder: Path) -> str:
 
 
 def _build_digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     grey = torch.from_numpy(digits.images).round().clamp(0, 16)  # (1797, 8, 8) float64, 0..16
@@ -272,6 +267,9 @@ def _cifar10_folder(root: Path) -> Path:
 
 def _download_cifar10(root: Path) -> None:
     """torchvision's CIFAR10 download (URL + md5 of the archive); offline, say where to put the archive."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import download_url
+
     url = os.environ.get(CIFAR10_URL_ENV) or CIFAR10.url
     root.mkdir(parents=True, exist_ok=True)
     try:
@@ -332,6 +330,8 @@ def _build_cifar10(folder: Path):
 
 def _imagefolder_samples(tree: Path):
     """{split: [(path, class index)]} and the class names of `tree/{train,test}/<class>/`."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
     if not tree.is_dir():
         raise FileNotFoundError(
             f"imagefolder:{tree}: no such folder; give the path of a folder holding train/<class>/ and test/<class>/"
@@ -381,6 +381,7 @@ def _build_imagefolder(samples, classes, progress: bool):
 def decode_images(paths, *, desc: str = "decoding", progress: bool = True) -> torch.Tensor:
     """Decode image files to uint8 (N, 3, 32, 32): JPEGs in batches (libjpeg-turbo), others one by one;
     an image of another size is resized to 32x32 (bilinear, antialiased)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     out = torch.empty((len(paths), 3, SIZE, SIZE), dtype=torch.uint8)
     with (
@@ -417,6 +418,8 @@ def _read_bytes(path) -> torch.Tensor:
 
 def _decode_one(path, data: torch.Tensor) -> torch.Tensor:
     """(3, h, w) uint8 from torchvision's decoders, or PIL for formats they lack; else name the file."""
+    from torchvision.io import ImageReadMode, decode_image
+
     try:
         return decode_image(data, mode=ImageReadMode.RGB)
     except RuntimeError:
@@ -432,6 +435,7 @@ def _decode_one(path, data: torch.Tensor) -> torch.Tensor:
 def _to_size(img: torch.Tensor) -> torch.Tensor:
     if img.shape[1:] == (SIZE, SIZE):
         return img
+    from torchvision.transforms.v2.functional import resize
 
     return resize(img, [SIZE, SIZE], antialias=True)
 

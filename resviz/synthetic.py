@@ -16,7 +16,7 @@ import pandas as pd
 
 from resviz import schema
 from resviz.models import check_depth, cifar_resnet
-from resviz.probes import build_plan
+from resviz.probes.plan import build_plan
 
 DEFAULT_METRICS = ("response_std", "grad_norm", *schema.metrics_at("block"))  # what these nets record
 STAND_INS = ("branch_scale", "response_channel_std")  # not recorded here: one row per block at the block's name

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from resviz import runfolder, runs, sweeps
+from resviz.sweeps import common as sweeps_common
 from resviz.cli import main
 from resviz.errors import Interrupted
 from resviz.train import train
@@ -248,7 +249,7 @@ def test_sweep_skips_a_run_another_process_holds(tmp_path, data_root):
         holder.wait()
     assert table["status"].tolist() == ["busy"] and str(holder.pid) in table["reason"].iloc[0]
     assert not (tmp_path / config.run_id / "config.json").exists()  # nothing touched
-    assert sweeps.run_one(config.to_dict(), tmp_path)["status"] == "done"  # the lock of the dead holder is free
+    assert sweeps_common.run_one(config.to_dict(), tmp_path)["status"] == "done"  # the lock of the dead holder is free
 
 
 def _alive(pid: int) -> bool:
@@ -298,14 +299,14 @@ def test_bad_values_refused_before_anything_is_written(tmp_path, data_root, caps
 
 
 def test_lesion_random_k_checked_before_the_per_block_lesion(tmp_path, data_root, capsys, monkeypatch):
-    import resviz.analysis.lesion as lesion
+    import resviz.cli
 
     folder = train(tiny(data_root, steps=10), tmp_path).folder
 
     def never(*a, **k):
         raise AssertionError("the per-block lesion ran before --random-k was checked")
 
-    monkeypatch.setattr(lesion, "lesion_single", never)
+    monkeypatch.setattr(resviz.cli, "lesion_single", never)  # what `resviz lesion` calls
     code = main(["lesion", "--checkpoint", str(folder), "--dataset", "digits", "--root", data_root,
                  "--random-k", "100", "--json"])
     assert code == 2 and "k=100 blocks cannot be removed" in capsys.readouterr().err
@@ -386,7 +387,7 @@ def test_checkpoint_of_another_depth_is_named(tmp_path, data_root):
 # ------------------------------------------------------------------------ what a user reads
 def test_sweep_summary_shows_each_reason_whole_once():
     reason = "cifar10 is not available offline: " + "x" * 80 + " put the file here: data/cifar-10-python.tar.gz"
-    table = sweeps.summary_table([
+    table = sweeps_common.summary_table([
         {"run": "a", "status": "failed", "step": -1, "train_error": float("nan"), "test_error": float("nan"),
          "seconds": float("nan"), "reason": reason},
         {"run": "b", "status": "failed", "step": -1, "train_error": float("nan"), "test_error": float("nan"),

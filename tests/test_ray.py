@@ -15,7 +15,8 @@ import torch
 
 from resviz import runfolder, runs
 from resviz.errors import UserError
-from resviz.sweeps import add_sweep_arguments, dispatch, grid, run_grid_on_ray, run_sweep
+from resviz.sweeps import grid, run_grid_on_ray, run_sweep
+from resviz.sweeps.command import add_sweep_arguments, dispatch
 from resviz.train import train
 from helpers import tiny
 

@@ -12,7 +12,8 @@ import torch
 from resviz import runfolder, runs, schema
 from resviz.evaluate import load_run_model
 from resviz.io import UnsafeFile
-from resviz.train import prepare_folder, train
+from resviz.train import train
+from resviz.train.folder import prepare_folder
 from helpers import tiny
 
 

@@ -22,7 +22,8 @@ import torch
 
 from resviz import runfolder, schema
 from resviz.cli import main
-from resviz.train import COMPILE_BACKEND_ENV, SYNC_DEBUG_ENV, TrainConfig, train
+from resviz.train import TrainConfig, train
+from resviz.train.speed import COMPILE_BACKEND_ENV, SYNC_DEBUG_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = os.environ.get(COMPILE_BACKEND_ENV, "aot_eager")

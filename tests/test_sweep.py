@@ -6,7 +6,8 @@ import pytest
 
 from resviz import runfolder
 from resviz.sweeps import format_summary, grid, run_sweep
-from resviz.train import prepare_folder, train
+from resviz.train import train
+from resviz.train.folder import prepare_folder
 from helpers import TINY, tiny
 
 

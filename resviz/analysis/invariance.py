@@ -132,7 +132,7 @@ def _check_names(names: Iterable[str], valid: Sequence[str], what: str) -> list[
 
 def digits_inputs(n: int = 128, seed: int = 0) -> Array:
     """n cases of scikit-learn's 8x8 digits, flattened to 64 float64 pixels (0..16)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: at the top it adds ~60 % to `resviz --help`'s start-up
 
     data = load_digits().data.astype(np.float64)  # (1797, 64)
     if not 2 <= n <= len(data):

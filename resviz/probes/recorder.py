@@ -89,6 +89,36 @@ def _categorical(codes: np.ndarray, categories: list[str]) -> pd.Categorical:
     return cat.remove_unused_categories()
 
 
+def _watched_points(plan, root: nn.Module) -> list[tuple[str, str, str, str, int, np.ndarray]]:
+    """(block, its class, "branch" or "skip", the point as register_block spells it, the point's count slot, the
+    count slots of the block's other sites) for every branch and skip point: a point whose hook never runs
+    while the rest of its block does is reported (`_report_silent_points`), not dropped without a word."""
+    from resviz.probes.blocks import find_blocks
+
+    classes = {name: type(m).__name__ for name, _, m in find_blocks(root)[0]}
+    hooks = {h.site: h for h in plan.hooks}
+    slot = [site.offset + 2 * site.channels for site in plan.sites]  # elements per channel: SENTINEL if unwritten
+    members: dict[str, list[int]] = {}  # block -> its sites (points and norm layers inside it)
+    for i, site in enumerate(plan.sites):
+        parts = site.name.split(".")
+        owner = next((".".join(parts[:k]) for k in range(len(parts) - 1, -1, -1) if ".".join(parts[:k]) in classes),
+                     None)
+        if owner is not None:
+            members.setdefault(owner, []).append(i)
+    found = []
+    for block, sites in members.items():
+        prefix = block + "." if block else ""
+        for i in sites:
+            role, hook = plan.sites[i].name.rpartition(".probe_")[2], hooks.get(i)
+            if role not in ("branch", "skip") or hook is None or len(sites) < 2:
+                continue
+            point = hook.module.removeprefix(prefix) if hook.module != block else ""
+            if hook.kind != "fwd":
+                point += ":in" if hook.arg == 0 else f":in{hook.arg}"
+            found.append((block, classes[block], role, point, slot[i], np.array([slot[j] for j in sites if j != i])))
+    return found
+
+
 @dataclass
 class _Chunk:
     steps: np.ndarray  # (R,)
@@ -147,6 +177,8 @@ class Recorder:
         n = self._flush_every
         self._row_steps = np.zeros(n, dtype=np.int64)
         self._row_epochs = np.full(n, np.nan)
+        self._watched = _watched_points(self._plan, self._root)
+        self._reported: set[tuple[str, str]] = set()
 
     # ---- public state
     @property
@@ -477,8 +509,28 @@ class Recorder:
                     event.synchronize()
                 host = host.numpy().astype(np.float64)
             self._pending.pop(0)
+            self._report_silent_points(host, steps)
             values, valid = derive(host, self._plan, self._central)
             self._chunks.append(_Chunk(steps, epochs, values, valid))
+
+    def _report_silent_points(self, raw: np.ndarray, steps: np.ndarray) -> None:
+        """One warning line per branch or skip point that never ran in a recorded step while its block's other
+        points did (e.g. a registered skip submodule that the block's forward never calls), once per point."""
+        import warnings
+
+        level, frame = 1, sys._getframe(0)
+        while frame is not None and frame.f_globals.get("__name__", "").startswith("resviz."):
+            level, frame = level + 1, frame.f_back  # the warning names the user's line (rec.frame(), end_step)
+        for block, cls, role, point, slot, others in self._watched:
+            silent = (raw[:, slot] < 0) & (raw[:, others] >= 0).any(axis=1)  # (R,)
+            if silent.any() and (block, point) not in self._reported:
+                self._reported.add((block, point))
+                hint = ("name a point its forward passes through, e.g. skip=':in' where the skip is the block's "
+                        "input" if role == "skip" else "name the submodule whose output is the residual branch")
+                warnings.warn(
+                    f"Recorder: block '{block}' ({cls}) never ran its {role} point '{point}' in recorded step "
+                    f"{int(steps[silent.argmax()])} while its other points ran: no {role}_std or branch_ratio row "
+                    f"for it; {hint} (resviz.register_block, docs/blocks.md)", UserWarning, stacklevel=level)
 
     def _table(self, chunks: list[_Chunk]) -> pd.DataFrame:
         if not chunks:

@@ -2,7 +2,7 @@
 
 `grid` expands a base config; `run_sweep` trains the grid here (`--engine local`: one process, or `workers`
 side by side), `run_grid_on_ray` as one Ray task per run (`--engine ray`; `pip install 'resviz[ray]'`); both
-return the summary table that `format_summary` prints. `run_one` is what a remote worker calls.
+return the summary table that `format_summary` prints.
 
     common.py           the grid, one run into its folder, the summary table: what both engines share
     local.py            --engine local: this process, or worker processes that die with it
@@ -11,10 +11,8 @@ return the summary table that `format_summary` prints. `run_one` is what a remot
     confined.py         that child, run as a file: a loopback-only network namespace, then the Ray engine
     command.py          the `resviz sweep` command's options and the engine they choose
 """
-from resviz.sweeps.command import add_sweep_arguments, dispatch
-from resviz.sweeps.common import GRID_FIELDS, format_summary, grid, run_one, summary_table
+from resviz.sweeps.common import format_summary, grid
 from resviz.sweeps.local import run_sweep, side_by_side_workers
 from resviz.sweeps.ray_engine import run_grid_on_ray
 
-__all__ = ["GRID_FIELDS", "add_sweep_arguments", "dispatch", "format_summary", "grid", "run_grid_on_ray", "run_one",
-           "run_sweep", "side_by_side_workers", "summary_table"]
+__all__ = ["format_summary", "grid", "run_grid_on_ray", "run_sweep", "side_by_side_workers"]
