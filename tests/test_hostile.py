@@ -218,6 +218,7 @@ def test_a_file_size_limit_fails_the_run_in_one_line_and_the_rerun_continues(tmp
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the checkpoint is ~180 kB
 
+    datasets.load("digits", root=data_root, progress=False)  # the data cache (5 MB) written before the limit
     cut = _run_cli(train_args(data_root, tmp_path), preexec_fn=limit)
     assert cut.returncode == 2, cut.stderr
     assert cut.stderr.count("\n") == 1 and "Traceback" not in cut.stderr
