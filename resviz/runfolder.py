@@ -111,7 +111,11 @@ def run_lock(folder: str | os.PathLike):
     ends or the process dies (so a stale lock of a killed process is simply taken over). Another live holder:
     `RunBusy` naming the folder and its pid, before anything in the folder is touched."""
     folder = Path(folder)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except (IsADirectoryError, NotADirectoryError) as err:  # a folder where the lock file goes: not resviz's
+        raise UserError(f"{folder / LOCK_FILE} cannot be the run's lock file ({err.strerror}); delete it and run "
+                        "again") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -178,6 +178,14 @@ def test_the_lock_and_the_folder_are_one_path(tmp_path, data_root):
         train(tiny(data_root), tmp_path, run_id=RUN)
 
 
+def test_a_folder_where_the_lock_goes_is_one_line(tmp_path, data_root, capsys):
+    (tmp_path / RUN / ".lock").mkdir(parents=True)
+    assert main(train_args(data_root, tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"resviz: error: {tmp_path / RUN / '.lock'} cannot be the run's lock file (Is a directory); " \
+                  "delete it and run again"
+
+
 def test_a_long_image_folder_name_gives_a_usable_run_id(tmp_path):
     from resviz.io import safe_name
     from resviz.train import TrainConfig
