@@ -137,6 +137,24 @@ def test_a_confined_sweep_survives_ctrl_c_and_a_killed_driver_and_resumes_exactl
     _rerun_and_compare(out, root, tmp_path)  # resumed twice, equal to uninterrupted runs
 
 
+@pytest.mark.slow  # one private cluster started and stopped, two runs until the signal: 41 s on 2 busy cores
+@confinable
+def test_sigterm_to_a_confined_sweep_is_ctrl_c_and_exits_143(tmp_path):
+    """What `scancel`, a SLURM time limit or a pod's deletion send: the parent forwards SIGTERM to the confined
+    child, whose handler (installed after ray.init) cancels the tasks; every run reads interrupted with its
+    checkpoint, and the command says so in one line and exits 143 (it used to exit 1 with runs left running)."""
+    out, root = tmp_path / "sweep", tmp_path / "data"
+    proc = _start(out, root)
+    _wait_until_both_train(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    printed, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 143, printed[-3000:]
+    assert "cancelled 2 runs; run the same command again to resume them" in printed
+    assert "resviz: sweep interrupted by SIGTERM" in printed and "Traceback" not in printed
+    cut = _wait_until_interrupted(out)
+    assert (cut["step"] < STEPS).all() and all((out / run / "checkpoint.pt").is_file() for run in cut["run_id"])
+
+
 @pytest.mark.slow  # one private cluster started and stopped: ~35 s on 2 cores
 @confinable
 def test_tasks_of_the_private_cluster_see_only_loopback(tmp_path):
