@@ -22,6 +22,8 @@ from torch import nn
 
 from resviz import schema
 from resviz.models import ModelSpec
+from resviz.probes import distributed
+from resviz.probes.distributed import local
 from resviz.probes.plan import BLOCK_ROWS, BlockRow, HookSpec, build_plan
 from resviz.probes.reductions import SENTINEL, derive, write_moments
 from resviz.runs import RUN_INFO_KEYS  # the one list of run-metadata keys (from schema.RUN_COLUMNS)
@@ -164,6 +166,7 @@ class Recorder:
         self._info = _run_info(self._root, run_info or {})
         self._plan = build_plan(self._root, self._metrics, block_rows)
         self._central = False
+        self._dist: distributed.Sync | None = None  # under torch.distributed: the ranks' one collective per flush
         self._step = 0
         self._recording = True
         self._active = False
@@ -215,10 +218,12 @@ class Recorder:
                 )
         device = next((t.device for t in [*self._root.parameters(), *self._root.buffers()]), torch.device("cpu"))
         self._central = device.type == "cuda"
-        self._stage = torch.full((self._plan.size,), SENTINEL, device=device)  # (K,) this step's numbers
-        self._buf = torch.empty((self._flush_every, self._plan.size), device=device)  # (rows, K)
-        self._minus_one = torch.full((), SENTINEL, device=device)
         named = dict(self._root.named_parameters())
+        self._dist = distributed.connect(self._plan, self._every, self._flush_every, named)  # None: one process
+        size = self._plan.size + (self._dist.extra if self._dist is not None else 0)
+        self._stage = torch.full((size,), SENTINEL, device=device)  # (K,) this step's numbers
+        self._buf = torch.empty((self._flush_every, size), device=device)  # (rows, K)
+        self._minus_one = torch.full((), SENTINEL, device=device)
         self._param_objects = [named[name] for name, _ in self._plan.params]
         self._rel_objects = [named[name] for name, _ in self._plan.rel_params]
         if self._plan.params and self._plan.rel_params:
@@ -431,7 +436,7 @@ class Recorder:
     def _grad_norms(self, params: list[nn.Parameter], out: torch.Tensor) -> None:
         """||p.grad|| of each parameter into out (P,) with one foreach_norm; the sentinel where p.grad is None
         (out keeps it when no parameter has a gradient)."""
-        grads = [p.grad for p in params]
+        grads = [local(p.grad) for p in params]  # an FSDP2 shard's own part: no communication
         present = [g for g in grads if g is not None]
         if present:
             norms = iter(torch._foreach_norm(present, 2, dtype=torch.float32))
@@ -453,8 +458,12 @@ class Recorder:
             else:
                 self._grad_norms(self._rel_objects, rel_slots)
                 g = rel_slots.clone()
-            w = torch.stack(torch._foreach_norm([p.detach() for p in self._rel_objects], 2, dtype=torch.float32))
-            torch.where(g >= 0, g / w, self._minus_one, out=rel_slots)
+            w = torch.stack(torch._foreach_norm([local(p.detach()) for p in self._rel_objects], 2, dtype=torch.float32))
+            if self._dist is not None:  # this rank's ||g|| and ||W||: the ratio is taken after the ranks' sums
+                rel_slots.copy_(g)
+                self._dist.weight_slots(stage).copy_(w)
+            else:
+                torch.where(g >= 0, g / w, self._minus_one, out=rel_slots)
 
     def _commit(self, step: int, epoch: float) -> None:
         plan, stage = self._plan, self._stage
@@ -462,7 +471,7 @@ class Recorder:
             self._param_metrics(stage)
             if plan.scales:
                 first = plan.scales[0][1]
-                scales = [p.detach().float().reshape(()) for p in self._scale_objects]
+                scales = [local(p.detach()).float().sum() for p in self._scale_objects]  # one element (or a shard)
                 torch.stack(scales, out=stage[first : first + len(scales)])
             self._buf[self._rows].copy_(stage)
             stage.fill_(SENTINEL)
@@ -478,6 +487,9 @@ class Recorder:
         """Start the device-to-host copy of the buffered rows; on CUDA non-blocking into pinned memory."""
         self._collect(wait=False)
         rows = self._rows
+        if self._dist is not None and self._buf is not None:  # every rank flushes here: one collective, even empty
+            self._flush_global(rows)
+            return
         if rows == 0 or self._buf is None:
             return
         meta = (self._row_steps[:rows].copy(), self._row_epochs[:rows].copy())
@@ -486,14 +498,24 @@ class Recorder:
             host.copy_(self._buf[:rows], non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            self._pending.append((host, event, meta))
-        else:
-            self._pending.append((self._buf[:rows].cpu().numpy().astype(np.float64), None, meta))  # other devices: sync
+            self._pending.append((host, event, meta, self._central))
+        else:  # other devices: sync
+            self._pending.append((self._buf[:rows].cpu().numpy().astype(np.float64), None, meta, self._central))
         self._rows = 0
+
+    def _flush_global(self, rows: int) -> None:
+        """Under torch.distributed: the rows' host copy (waited for), then the ranks' partial sums combined by one
+        collective (distributed.Sync.reduce); rows in sums form. Dropped while an exception propagates."""
+        steps, epochs = self._row_steps[:rows].copy(), self._row_epochs[:rows].copy()
+        raw = self._buf[:rows].cpu().numpy().astype(np.float64)
+        self._rows = 0
+        total = self._dist.reduce(raw, steps, self._central)
+        if total is not None and rows:
+            self._pending.append((total, None, (steps, epochs), False))
 
     def _collect(self, wait: bool) -> None:
         while self._pending:
-            host, event, (steps, epochs) = self._pending[0]
+            host, event, (steps, epochs), central = self._pending[0]
             if event is not None:
                 if not event.query():  # the copy is still in flight
                     if not wait:
@@ -501,7 +523,7 @@ class Recorder:
                     event.synchronize()
                 host = host.numpy().astype(np.float64)
             self._pending.pop(0)
-            values, valid = derive(host, self._plan, self._central)
+            values, valid = derive(host, self._plan, central)
             self._chunks.append(_Chunk(steps, epochs, values, valid))
 
     def _table(self, chunks: list[_Chunk]) -> pd.DataFrame:
