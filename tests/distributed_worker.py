@@ -7,7 +7,9 @@ Cases: "group" (GroupNorm ResNet-8 under DDP), "none" (unnormalised ResNet-8 und
 under DDP), "fsdp" (GroupNorm ResNet-8 under FSDP2 `fully_shard`), "rank0-only" (a Recorder on rank 0 only),
 "every" (rank 1 records with another `every`), "steps" (rank 1 flushes other steps). Each case trains 3 steps
 of SGD on a fixed global batch of 8 (each of W ranks takes its 8/W examples), records every step and writes
-the Recorder's frame to OUT/<case>-rank<r>.parquet on every rank (the tests check the ranks' frames agree).
+the Recorder's frame to OUT/<case>-rank<r>.parquet on every rank (the tests check the ranks' frames agree);
+a UserError goes to OUT/<case>-rank<r>.error and the next case runs ("rank0-only" last: it leaves the job
+broken).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import resviz
+from resviz.errors import UserError
 from resviz.probes import Recorder
 
 BATCH, STEPS = 8, 3
@@ -96,7 +99,11 @@ def main(argv: list[str]) -> None:
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     try:
         for case in cases:
-            run(case, out, rank, world)
+            try:
+                run(case, out, rank, world)
+            except UserError as err:  # the one-line refusals the tests read; the next case still runs
+                with open(os.path.join(out, f"{case}-rank{rank}.error"), "w") as f:
+                    f.write(str(err))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

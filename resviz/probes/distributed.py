@@ -62,6 +62,20 @@ def is_writer() -> bool:
     return world()[0] == 0
 
 
+def agree(value):
+    """Rank 0's `value` on every rank (one broadcast on the Recorder's group, bounded in time); the value itself
+    in one process. For what every rank must name alike, such as a run_id made from a time and a pid."""
+    if world()[1] < 2:
+        return value
+    seconds = timeout_seconds()
+    box = [value]
+    try:
+        dist.broadcast_object_list(box, src=0, group=_group(seconds))
+    except Exception as err:  # noqa: BLE001 - a gloo timeout or a peer gone
+        raise _absent(seconds, "started recording", err) from err
+    return box[0]
+
+
 def timeout_seconds() -> float:
     raw = os.environ.get(TIMEOUT_ENV, "300")
     try:
@@ -272,4 +286,4 @@ def connect(plan: Plan, every: int, flush_every: int, params: dict[str, torch.Te
     return Sync(plan, _layout(plan, weights), group, flush_every, seconds)
 
 
-__all__ = ["TIMEOUT_ENV", "Sync", "connect", "is_writer", "local", "world"]
+__all__ = ["TIMEOUT_ENV", "Sync", "agree", "connect", "is_writer", "local", "world"]
