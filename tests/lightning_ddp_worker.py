@@ -3,9 +3,9 @@
     python tests/lightning_ddp_worker.py OUT [devices]
 
 Lightning starts the second process itself (it runs this script again). A GroupNorm ResNet-8 trains STEPS steps
-with GLOBAL_BATCH / devices examples per process on a fixed dataset, recorded by resviz's RecorderCallback(every=1, out=OUT/runs),
-default run_id. Each rank writes "<pid> <has a run-folder writer>" to OUT/pid-rank<r> (the tests check who
-wrote the run folder).
+with GLOBAL_BATCH / devices examples per process on a fixed dataset, recorded by resviz's
+RecorderCallback(every=1, out=OUT/runs), default run_id. Each rank writes "<pid> <has a run-folder writer>" to
+OUT/pid-rank<r> (the tests check who wrote the run folder).
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ def data(devices: int) -> torch.utils.data.DataLoader:
 def main(out: str, devices: int) -> None:
     callback = RecorderCallback(every=1, out=os.path.join(out, "runs"))
     trainer = L.Trainer(max_steps=STEPS, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                        use_distributed_sampler=False, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[callback])
+                        use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
     trainer.fit(Module(), data(devices))
     with open(os.path.join(out, f"pid-rank{trainer.global_rank}"), "w") as f:
         f.write(f"{os.getpid()} {callback.writer is not None}")

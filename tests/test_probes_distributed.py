@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from resviz import runs
 from resviz.errors import UserError
 from resviz.probes import distributed
 
@@ -45,6 +46,22 @@ def assert_same_rows(got: pd.DataFrame, want: pd.DataFrame, rtol: float) -> None
     np.testing.assert_allclose(both["value"], both["value_want"], rtol=rtol, atol=0)
 
 
+def assert_rank0_wrote_the_one_process_table(ddp: Path, one: Path, steps: int) -> None:
+    """A trainer callback's job (tests/*_ddp_worker.py): one run folder under ddp/runs, named with rank 0's pid
+    (the agreed run_id), written by rank 0 alone (rank 1 had no writer), whose stats equal the one-process run's
+    in one/runs."""
+    folders = list((ddp / "runs").iterdir())
+    assert len(folders) == 1
+    pid0, writer0 = (ddp / "pid-rank0").read_text().split()
+    _, writer1 = (ddp / "pid-rank1").read_text().split()
+    assert (writer0, writer1) == ("True", "False") and folders[0].name.endswith(f"-{pid0}")
+    assert runs.read_status(folders[0])["status"] == "done"
+    got = pd.read_parquet(folders[0] / "stats.parquet")
+    (reference,) = list((one / "runs").iterdir())
+    assert sorted(got["step"].unique()) == list(range(steps))
+    assert_same_rows(got, pd.read_parquet(reference / "stats.parquet"), rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_ddp_and_fsdp_statistics_equal_one_process_on_the_whole_batch(tmp_path):
     dist_out, ref_out = tmp_path / "ddp", tmp_path / "one"
@@ -70,7 +87,8 @@ def test_ranks_that_disagree_fail_in_one_line_within_the_timeout(tmp_path):
         assert errors[f"every-rank{rank}.error"] == (
             "Recorder every differs between ranks (rank 0: 1, rank 1: 2): under torch.distributed every rank must "
             "record the same model with the same every and flush_every")
-        assert f"Recorder on rank {rank}: the ranks flushed different recorded steps" in errors[f"steps-rank{rank}.error"]
+        steps = errors[f"steps-rank{rank}.error"]
+        assert steps.startswith(f"Recorder on rank {rank}: the ranks flushed different recorded steps")
     assert "steps [1, 2, 3]" in errors["steps-rank1.error"]
     lone = errors["rank0-only-rank0.error"]
     assert lone.startswith("Recorder on rank 0 of 2: not every rank entered a Recorder within 5 s")
