@@ -10,8 +10,8 @@ Each rank holds three DDP copies of the same ResNet (one per variant, same initi
 in interleaved rounds (rotating order) of --steps steps each, so that load from other processes hits them alike;
 a round of --steps=20 holds exactly one recording step of every=20, so its mean is the amortised cost. A step is
 forward + backward (DDP's gradient all_reduce) + Recorder.end_step + SGD step + zero_grad, on a fixed batch of
---batch images per rank. Reported on rank 0: the median over rounds of each variant's mean step time, and the
-paired ratio to "off" (per round, then the median). The Recorder's collectives are counted by wrapping
+--batch images per rank. Reported on rank 0: the median over rounds of each variant's mean step time, its ratio
+to "off"'s median, and the paired ratio to "off" (per round, then the median). The Recorder's collectives are counted by wrapping
 torch.distributed's all_reduce / all_gather / broadcast_object_list in this process (DDP's own go through its C++
 reducer and are not counted): per flush, then the one-time handshake at __enter__; the time of one explicit
 flush (host copy + all_reduce + checks) is measured at the end.
@@ -108,11 +108,12 @@ def report(args, world, times, handshake, flushes_in_run, one_flush, flush_s, re
     off = times["off"]
     print(f"ResNet-{args.depth}, DDP on {world} CPU processes (gloo), batch {args.batch} per rank, "
           f"{args.rounds} rounds x {args.steps} steps per variant")
-    print("| variant | median s/step | paired ratio to off |")
-    print("|---|---|---|")
+    print("| variant | median s/step | min..max | ratio of medians | paired ratio to off |")
+    print("|---|---|---|---|---|")
     for k, t in times.items():
         paired = statistics.median(a / b for a, b in zip(t, off))
-        print(f"| {k} | {statistics.median(t):.4f} | {paired:.3f}x |")
+        ratio = statistics.median(t) / statistics.median(off)
+        print(f"| {k} | {statistics.median(t):.4f} | {min(t):.3f}..{max(t):.3f} | {ratio:.3f}x | {paired:.3f}x |")
     rec = recs["every=1"]
     sync = rec._dist
     print(f"Recorder collectives, one-time handshake at __enter__ (both Recorders): {handshake}")

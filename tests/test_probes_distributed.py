@@ -157,3 +157,35 @@ def test_partial_sums_round_trip_in_both_moment_forms(one_rank_group):
     central[:, layout.first], central[:, layout.second] = mean, raw[:, layout.second] / n - mean**2
     got, _ = derive(sync.reduce(central, np.array([0]), central=True), plan, False)
     np.testing.assert_allclose(got[valid], want[valid], rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_run_and_the_job_restarted_resumes_to_the_uninterrupted_table(tmp_path):
+    worker = str(ROOT / "tests" / "resume_worker.py")
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    killed.mkdir(), whole.mkdir()
+    run = torchrun("--max-restarts=1", worker, str(killed), "3", timeout=480, RESVIZ_DIST_TIMEOUT="60")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (killed / "resumed-at").read_text() == "2"  # rank 1 died at step 3; the checkpoint was at step 2
+    run = torchrun(worker, str(whole), "-1", timeout=480)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got, want = pd.read_parquet(killed / "stats.parquet"), pd.read_parquet(whole / "stats.parquet")
+    assert sorted(got["step"].unique()) == list(range(6))
+    assert_same_rows(got, want, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_ray_train_torch_trainer_records_the_one_process_statistics(tmp_path):
+    pytest.importorskip("ray.train.torch")
+    (tmp_path / "ray").mkdir(), (tmp_path / "one").mkdir()
+    tests = str(ROOT / "tests")
+    path = os.pathsep.join([tests, environment()["PYTHONPATH"]])  # the workers import distributed_worker
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "ray_train_worker.py"), str(tmp_path / "ray"), "group"],
+                          capture_output=True, text=True, timeout=480, env=environment(PYTHONPATH=path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref = one_process(WORKER, str(tmp_path / "one"), "group")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    want = pd.read_parquet(tmp_path / "one" / "group-rank0.parquet")
+    rank0 = pd.read_parquet(tmp_path / "ray" / "group-rank0.parquet")
+    assert_same_rows(rank0, want, rtol=1e-5)
+    pd.testing.assert_frame_equal(rank0, pd.read_parquet(tmp_path / "ray" / "group-rank1.parquet"))

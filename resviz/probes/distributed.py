@@ -254,7 +254,8 @@ class Sync:
         rows = raw.shape[0]
         if rows > self.flush_every:
             raise ValueError(f"{rows} rows in one flush, more than flush_every={self.flush_every}")
-        check = float(zlib.crc32(np.ascontiguousarray(steps, dtype=np.int64).tobytes() + bytes([rows])) & 0xFFFFF)
+        key = np.ascontiguousarray(steps, dtype=np.int64).tobytes() + rows.to_bytes(8, "little")
+        check = float(zlib.crc32(key) & 0xFFFFF)  # < 2^20: f, f^2 and their sums are exact in float64
         payload = np.zeros(2 + self.flush_every * self.width)
         payload[0], payload[1] = check, check * check
         payload[2 : 2 + rows * self.width] = self._partials(raw, central).reshape(-1)
