@@ -142,6 +142,10 @@ class Recorder:
     (defaults from model.spec for resviz models). flush_every: recorded steps kept on the device per host copy.
     block_rows: which rows a block gives (default plan.BLOCK_ROWS; an analysis may ask for moments at other
     points with plan.moment_rows).
+
+    Under torch.distributed (a default process group of several ranks) every rank must record: each flush sums
+    the ranks' partial sums in one collective (`distributed.py`), and frame() / drain() return the global table,
+    the same on every rank; write it from rank 0 (docs/distributed.md).
     """
 
     def __init__(
