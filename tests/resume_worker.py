@@ -1,14 +1,14 @@
-"""A user's DDP script that checkpoints and resumes, as the tests run it under `torchrun --nproc-per-node 2
---max-restarts 1` (CPU, gloo):
+"""A user's DDP script that checkpoints and resumes, as the tests run it under `torchrun --nproc-per-node 2`
+(CPU, gloo):
 
     python tests/resume_worker.py OUT KILL_AT
 
 A GroupNorm ResNet-8 (SGD with momentum) trains STEPS steps on batches that are a function of the step, recorded
 every step. Every CHECKPOINT_EVERY steps every rank drains the Recorder (a collective) and rank 0 writes
-OUT/stats.parquet (the rows so far) and OUT/checkpoint.pt (model, optimiser, step), each atomically. On the
-first attempt rank 1 kills itself (SIGKILL) at step KILL_AT (-1: never); torchrun then restarts both ranks, which
-resume from the checkpoint: the rows below its step are kept, the steps from there recorded again (rank 0
-writes the step it resumed at to OUT/resumed-at).
+OUT/stats.parquet (the rows so far) and OUT/checkpoint.pt (model, optimiser, step), each atomically. Rank 1 kills
+itself (SIGKILL) at step KILL_AT (-1: never), which ends the job; the same command started again (as a scheduler
+requeues a job) resumes both ranks from the checkpoint: the rows below its step are kept, the steps from there
+recorded again (rank 0 writes the step it resumed at to OUT/resumed-at).
 """
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ def save(out: str, model, opt, step: int, rows: list[pd.DataFrame]) -> None:
 def main(out: str, kill_at: int) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     torch.manual_seed(0)
     net = resviz.cifar_resnet(8, norm="group", width=8)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
@@ -67,7 +66,7 @@ def main(out: str, kill_at: int) -> None:
         for step in range(start, STEPS):
             x, y = batch(step, rank, world)
             F.cross_entropy(model(x), y).backward()
-            if first_attempt and rank == 1 and step == kill_at:
+            if rank == 1 and step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             rec.end_step(step)
             opt.step()

@@ -91,7 +91,8 @@ def test_ranks_that_disagree_fail_in_one_line_within_the_timeout(tmp_path):
         assert steps.startswith(f"Recorder on rank {rank}: the ranks flushed different recorded steps")
     assert "steps [1, 2, 3]" in errors["steps-rank1.error"]
     lone = errors["rank0-only-rank0.error"]
-    assert lone.startswith("Recorder on rank 0 of 2: not every rank entered a Recorder within 5 s")
+    assert lone.startswith("Recorder on rank 0 of 2: not every rank entered a Recorder (one is gone or did not "
+                           "come within 5 s: ")
     assert "\n" not in lone and "rank0-only-rank1.error" not in errors
     assert run.returncode != 0  # the job ends (rank 1's DDP step loses its peer), it does not hang
 
@@ -161,13 +162,17 @@ def test_partial_sums_round_trip_in_both_moment_forms(one_rank_group):
 
 @pytest.mark.slow
 def test_a_rank_killed_mid_run_and_the_job_restarted_resumes_to_the_uninterrupted_table(tmp_path):
+    """Rank 1 dies (SIGKILL) at step 3; the job ends (rank 0's flush or DDP step loses its peer, in one line);
+    the job started again, as a scheduler requeues it, resumes from the checkpoint at step 2."""
     worker = str(ROOT / "tests" / "resume_worker.py")
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     killed.mkdir(), whole.mkdir()
-    run = torchrun("--max-restarts=1", worker, str(killed), "3", timeout=480, RESVIZ_DIST_TIMEOUT="60")
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert (killed / "resumed-at").read_text() == "2"  # rank 1 died at step 3; the checkpoint was at step 2
-    run = torchrun(worker, str(whole), "-1", timeout=480)
+    first = torchrun(worker, str(killed), "3", timeout=300, RESVIZ_DIST_TIMEOUT="60")
+    assert first.returncode != 0 and not (killed / "resumed-at").exists()
+    again = torchrun(worker, str(killed), "-1", timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (killed / "resumed-at").read_text() == "2"
+    run = torchrun(worker, str(whole), "-1", timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     got, want = pd.read_parquet(killed / "stats.parquet"), pd.read_parquet(whole / "stats.parquet")
     assert sorted(got["step"].unique()) == list(range(6))

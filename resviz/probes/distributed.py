@@ -106,7 +106,8 @@ def _absent(seconds: float, what: str, err: BaseException) -> UserError:
     rank, size = world()
     first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
     return UserError(
-        f"Recorder on rank {rank} of {size}: not every rank {what} within {seconds:g} s ({first}); under "
+        f"Recorder on rank {rank} of {size}: not every rank {what} (one is gone or did not come within {seconds:g} s: "
+        f"{first}); under "
         f"torch.distributed every rank must record, with the same every and flush_every, and call end_step, frame, "
         f"drain and close at the same steps (timeout: {TIMEOUT_ENV})")
 
