@@ -28,6 +28,7 @@ def main(out: str, cases: list[str]) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")  # agents start slowly on busy CPUs
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
     ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     try:
         trainer = TorchTrainer(train_function, train_loop_config={"out": out, "cases": cases},
