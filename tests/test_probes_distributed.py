@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from resviz import runs
+from resviz.runfolder import read_status
 from resviz.errors import UserError
 from resviz.probes import distributed
 
@@ -55,7 +55,7 @@ def assert_rank0_wrote_the_one_process_table(ddp: Path, one: Path, steps: int) -
     pid0, writer0 = (ddp / "pid-rank0").read_text().split()
     _, writer1 = (ddp / "pid-rank1").read_text().split()
     assert (writer0, writer1) == ("True", "False") and folders[0].name.endswith(f"-{pid0}")
-    assert runs.read_status(folders[0])["status"] == "done"
+    assert read_status(folders[0])["status"] == "done"
     got = pd.read_parquet(folders[0] / "stats.parquet")
     (reference,) = list((one / "runs").iterdir())
     assert sorted(got["step"].unique()) == list(range(steps))

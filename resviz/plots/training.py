@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from resviz.plots.selection import by_run, training_rows
-from resviz.plots.style import STEP_AXIS, arch_name, arch_rank, base_layout, run_color, run_label
+from resviz.plots.style import STEP_AXIS, arch_name, arch_rank, base_layout, run_color
 
 METRICS_HINT = "pass RunSet.metrics (metrics.parquet rows)"
 # Published CIFAR-10 test errors (%) of ResNets by depth, drawn on the error-vs-depth figure for reference.
