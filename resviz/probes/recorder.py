@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from resviz import schema
 from resviz.models import model_identity, unwrap
+from resviz.probes.blocks import find_blocks
 from resviz.probes import distributed
 from resviz.probes.distributed import local
 from resviz.probes.plan import BLOCK_ROWS, BlockRow, HookSpec, build_plan
@@ -95,8 +97,6 @@ def _watched_points(plan, root: nn.Module) -> list[tuple[str, str, str, str, int
     """(block, its class, "branch" or "skip", the point as register_block spells it, the point's count slot, the
     count slots of the block's other sites) for every branch and skip point: a point whose hook never runs
     while the rest of its block does is reported (`_report_silent_points`), not dropped without a word."""
-    from resviz.probes.blocks import find_blocks
-
     classes = {name: type(m).__name__ for name, _, m in find_blocks(root)[0]}
     hooks = {h.site: h for h in plan.hooks}
     slot = [site.offset + 2 * site.channels for site in plan.sites]  # elements per channel: SENTINEL if unwritten
@@ -537,8 +537,6 @@ class Recorder:
     def _report_silent_points(self, raw: np.ndarray, steps: np.ndarray) -> None:
         """One warning line per branch or skip point that never ran in a recorded step while its block's other
         points did (e.g. a registered skip submodule that the block's forward never calls), once per point."""
-        import warnings
-
         level, frame = 1, sys._getframe(0)
         while frame is not None and frame.f_globals.get("__name__", "").startswith("resviz."):
             level, frame = level + 1, frame.f_back  # the warning names the user's line (rec.frame(), end_step)
