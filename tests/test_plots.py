@@ -57,7 +57,7 @@ def test_response_std_one_trace_per_run_with_the_tables_values(stats):
         assert [c[0] for c in t.customdata] == list(names)  # hover names the layer
         assert "%{customdata[0]}" in t.hovertemplate
     assert len(trace(fig, "ResNet-56").x) == 55  # depth - 1 norm layers
-    assert fig.layout.xaxis.title.text == "layer index (0 = stem conv)"
+    assert fig.layout.xaxis.title.text == "norm layer (BatchNorm) index along depth (0 = first)"
     assert fig.layout.yaxis.title.text == "response std (a.u.)"
     assert "step 200" in fig.layout.title.text
     (note,) = fig.layout.annotations

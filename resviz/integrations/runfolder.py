@@ -33,7 +33,9 @@ def model_info(model: nn.Module) -> dict:
     if all(hasattr(spec, k) for k in ("arch", "depth", "norm", "shortcut")):
         return {"arch": str(spec.arch), "depth": int(spec.depth), "norm": str(spec.norm),
                 "shortcut": str(spec.shortcut)}
-    return {"arch": type(model).__name__, "depth": -1, "norm": "unknown", "shortcut": "unknown"}
+    from resviz.probes.blocks import model_norm
+
+    return {"arch": type(model).__name__, "depth": -1, "norm": model_norm(model), "shortcut": "unknown"}
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -52,10 +52,10 @@ from resviz.plots.selection import (
 from resviz.plots.shattered_1d import plot_shattering_1d
 from resviz.plots.shattered import plot_autocorrelation, plot_gradient_correlation, plot_shattering
 from resviz.plots.signal import plot_branch_scales, plot_signal_propagation_init
+from resviz.plots import words
 from resviz.plots.standard import standard_figures
 from resviz.plots.style import (
     DASHES,
-    FIG7_CAPTION,
     NORM_COLORS,
     STEP_AXIS,
     VARIANT_COLORS,
@@ -72,7 +72,6 @@ from resviz.plots.style import (
     run_label,
     short_run_names,
     short_title,
-    x_title,
 )
 from resviz.plots.training import PAPER_ERRORS, final_errors, plot_error_vs_depth, plot_training_curves
 from resviz.schema import LOG_METRICS, METRIC_TABLE
@@ -84,7 +83,7 @@ SHORT_TITLES = MappingProxyType({name: m.short_title for name, m in METRIC_TABLE
 
 __all__ = [
     "plot_shattering_1d",
-    "AXIS_TITLES", "DASHES", "FIG7_CAPTION", "LOG_METRICS", "NORM_COLORS", "RUN_COLUMNS", "SHORT_TITLES",
+    "AXIS_TITLES", "DASHES", "LOG_METRICS", "NORM_COLORS", "RUN_COLUMNS", "SHORT_TITLES",
     "STEP_AXIS", "TITLES", "VARIANT_COLORS", "WIDGET_HOVER", "arch_name", "arch_rank", "axis_title",
     "PAPER_ERRORS", "base_layout", "by_run", "heatmap_range", "customdata", "default_batch_size", "figure_title", "final_errors", "hover",
     "label_color", "metric_rows", "pick_step", "plot_autocorrelation", "plot_batch_dependence", "plot_bn_check",
@@ -94,5 +93,5 @@ __all__ = [
     "plot_shattering", "plot_signal_propagation", "plot_signal_propagation_init", "plot_training_curves",
     "pooled", "Profile", "profile_axes", "profile_figure", "profile_traces", "profiles", "require_columns",
     "Run", "run_color", "run_key", "run_label", "run_meta", "runs_of", "short_run_names", "short_title",
-    "sorted_view", "split_parts", "standard_figures", "x_title",
+    "sorted_view", "split_parts", "standard_figures", "words",
 ]

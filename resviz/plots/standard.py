@@ -6,7 +6,6 @@ import plotly.graph_objects as go
 
 from resviz.plots.depth import (
     plot_branch_skip,
-    heatmap_range,
     plot_gradient_flow,
     plot_heatmap,
     plot_response_std,
@@ -42,8 +41,6 @@ def standard_figures(
             skipped[name] = str(err)
     if "response_std" in figs:
         ids = sorted(map(str, pd.unique(metric_rows(stats, "response_std")["run_id"].astype(str))))
-        zrange = heatmap_range(stats, "response_std")  # one colour scale: the runs are compared
-        for rid in ids:
-            figs[f"heatmap_response_std_{rid or 'run'}"] = plot_heatmap(stats, "response_std", run=rid, step=step,
-                                                                        zrange=zrange)
+        for rid in ids:  # each on its own colour scale (said in its caption): a run's structure stays visible
+            figs[f"heatmap_response_std_{rid or 'run'}"] = plot_heatmap(stats, "response_std", run=rid, step=step)
     return figs, skipped

@@ -280,6 +280,27 @@ def is_norm(module: nn.Module) -> bool:
     return isinstance(module, NORM_TYPES) or bool(_NORM_NAME.search(type(module).__name__))
 
 
+def norm_kind(module: nn.Module) -> str | None:
+    """A norm layer's kind as the stats table's `norm` column names it: "batch", "layer", "group", "instance",
+    "rms" (None for a module that is not a norm layer or whose kind its type does not tell)."""
+    kinds = ((nn.modules.batchnorm._BatchNorm, "batch"), (nn.GroupNorm, "group"),
+             (nn.modules.instancenorm._InstanceNorm, "instance"), (nn.LayerNorm, "layer"), (nn.RMSNorm, "rms"))
+    found = next((kind for cls, kind in kinds if isinstance(module, cls)), None)
+    name = type(module).__name__.lower().replace("_", "")
+    if found is None and is_norm(module):
+        found = "rms" if "rmsnorm" in name else "layer" if "layernorm" in name else None
+    return found
+
+
+def model_norm(root: nn.Module) -> str:
+    """The norm kind of a model: its norm layers' one kind ("batch", "layer", ...), several joined by "+" in order
+    of appearance ("batch+layer"), "none" when it has none, "unknown" when a norm layer's type does not tell."""
+    kinds = [norm_kind(m) for m in root.modules() if is_norm(m) and not isinstance(m, NoNorm)]
+    if not kinds:
+        return "none"
+    return "unknown" if None in kinds else "+".join(dict.fromkeys(kinds))
+
+
 def features_last(module: nn.Module) -> bool:
     """Whether a norm layer's features are its input's last dim (LayerNorm / RMSNorm over (B, T, C) or NHWC)
     rather than dim 1 (BatchNorm, GroupNorm, and the NCHW "...2d" norms such as timm's LayerNorm2d)."""

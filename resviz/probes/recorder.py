@@ -22,6 +22,7 @@ from torch import nn
 
 from resviz import schema
 from resviz.models import ModelSpec
+from resviz.probes.blocks import model_norm
 from resviz.probes.plan import BLOCK_ROWS, BlockRow, HookSpec, build_plan
 from resviz.probes.reductions import SENTINEL, derive, write_moments
 from resviz.runs import RUN_INFO_KEYS  # the one list of run-metadata keys (from schema.RUN_COLUMNS)
@@ -93,7 +94,8 @@ def _run_info(root: nn.Module, given: dict) -> dict:
     if isinstance(spec, ModelSpec):
         info = dict(run_id="", arch=spec.arch, depth=spec.depth, norm=spec.norm, shortcut=spec.shortcut, seed=-1)
     else:
-        info = dict(run_id="", arch=type(root).__name__, depth=-1, norm="unknown", shortcut="unknown", seed=-1)
+        info = dict(run_id="", arch=type(root).__name__, depth=-1, norm=model_norm(root), shortcut="unknown",
+                    seed=-1)
     info["model"], info["family"] = model_identity(root)
     for key, value in given.items():
         if key not in _INFO_KEYS:
