@@ -149,7 +149,7 @@ def test_gradient_flow_is_log_scale(stats):
     assert t.customdata[0][0] == "conv1.weight" and t.customdata[-1][0] == "linear.bias"
     act = plots.plot_gradient_flow(stats, "act_grad_norm", step=0)
     assert act.layout.yaxis.type == "log" and len(trace(act, "ResNet-56").y) == 27
-    assert act.layout.xaxis.title.text.startswith("block index")
+    assert act.layout.xaxis.title.text.startswith("residual add index")
     with pytest.raises(ValueError, match="not a gradient metric; use 'grad_norm' or 'act_grad_norm'"):
         plots.plot_gradient_flow(stats, "response_std")
 
@@ -415,7 +415,8 @@ def test_seeds_are_aggregated_mean_and_band():
     bands = [t for t in fig.data if t.fill == "tonexty"]
     assert len(bands) == 3  # train, clean train and test of the ResNet (one seed of plain: no band)
     assert trace(fig, "ResNet-20 clean train").line.dash == "dot"
-    assert "clean training (dotted)" in fig.layout.title.text and "band min–max" in fig.layout.annotations[0].text
+    assert "clean training (dotted)" in fig.layout.title.text
+    assert "the mean over three seeds, band from min to max" in fig.layout.annotations[0].text
     depth = plots.plot_error_vs_depth(train, paper=False)
     per_seed = [t for t in depth.data if t.name == "ResNet test per seed"]
     assert len(per_seed) == 1 and len(per_seed[0].y) == 3
@@ -437,11 +438,14 @@ def test_axes_read_cleanly(stats):
     assert "step" not in at_init.layout.title.text
 
 
-def test_heatmaps_that_are_compared_share_one_labelled_scale(stats):
+def test_heatmaps_of_the_report_each_show_their_own_run_and_say_so(stats):
     figs, _ = plots.standard_figures(stats)
-    maps = [f.data[0] for k, f in figs.items() if k.startswith("heatmap_")]
-    assert len(maps) == 3 and len({(m.zmin, m.zmax) for m in maps}) == 1 and maps[0].zmin is not None
-    assert all(m.colorbar.title.text for m in maps)
+    maps = {k: f for k, f in figs.items() if k.startswith("heatmap_")}
+    assert len(maps) == 3 and all(f.data[0].zmin is None and f.data[0].colorbar.title.text for f in maps.values())
+    assert all("this run's own range" in f.layout.annotations[-1].text for f in maps.values())
+    shared = plots.plot_heatmap(stats, "response_std", run="resnet20-batch-s0",
+                                zrange=plots.heatmap_range(stats, "response_std"))  # compared on purpose: one scale
+    assert shared.data[0].zmin is not None and "shared by the runs compared" in shared.layout.annotations[-1].text
 
 
 def test_variants_the_metadata_cannot_tell_apart_get_short_names_and_own_colours():
@@ -463,7 +467,7 @@ def test_fig7_defaults_to_the_eval_mode_metric_and_says_which(stats):
     fig = plots.plot_response_std(both)
     assert fig.layout.yaxis.title.text == plots.AXIS_TITLES["response_std_eval"]
     np.testing.assert_allclose(trace(fig, "ResNet-20").y, 0.5 * trace(plots.plot_response_std(stats), "ResNet-20").y)
-    assert "eval mode" in fig.layout.annotations[0].text and "Seeds 0" in fig.layout.annotations[0].text
+    assert "eval mode" in fig.layout.annotations[0].text and "one seed (0)" in fig.layout.annotations[0].text
     old = plots.plot_response_std(stats)  # a table without the eval rows: train mode, and the caption says so
     assert "train mode" in old.layout.annotations[0].text and "no eval-mode rows" in old.layout.annotations[0].text
 

@@ -19,14 +19,14 @@ STEP_AXIS = "iteration (optimiser steps)"
 HEIGHT = 500  # px, every figure's default height
 DASHES = ("solid", "dash", "dot", "dashdot")  # the k-th part of a profile (see selection.split_parts)
 
-# One colour per depth of the paper's list, neighbours apart in hue AND lightness, every one at least 4.5:1
+# One colour per depth of the paper's list, neighbours apart in hue AND lightness, every one at least 4:1
 # against white (WCAG contrast, so a thin line reads on the page): plain nets warm, ResNets cool, darker towards
 # the deepest. Other depths take the nearest depth's colour on a log scale. Plain and residual nets (and each
 # model family) differ by marker symbol too (`SYMBOLS`), not by hue alone.
 _SHADE_DEPTHS = (8, 14, 20, 32, 44, 56, 110, 1202)
 _PALETTES = {
-    "plain": ("#B35C00", "#D03B1F", "#9C6B00", "#AA3377", "#C0305A", "#882255", "#8B3A0E", "#4D0E0E"),
-    "resnet": ("#1F78B4", "#0B5E8C", "#1A8573", "#332288", "#117733", "#6A3D9A", "#0B5345", "#1B1F5E"),
+    "plain": ("#B35C00", "#D0301F", "#8C6D00", "#AA3377", "#E8304A", "#882255", "#A04A0E", "#4D0E0E"),
+    "resnet": ("#1F78B4", "#0B456C", "#1A8573", "#332288", "#118733", "#6A3D9A", "#0B6B45", "#1B1F5E"),
 }
 # Models that are not resviz nets: a colour per model name (a hash, so figures agree), as dark as the above.
 _OTHER = ("#0F6E8C", "#7A3E9D", "#2E7D32", "#B5470B", "#5D4037", "#C2185B", "#455A64", "#1A237E")

@@ -21,7 +21,7 @@ import pandas as pd
 
 from resviz.schema import LEVELS, METRIC_TABLE
 
-MISSING = frozenset({"", "unknown", "nan", "none", "None", "-1"})  # metadata that says nothing: never printed
+MISSING = frozenset({"", "unknown", "nan", "None", "-1"})  # metadata that says nothing: never printed
 NORM_NAMES = {"batch": "BatchNorm", "layer": "LayerNorm", "group": "GroupNorm", "rms": "RMSNorm",
               "instance": "InstanceNorm"}
 # Where a model comes from, in words, by the first word of the Recorder's `family` column.
