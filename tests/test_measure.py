@@ -62,15 +62,9 @@ def test_heldout_response_std_is_the_eval_mode_std_of_each_bn_output():
     assert set(frame["metric"].astype(str)) == {"response_std_eval"}
     assert model.training and all(m.training for m in model.modules())  # train mode restored
     # by hand: every BN output's std (unbiased, pooled over N, C, H, W) with running statistics
-    seen = {}
     bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: seen.__setitem__(n, o.double().std().item()))
-             for n, m in bns.items()]
     model.eval()
-    with torch.no_grad():
-        model(_by_hand(images))
-    for h in hooks:
-        h.remove()
+    seen = _bn_output_stds(model, _by_hand(images))
     got = dict(zip(frame["layer"].astype(str), frame["value"]))
     assert set(got) == set(bns) and len(frame) == len(bns)
     for name, value in seen.items():
@@ -82,17 +76,24 @@ def test_heldout_response_std_is_the_eval_mode_std_of_each_bn_output():
     assert set(frame["arch"].astype(str)) == {"resnet"} and set(frame["depth"]) == {8}
 
 
-def _train_mode_std(model, images):
+def _bn_output_stds(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Every BatchNorm2d output's std (unbiased, pooled over N, C, H, W) in one forward pass of `x`, as the model's
+    modes are."""
     seen = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: seen.__setitem__(n, o.double().std().item()))
              for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    model.train()
     with torch.no_grad():
-        model(_by_hand(images))
-    model.load_state_dict(state)
+        model(x)
     for h in hooks:
         h.remove()
+    return seen
+
+
+def _train_mode_std(model, images):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    seen = _bn_output_stds(model, _by_hand(images))
+    model.load_state_dict(state)
     return seen
 
 
@@ -162,16 +163,9 @@ def test_first_step_is_measured_with_running_statistics_calibrated_on_a_copy():
     twin.train()
     with torch.no_grad():
         twin(calibration)
-    seen = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: seen.__setitem__(n, o.double().std().item()))
-             for n, m in twin.named_modules() if isinstance(m, nn.BatchNorm2d)]
     twin.eval()
-    with torch.no_grad():
-        twin(_by_hand(images))
-    for h in hooks:
-        h.remove()
     got = dict(zip(frame["layer"].astype(str), frame["value"]))
-    for name, value in seen.items():
+    for name, value in _bn_output_stds(twin, _by_hand(images)).items():
         assert got[name] == pytest.approx(value, rel=1e-4), name
     plain = heldout_response_std(model, images, MEAN, STD, step=0)  # uncalibrated: grows along depth
     assert max(plain["value"]) > 2 * max(frame["value"])
