@@ -6,15 +6,17 @@ against the model it describes."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
-from resviz import cifar_resnet, plots, report, runs
+from resviz import cifar_resnet, export, plots, report, runs
 from resviz.integrations.runfolder import RunFolder, model_info
 from resviz.measure import heldout_response_std
 from resviz.probes import Recorder
@@ -206,3 +208,94 @@ def test_the_explorer_draws_the_traces_of_the_python_figure(run_root):
     assert frame["layout"]["xaxis"]["title"]["text"] == fig.layout.xaxis.title.text
     assert frame["layout"]["yaxis"]["type"] == fig.layout.yaxis.type == "log"
     assert frame["caption"].split("\n")[0] == fig.layout.annotations[0].text.split("<br>")[0]
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM = Path(os.environ.get("RESVIZ_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _chromium_page(pw):
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    return browser, browser.new_page(viewport={"width": 1200, "height": 900})
+
+
+def _notebook_09_figures(tmp_path, monkeypatch) -> dict:
+    """The figures notebook 09 draws, at its smoke sizes, by the calls its cells make."""
+    import sizes
+
+    from resviz import streams
+
+    monkeypatch.setenv("RESVIZ_SMOKE", "1")
+    monkeypatch.setenv("RESVIZ_OUT", str(tmp_path / "out"))
+    s = sizes.sizes("09_residual_streams")
+    kw = dict(steps=s["steps"], every=s["every"], root=s["data_root"], side=s["side"], batch=s["batch"])
+    cnn = streams.train_timm(s["cnn"], **kw)
+    vit = streams.train_timm("vit_tiny_patch16_224", **kw, **s["vit"])
+    gpt = streams.train_gpt2(**s["gpt2"])
+    return {"cnn_branch_skip": plots.plot_branch_skip(cnn.stats),
+            "cnn_signal": plots.plot_signal_propagation(cnn.stats), "vit_branch_skip": plots.plot_branch_skip(vit.stats),
+            "gpt2_branch_skip": plots.plot_branch_skip(gpt.stats), "gpt2_signal": plots.plot_signal_propagation(gpt.stats),
+            "gpt2_response_std": plots.plot_response_std(gpt.stats)}
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_notebook_09_figures_and_the_report_in_chromium(run_root, tmp_path, monkeypatch):
+    """Screenshots in test-artifacts/ (git-ignored) of notebook 09's figures and of the report of the five models:
+    the figures are drawn by Chromium with the words checked above, the page's explorer at step 0 too."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no chromium at {CHROMIUM} (Debian/Ubuntu: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("timm")
+    figs = _notebook_09_figures(tmp_path, monkeypatch)
+    for key, fig in figs.items():
+        text = " | ".join(figure_text(fig))
+        assert not NEVER.search(text) and (key.startswith("cnn") or not BN_WORDS.search(text)), (key, text)
+    paths = export.export(figs, tmp_path / "figures", ("html",))
+    rep = report.write_report(run_root, tmp_path / "report", static=("html",))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser, page = _chromium_page(pw)
+        try:
+            for path in paths:
+                page.goto(path.as_uri())
+                page.wait_for_selector(".js-plotly-plot .main-svg")
+                page.screenshot(path=str(ARTIFACTS / f"figures_09_{path.stem}.png"), full_page=True)
+            page.goto(rep.index.as_uri())
+            page.wait_for_function("() => document.getElementById('rv-explorer').data !== undefined")
+            page.screenshot(path=str(ARTIFACTS / "figures_report_five_models.png"), full_page=True)
+            page.focus("#rv-step")
+            page.keyboard.press("Home")
+            page.wait_for_function("() => document.getElementById('rv-step-label').textContent === 'step 0'")
+            page.locator("#explorer-section").screenshot(path=str(ARTIFACTS / "figures_report_explorer_step0.png"))
+            caption = page.text_content("#rv-caption")
+        finally:
+            browser.close()
+    assert "Step 0: at step 0 the running statistics are first estimated" in caption
+    assert all((ARTIFACTS / f"figures_09_{p.stem}.png").stat().st_size > 10_000 for p in paths)
+
+
+def test_every_series_colour_reads_on_white_and_kinds_of_net_differ_by_symbol():
+    from resviz.plots import style
+
+    colours = [style.run_color(arch, depth, norm, shortcut, seed) for arch in ("plain", "resnet")
+               for depth in (8, 14, 20, 32, 44, 56, 110, 1202) for norm in ("batch", "layer", "none")
+               for shortcut in ("A", "B") for seed in (-1, 0, 1, 2)]
+    colours += [style.run_color("X", -1, model=m, family=f) for m, f in (("gpt2", "hf gpt2"), ("resnet10t", "timm resnet"),
+                                                                         ("vit_tiny_patch16_224", "timm vision_transformer"))]
+    colours += [*style.VARIANT_COLORS.values(), *style.NORM_COLORS.values(), *style._OTHER, *style._PALETTE]
+    worst = min(colours, key=style.contrast)
+    assert style.contrast(worst) >= style.MIN_CONTRAST, worst
+    assert style.contrast("#F0C05A") < style.MIN_CONTRAST  # the old palette's lightest plain colour would fail
+    symbols = {style.run_symbol("plain"), style.run_symbol("resnet"), style.run_symbol("ResNet", "timm resnet"),
+               style.run_symbol("GPT2LMHeadModel", "hf gpt2")}
+    assert len(symbols) == 4
+    one = plots.plot_profile(runs_frame_of_one(), "branch_ratio")
+    assert one.layout.showlegend and one.data[0].marker.symbol == "circle"  # one trace, still a legend
+
+
+def runs_frame_of_one() -> pd.DataFrame:
+    import synthetic
+
+    return synthetic.stats_frame([("resnet", 8)], steps=(0,), metrics=("branch_ratio",))

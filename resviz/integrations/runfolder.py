@@ -28,14 +28,18 @@ RUN_INFO_DEFAULTS = {"arch": "unknown", "depth": -1, "norm": "unknown", "shortcu
 
 
 def model_info(model: nn.Module) -> dict:
-    """arch, depth, norm, shortcut of a model: from a resviz model's `spec`, else its class name and unknowns."""
+    """arch, depth, norm, shortcut of a model (from a resviz model's `spec`, else its class name, its norm layers'
+    kind and unknowns), and its model name and family as the Recorder writes them (`recorder.model_identity`)."""
+    from resviz.probes.blocks import model_norm
+    from resviz.probes.recorder import model_identity
+
+    name, family = model_identity(model)
     spec = getattr(model, "spec", None)
     if all(hasattr(spec, k) for k in ("arch", "depth", "norm", "shortcut")):
         return {"arch": str(spec.arch), "depth": int(spec.depth), "norm": str(spec.norm),
-                "shortcut": str(spec.shortcut)}
-    from resviz.probes.blocks import model_norm
-
-    return {"arch": type(model).__name__, "depth": -1, "norm": model_norm(model), "shortcut": "unknown"}
+                "shortcut": str(spec.shortcut), "model": name, "family": family}
+    return {"arch": type(model).__name__, "depth": -1, "norm": model_norm(model), "shortcut": "unknown",
+            "model": name, "family": family}
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -336,6 +336,8 @@ def plot_heatmap(
     zmin = zmax = None
     if zrange is not None:
         zmin, zmax = (math.log10(v) for v in zrange) if log_z else zrange
+    elif not log_z and np.isfinite(shown).any():  # this run's range, never zoomed into noise (style.widened)
+        zmin, zmax = widened(float(np.nanmin(shown)), float(np.nanmax(shown)))
     if log_z and np.isfinite(shown).any():
         lo = math.floor(zmin if zmin is not None else np.nanmin(shown))
         hi = math.ceil(zmax if zmax is not None else np.nanmax(shown))

@@ -108,7 +108,7 @@ def plot_branch_scales(stats: pd.DataFrame, *, runs=None) -> go.Figure:
             block = name.removesuffix(".branch_scale")
             fig.add_trace(go.Scatter(
                 x=b["step"], y=b["value"], mode="lines", name=block, legendgroup=block, showlegend=c == 1,
-                line=dict(color=sample_colorscale("Viridis", [0.9 * (1 - k / n)])[0], width=1.5),
+                line=dict(color=sample_colorscale("Viridis", [0.6 * (1 - k / n)])[0], width=1.5),  # readable on white
                 hovertemplate=f"<b>{block}</b> (index {li})<br>step %{{x}}: α = %{{y:.4g}}<extra>{rid}</extra>"),
                 row=1, col=c)
         fig.update_xaxes(title_text=STEP_AXIS, row=1, col=c)

@@ -65,10 +65,12 @@ def _column(frame: pd.DataFrame, name: str) -> list:
 
 def add_names(layers) -> tuple[str, ...]:
     """The names of a block's residual adds ("attn", "mlp") from block-level layer names such as
-    "transformer.h.3.attn" or "blocks.0.mlp.probe_branch"; () when each block has one add (names end in a number)."""
-    tails = [re.sub(r"\.probe_\w+$", "", str(n)).rsplit(".", 1)[-1] for n in layers]
-    names = [t for t in dict.fromkeys(tails) if t and not t.isdigit()]
-    return tuple(names) if 1 < len(names) <= 4 else ()
+    "transformer.h.3.attn" or "blocks.0.mlp.probe_branch"; () when some block has one add (its name ends in a
+    number), as in a ResNet or a figure that mixes ResNets and transformers."""
+    tails = list(dict.fromkeys(re.sub(r"\.probe_\w+$", "", str(n)).rsplit(".", 1)[-1] for n in layers))
+    if any(t.isdigit() or not t for t in tails):  # some blocks have one unnamed add (a ResNet): no common names
+        return ()
+    return tuple(tails) if 1 < len(tails) <= 4 else ()
 
 
 def is_resviz(family: str, arch: str) -> bool:
