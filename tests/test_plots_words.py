@@ -66,7 +66,7 @@ def record_run(out, name: str) -> None:
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     extra = []
     model.train()
-    with Recorder(model, every=1, run_info={"run_id": name, "seed": 0}) as rec:
+    with Recorder(model, every=1, run_info={"run_id": name, "seed": 0}, per_channel=True) as rec:
         for step in range(STEPS):
             if step == 0 and name == "resnet_bn":
                 extra.append(heldout_response_std(model, images, (0.5,) * 3, (0.25,) * 3, run_info={
@@ -120,7 +120,8 @@ def every_figure(stats: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, object
             "signal": plots.plot_signal_propagation(stats), "training": plots.plot_training_curves(metrics),
             "grad_norm": plots.plot_gradient_flow(stats, "grad_norm"),
             "act_grad_norm": plots.plot_gradient_flow(stats, "act_grad_norm"),
-            "heatmap": plots.plot_heatmap(stats, "response_std")}
+            "heatmap": plots.plot_heatmap(stats, "response_std"), "channels": plots.plot_channel_std(stats)}
+    present.discard("response_channel_std")  # one row per channel: drawn by plot_channel_std
     figs.update({f"profile_{m}": plots.plot_profile(stats, m) for m in sorted(present)})
     figs.update({f"first_{m}": plots.plot_profile(stats, m, step=0) for m in sorted(present)})
     try:
@@ -150,7 +151,7 @@ def test_every_figure_says_only_what_is_true_of_its_model(run_root, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_every_axis_names_the_unit_of_depth_its_rows_count(run_root, name):
     stats = runs.load(run_root / name).stats
-    for metric in sorted(set(stats["metric"].astype(str))):
+    for metric in sorted(set(stats["metric"].astype(str)) - {"response_channel_std"}):
         title = plots.plot_profile(stats, metric).layout.xaxis.title.text
         assert METRIC_TABLE[metric].depth_unit in title, (metric, title)
     adds = plots.plot_branch_skip(stats).layout.xaxis2.title.text
@@ -158,6 +159,7 @@ def test_every_axis_names_the_unit_of_depth_its_rows_count(run_root, name):
     assert ("attn, then mlp" in adds) == (name in TRANSFORMERS), adds
     assert "LayerNorm" in plots.plot_response_std(stats).layout.xaxis.title.text or name in ("timm_resnet",
                                                                                             "resnet_bn")
+    assert plots.plot_channel_std(stats).layout.xaxis.title.text.startswith("norm layer")
 
 
 def test_zero_initialised_branches_are_explained_where_they_show(run_root):
