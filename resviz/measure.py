@@ -150,5 +150,6 @@ def clean_train_error(
     return 1.0 - result["accuracy"]
 
 
-__all__ = ["CALIBRATION_BATCHES", "CLEAN_TRAIN_IMAGES", "HELDOUT_IMAGES", "SUBSET_SEED", "clean_train_error", "fixed_subset",
+__all__ = ["CALIBRATION_BATCHES", "CLEAN_TRAIN_IMAGES", "HELDOUT_IMAGES", "SUBSET_SEED", "clean_train_error",
+           "fixed_subset",
            "heldout_response_std"]

@@ -15,7 +15,6 @@ DIR/index.html loads DIR/plotly.min.js (written once, beside it; never a CDN) an
 """
 from __future__ import annotations
 
-import dataclasses as dc
 import html
 import json
 import math

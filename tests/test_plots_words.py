@@ -235,10 +235,11 @@ def _notebook_09_figures(tmp_path, monkeypatch) -> dict:
     cnn = streams.train_timm(s["cnn"], **kw)
     vit = streams.train_timm("vit_tiny_patch16_224", **kw, **s["vit"])
     gpt = streams.train_gpt2(**s["gpt2"])
-    return {"cnn_branch_skip": plots.plot_branch_skip(cnn.stats),
-            "cnn_signal": plots.plot_signal_propagation(cnn.stats), "vit_branch_skip": plots.plot_branch_skip(vit.stats),
-            "gpt2_branch_skip": plots.plot_branch_skip(gpt.stats), "gpt2_signal": plots.plot_signal_propagation(gpt.stats),
-            "gpt2_response_std": plots.plot_response_std(gpt.stats)}
+    figs = {"branch_skip": plots.plot_branch_skip, "signal": plots.plot_signal_propagation,
+            "response_std": plots.plot_response_std}
+    drawn = (("cnn", cnn, ("branch_skip", "signal")), ("vit", vit, ("branch_skip",)),
+             ("gpt2", gpt, ("branch_skip", "signal", "response_std")))
+    return {f"{name}_{fig}": figs[fig](run.stats) for name, run, which in drawn for fig in which}
 
 
 @pytest.mark.slow
@@ -284,8 +285,8 @@ def test_every_series_colour_reads_on_white_and_kinds_of_net_differ_by_symbol():
     colours = [style.run_color(arch, depth, norm, shortcut, seed) for arch in ("plain", "resnet")
                for depth in (8, 14, 20, 32, 44, 56, 110, 1202) for norm in ("batch", "layer", "none")
                for shortcut in ("A", "B") for seed in (-1, 0, 1, 2)]
-    colours += [style.run_color("X", -1, model=m, family=f) for m, f in (("gpt2", "hf gpt2"), ("resnet10t", "timm resnet"),
-                                                                         ("vit_tiny_patch16_224", "timm vision_transformer"))]
+    others = (("gpt2", "hf gpt2"), ("resnet10t", "timm resnet"), ("vit_tiny_patch16_224", "timm vision_transformer"))
+    colours += [style.run_color("X", -1, model=m, family=f) for m, f in others]
     colours += [*style.VARIANT_COLORS.values(), *style.NORM_COLORS.values(), *style._OTHER, *style._PALETTE]
     worst = min(colours, key=style.contrast)
     assert style.contrast(worst) >= style.MIN_CONTRAST, worst

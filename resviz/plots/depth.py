@@ -14,8 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from resviz.schema import METRIC_TABLE
-
+from resviz.plots import words
 from resviz.plots.selection import (
     Profile,
     by_run,
@@ -29,9 +28,9 @@ from resviz.plots.selection import (
     sorted_view,
     split_parts,
 )
-from resviz.plots import words
 from resviz.plots.style import (
     DASHES,
+    HEATMAP_HALF_SPAN,
     HEIGHT,
     STEP_AXIS,
     WIDGET_HOVER,
@@ -45,6 +44,7 @@ from resviz.plots.style import (
     value_axis,
     widened,
 )
+from resviz.schema import METRIC_TABLE
 
 
 def profile_traces(profs: list[Profile], metric: str, *, sort: bool = False, widget_hover: bool = False) -> list[dict]:
@@ -92,7 +92,8 @@ def profile_axes(profs: list[Profile], metric: str, *, sort: bool = False, log_y
     when = "" if when == "step 0" else when  # a net at initialisation or a pretrained checkpoint: no step
     text = title or " — ".join(t for t in (words.title(metric, f), ("sorted, " if sort else "") + when) if t.strip())
     text = text.rstrip(", ")
-    xt = f"rank (sorted by {metric}, descending)" if sort else words.depth_title(metric, f)
+    xt = f"rank along depth, sorted by value (1 = largest {words.depth_unit(metric)})" if sort else \
+        words.depth_title(metric, f)
     n = max((len(p.value) if sort else int(p.layer_index.max(initial=0))) for p in profs) if profs else 0
     ref = words.reference(metric)
     yaxis = value_axis([p.value for p in profs] if profs else [], log_y, ref[0] if ref else None)
@@ -337,7 +338,7 @@ def plot_heatmap(
     if zrange is not None:
         zmin, zmax = (math.log10(v) for v in zrange) if log_z else zrange
     elif not log_z and np.isfinite(shown).any():  # this run's range, never zoomed into noise (style.widened)
-        zmin, zmax = widened(float(np.nanmin(shown)), float(np.nanmax(shown)))
+        zmin, zmax = widened(float(np.nanmin(shown)), float(np.nanmax(shown)), HEATMAP_HALF_SPAN)
     if log_z and np.isfinite(shown).any():
         lo = math.floor(zmin if zmin is not None else np.nanmin(shown))
         hi = math.ceil(zmax if zmax is not None else np.nanmax(shown))
@@ -358,7 +359,8 @@ def plot_heatmap(
     fig.update_layout(height=HEIGHT + 100, legend=dict(title=None))
     scale = "colour scale: the range given (shared by the runs compared)" if zrange is not None else \
         "colour scale: this run's own range" + (", log" if log_z else "")
-    return words.add_caption(fig, words.caption(metric, rows, f, steps=steps, extra=(f"{scale[0].upper()}{scale[1:]}.",)))
+    text = words.caption(metric, rows, f, steps=steps, extra=(f"{scale[0].upper()}{scale[1:]}.",), literature=False)
+    return words.add_caption(fig, text)
 
 
 def heatmap_range(stats: pd.DataFrame, metric: str) -> tuple[float, float]:

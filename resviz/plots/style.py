@@ -198,6 +198,7 @@ def hover(metric: str) -> str:
 # FigureWidget sends them as binary buffers (an object array of (name, index, step) travels as JSON).
 WIDGET_HOVER = "<b>%{text}</b><br>index %{customdata}<br>%{meta} = %{y:.5g}<extra>%{fullData.name}</extra>"
 MIN_HALF_SPAN = 0.05  # a linear axis spans at least ±5 % of its centre: noise is not blown up to fill the figure
+HEATMAP_HALF_SPAN = 0.01  # a heatmap's own colour scale spans at least ±1 % of its centre: structure shows, noise not
 
 
 def value_axis(values, log: bool, reference: float | None = None) -> dict:
@@ -223,10 +224,10 @@ def value_axis(values, log: bool, reference: float | None = None) -> dict:
     return dict(type="linear", range=[lo, hi], exponentformat="power")
 
 
-def widened(lo: float, hi: float) -> tuple[float, float]:
-    """[lo, hi] padded by 10 %, and at least ±MIN_HALF_SPAN of its centre wide."""
+def widened(lo: float, hi: float, least: float = MIN_HALF_SPAN) -> tuple[float, float]:
+    """[lo, hi] padded by 10 %, and at least ±`least` (a fraction) of its centre wide."""
     mid = (lo + hi) / 2
-    half = max((hi - lo) / 2, MIN_HALF_SPAN * abs(mid), 1e-12)
+    half = max((hi - lo) / 2, least * abs(mid), 1e-12)
     return mid - 1.1 * half, mid + 1.1 * half
 
 

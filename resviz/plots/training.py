@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from resviz.plots.selection import by_run, training_rows
-from resviz.plots.style import STEP_AXIS, arch_name, arch_rank, base_layout, run_color, run_label
+from resviz.plots.style import STEP_AXIS, arch_name, arch_rank, base_layout, run_color
 from resviz.plots.words import add_caption, count_text, facts
 
 METRICS_HINT = "pass RunSet.metrics (metrics.parquet rows)"

@@ -190,8 +190,8 @@ def _per_unit(rows: pd.DataFrame) -> dict[str, np.ndarray]:
     order = np.lexsort((step, codes))
     _, start = np.unique(codes[order], return_index=True)
     value, step = value[order], step[order]
-    return dict(first_step=step[start], first=value[start],
-                zero=np.logical_and.reduceat(value == 0, start), nan=np.logical_and.reduceat(~np.isfinite(value), start))
+    return dict(first_step=step[start], first=value[start], zero=np.logical_and.reduceat(value == 0, start),
+                nan=np.logical_and.reduceat(~np.isfinite(value), start))
 
 
 def oddities(metric: str, rows: pd.DataFrame, f: Facts = Facts()) -> list[str]:
@@ -229,10 +229,11 @@ def _of(k: int, n: int, unit: str) -> str:
 
 
 def caption(metric: str, rows: pd.DataFrame, f: Facts, *, steps=(), reference_drawn: bool = False,
-            extra: tuple[str, ...] = (), notes: tuple[str, ...] = ()) -> str:
+            extra: tuple[str, ...] = (), notes: tuple[str, ...] = (), literature: bool = True) -> str:
     """The lines under a figure of `metric`: how it was measured, how step 0 was (when shown), the seeds, the
-    reference line (when drawn), the literature (only for BatchNorm CIFAR nets), `oddities`, and `notes` (the
-    oddities of the other metrics of the figure); a zero-initialisation cause is said once."""
+    reference line (when drawn), the literature (when `literature`, and only for BatchNorm CIFAR nets),
+    `oddities`, and `notes` (the oddities of the other metrics of the figure); a zero-initialisation cause is
+    said once."""
     m = METRIC_TABLE.get(metric)
     lines = [f"Measured: {m.measured}." if m else f"{metric} as recorded."]
     if m is not None and m.first_step and 0 in set(map(int, steps)):
@@ -244,7 +245,7 @@ def caption(metric: str, rows: pd.DataFrame, f: Facts, *, steps=(), reference_dr
     ref = reference(metric)
     if reference_drawn and ref is not None:
         lines.append(f"Dotted line at {ref[0]:g}: {ref[1]}.")
-    if m is not None and m.literature and f.bn_cifar:
+    if literature and m is not None and m.literature and f.bn_cifar:
         lines.append(f"Reference, {m.literature}.")
     lines.extend(oddities(metric, rows, f))
     return "<br>".join(_once([*lines, *notes]))
