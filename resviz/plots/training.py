@@ -28,8 +28,13 @@ CURVES = (  # column, legend suffix, dash, width: what Fig. 6 draws per net
     ("clean_train_error", "clean train", "dot", 2.0),
     ("test_error", "test", "solid", 3.5),
 )
-CURVE_MODES = ("train: running mini-batch error, train mode, augmented batches; clean train: eval mode, "
-               "un-augmented fixed training subset;<br>test: eval mode, test split")
+CURVE_WORDS = (("train_error", "training", "dashed"), ("clean_train_error", "clean training", "dotted"),
+               ("test_error", "test", "bold"))  # the title names the curves drawn
+CURVE_MODES = {  # what each curve measured, said for the curves drawn
+    "train_error": "train: running mini-batch error, train mode, augmented batches",
+    "clean_train_error": "clean train: eval mode, un-augmented fixed training subset",
+    "test_error": "test: eval mode, the held-out split",
+}
 
 
 def final_errors(rows: pd.DataFrame) -> pd.DataFrame:
@@ -91,7 +96,7 @@ def plot_training_curves(
     rows = training_rows(metrics, ("step", "train_error", "test_error"), METRICS_HINT,
                          runs=runs, arch=arch, depth=depth)
     fig = go.Figure()
-    seeds = 1
+    seeds, drawn = 1, set()
     for label, color, members in seed_groups(rows):
         seeds = max(seeds, len(members))
         for column, suffix, dash, width in CURVES:
@@ -100,6 +105,7 @@ def plot_training_curves(
             band = seed_band(members, column)
             if band.empty:
                 continue  # no legend entry for a curve that draws nothing
+            drawn.add(column)
             x = band.index.to_numpy()
             if len(members) > 1:
                 fig.add_traces(_band_traces(x, band["lo"], band["hi"], color, label))
@@ -110,17 +116,16 @@ def plot_training_curves(
                               "<extra>%{fullData.name}</extra>"))
     if step is not None:
         fig.add_vline(x=step, line=dict(color="#888", dash="dot", width=1))
-    clean = "clean_train_error" in rows.columns and rows["clean_train_error"].notna().any()
-    title = "Training (dashed), clean training (dotted) and test (bold) error" if clean else \
-        "Training (dashed) and test (bold) error"
+    names = [f"{word} ({look})" for column, word, look in CURVE_WORDS if column in drawn] or ["training and test"]
+    title = (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]) + " error"
+    title = title[0].upper() + title[1:]
     if arch is not None:  # figures of one family each get their own title (and export name)
         title = f"{', '.join(arch_name(a) for a in ([arch] if isinstance(arch, str) else arch))} nets: {title[0].lower()}{title[1:]}"
     fig = base_layout(fig, title, STEP_AXIS, "error (%)", False)
     agg = f"Each net: the mean over {count_text(seeds, 'seed')}, band from min to max." if seeds > 1 else \
         "One seed per net."
-    modes = CURVE_MODES if clean else CURVE_MODES.replace(
-        "clean train: eval mode, un-augmented fixed training subset;", "")
-    return add_caption(fig, f"{modes}.<br>{agg}")
+    modes = "; ".join(text for column, text in CURVE_MODES.items() if column in drawn)
+    return add_caption(fig, f"{modes[0].upper()}{modes[1:]}.<br>{agg}" if modes else agg)
 
 
 def _paper_traces(fig: go.Figure) -> None:
