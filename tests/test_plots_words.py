@@ -180,10 +180,12 @@ def test_report_of_five_models_reads_as_a_document(run_root, tmp_path):
     assert not any(re.search(r"heatmap_|_std\b|response std digits", h) for h in headings), headings
     for text in headings + captions:
         assert not NEVER.search(re.sub(r"<[^>]+>", " ", text)), text
-    for cap in captions:
-        first = cap.split("<br>")[0]
-        if first.startswith("Measured"):
-            assert page.count(first) >= 1
+    sections = page.split('<section class="fig"')[1:]
+    assert len(sections) >= 10
+    for section in sections:  # each caption once: below the figure, not inside it; the title is the heading
+        heading, caption = re.search(r"<h2>(.*?)</h2>", section).group(1), section.rsplit('<p class="caption">', 1)[1]
+        assert '"name":"caption"' not in section and caption.split("<br>")[0] not in section.rsplit("<p", 1)[0]
+        assert f'"text":"{heading}"' not in section
     assert "Response std of each norm layer (BatchNorm) over training — ResNet-8" in headings
     assert "this run&#x27;s own range" in page or "this run's own range" in page
     data = json.loads(re.search(r'id="resviz-explorer-data">(.*?)</script>', page, re.S).group(1))
