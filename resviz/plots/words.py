@@ -59,10 +59,6 @@ def known(values) -> list[str]:
     return [v for v in dict.fromkeys(map(str, values)) if v not in MISSING]
 
 
-def _column(frame: pd.DataFrame, name: str) -> list:
-    return list(pd.unique(frame[name].astype(str))) if name in frame.columns and len(frame) else []
-
-
 def add_names(layers) -> tuple[str, ...]:
     """The names of a block's residual adds ("attn", "mlp") from block-level layer names such as
     "transformer.h.3.attn" or "blocks.0.mlp.probe_branch"; () when some block has one add (its name ends in a
