@@ -64,7 +64,7 @@ def demo(seeds: int, steps: int | None, width: int | None, depths: tuple[int, ..
     from resviz import datasets
     from resviz.demo import DEMO
     from resviz.measure import HELDOUT_IMAGES, fixed_subset
-    from resviz.sweep import grid, run_sweep
+    from resviz.sweeps import grid, run_sweep
 
     base = DEMO
     if steps is not None:
@@ -87,7 +87,7 @@ def demo(seeds: int, steps: int | None, width: int | None, depths: tuple[int, ..
                              **_final_eval_stats(Path(out) / c.run_id, data.test_images, sub)))
     wall = time.perf_counter() - t0
     frame = pd.DataFrame(rows)
-    print(f"## Fig. 7 measured as the paper does: response_std_eval at the final checkpoint\n")
+    print("## Fig. 7 measured as the paper does: response_std_eval at the final checkpoint\n")
     print(f"Settings: digits, width {base.width}, {base.steps} steps, batch {base.batch_size}, lr {base.lr} "
           f"(warm-up {base.warmup_steps} steps, milestones {base.scaled_milestones}), depths {depths}, seeds "
           f"0..{seeds - 1}; eval mode on {HELDOUT_IMAGES} fixed test images (resviz.measure.fixed_subset). "

@@ -24,9 +24,11 @@ import torch
 from torch import nn
 
 from resviz import schema
-from resviz.analysis.modes import calibrated_eval, eval_mode
 from resviz.evaluate import evaluate
 from resviz.loader import DeviceLoader
+from resviz.models import unwrap
+from resviz.modes import calibrated_eval, eval_mode
+from resviz.probes import Recorder
 
 HELDOUT_IMAGES = 256  # test images per held-out batch (one forward pass)
 CLEAN_TRAIN_IMAGES = 1_000  # training images per clean-error measurement
@@ -53,10 +55,8 @@ def _model_device(model: nn.Module) -> torch.device:
 def _unhooked(model: nn.Module) -> nn.Module:
     """`model` itself, or, when another Recorder holds its modules (the training loop's), a copy with no hooks:
     same weights and running statistics, so the same outputs, and the training Recorder is left alone."""
-    from resviz.probes.recorder import _ACTIVE, _unwrap
-
-    root = _unwrap(model)
-    if not any(m in _ACTIVE for m in root.modules()):
+    root = unwrap(model)
+    if not Recorder.hooked(root):
         return root
     twin = copy.deepcopy(root)
     for m in twin.modules():
@@ -68,10 +68,8 @@ def _unhooked(model: nn.Module) -> nn.Module:
 
 def _unhooked_copy(model: nn.Module) -> nn.Module:
     """A copy of `model` with no hooks (always a copy: a calibration pass changes its running statistics)."""
-    from resviz.probes.recorder import _unwrap
-
     twin = _unhooked(model)
-    return copy.deepcopy(twin) if twin is _unwrap(model) else twin
+    return copy.deepcopy(twin) if twin is unwrap(model) else twin
 
 
 def _cuda_devices(model: nn.Module) -> list[int]:
@@ -110,8 +108,6 @@ def heldout_response_std(
     be the unnormalised net), measure a copy whose BatchNorm running statistics are first set to these inputs'
     batch statistics (`calibrated_eval`); the model, its buffers and the RNG are left as they were.
     """
-    from resviz.probes import Recorder
-
     if images_u8.ndim != 4 or len(images_u8) < 2:
         raise ValueError(f"images_u8 must be a batch (N >= 2, 3, H, W), got shape {tuple(images_u8.shape)}; "
                          f"pass e.g. test_images[fixed_subset(len(test_images), {HELDOUT_IMAGES})]")

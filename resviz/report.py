@@ -5,10 +5,10 @@ DIR/index.html loads DIR/plotly.min.js (written once, beside it; never a CDN) an
 - a header saying what was run: data sets, steps, seeds, runs and their status, package versions;
 - the explorer: any recorded metric against depth, with a metric menu, a depth slider (stepping through the
   depths, or models, present), a training-step slider and a sort toggle. Every position of the controls is a
-  figure drawn in Python beforehand by the same functions as the static figures (`plots.profile_traces`,
-  `plots.profile_axes`, `profile_caption`), stored in the page as JSON (repeated arrays stored once); the page's
-  script only picks the one the controls name and hands it to `Plotly.react`, so the sliders work in any browser
-  with no Jupyter and no server, and a curve is defined in one place;
+  figure drawn in Python beforehand by the same functions as the static figures (`plots.depth.profile_traces`,
+  `profile_axes`, `profile_caption`, on `plots.series.pivot`), stored in the page as JSON (repeated arrays
+  stored once); the page's script only picks the one the controls name and hands it to `Plotly.react`, so the
+  sliders work in any browser with no Jupyter and no server, and a curve is defined in one place;
 - every standard figure (`plots.standard_figures`) as a section: its title as the heading (which names the step
   once), the figure (interactive: hover names the layer, zoom, pan), its caption once below it, and links to its
   PNG / SVG / PDF in DIR/figures when a browser could render them (`export.export`).
@@ -29,11 +29,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from resviz import export, plots
+from resviz import export, plots, runs
 from resviz.io import atomic_write_bytes, read_json
 from resviz.plots import words
-from resviz.plots.depth import profile_caption
-from resviz.plots.style import base_layout
+from resviz.plots.depth import profile_axes, profile_caption, profile_traces
+from resviz.plots.selection import Profile, Run
+from resviz.plots.series import pivot
+from resviz.plots.style import arch_name, base_layout, short_title
 from resviz.schema import METRICS
 
 STATIC_DEFAULT = ("png", "svg", "pdf")
@@ -62,13 +64,13 @@ def thinned(n: int, most: int = MAX_STEPS) -> np.ndarray:
     return np.arange(n) if n <= most else np.unique(np.linspace(0, n - 1, most).round().astype(np.int64))
 
 
-def model_group(run: plots.Run, model: str = "", family: str = "") -> str:
+def model_group(run: Run, model: str = "", family: str = "") -> str:
     """The depth slider's stop of a run: its depth for a resviz 6n+2 net, else its model's name (a timm or HF
     model, or any model the Recorder saw), so the slider steps through the models present."""
     model, family = model or run.model, family or run.family
     if run.depth > 0 and family in ("", "resviz", "nan", "None", "unknown"):
         return str(run.depth)
-    return model if model not in ("", "nan", "None", "unknown") else plots.arch_name(run.arch)
+    return model if model not in ("", "nan", "None", "unknown") else arch_name(run.arch)
 
 
 def _group_order(labels) -> list[str]:
@@ -91,7 +93,7 @@ class _Pool:
 
 
 def _trace(t: dict, pool: _Pool) -> dict:
-    """A trace of `plots.profile_traces` as JSON: its arrays in the pool, y rounded."""
+    """A trace of `profile_traces` as JSON: its arrays in the pool, y rounded."""
     out = {k: v for k, v in t.items() if k not in ("x", "y", "text", "customdata")}
     out.update(type="scatter", y=pool.ref(_rounded(np.asarray(t["y"], dtype=np.float64))),
                x=pool.ref([int(v) for v in t["x"]]), text=pool.ref([str(v) for v in t["text"]]),
@@ -99,10 +101,10 @@ def _trace(t: dict, pool: _Pool) -> dict:
     return out
 
 
-def _frame(profs: list[plots.Profile], metric: str, step: int, sort: bool, caption: str, pool: _Pool) -> dict:
+def _frame(profs: list[Profile], metric: str, step: int, sort: bool, caption: str, pool: _Pool) -> dict:
     """One position of the explorer: the traces and axes the Python figure of these profiles has."""
-    traces = [_trace(t, pool) for t in plots.profile_traces(profs, metric, sort=sort, widget_hover=True)]
-    layout = plots.profile_axes(profs, metric, sort=sort, step=step)
+    traces = [_trace(t, pool) for t in profile_traces(profs, metric, sort=sort, widget_hover=True)]
+    layout = profile_axes(profs, metric, sort=sort, step=step)
     return dict(data=traces, layout=layout, caption=caption.replace("<br>", "\n"))
 
 
@@ -121,8 +123,6 @@ def _view(series: list, metric: str, pool: _Pool) -> dict:
 def explorer_data(stats: pd.DataFrame) -> dict:
     """Everything the page's explorer shows, drawn beforehand: per metric (words from the metric table) and depth
     stop, one frame per recorded step and sort order (`_view`), and the page's shared layout."""
-    from resviz.widgets.series import pivot
-
     data = pivot(stats)
     if not data:
         raise ValueError("the runs have no per-layer statistics to explore; record some with resviz train")
@@ -135,7 +135,7 @@ def explorer_data(stats: pd.DataFrame) -> dict:
         views[m] = {g: _view(stops[g], m, pool) for g in _group_order(stops)}
     groups = _group_order(g for v in views.values() for g in v)
     layout = base_layout(go.Figure(), "").layout.to_plotly_json()  # the figures' look, template resolved
-    metrics = [dict(name=m, title=plots.short_title(m)) for m in order]
+    metrics = [dict(name=m, title=short_title(m)) for m in order]
     first = next((m for m in ("response_std_eval", "response_std") if m in data), order[0])  # Fig. 7 first
     return dict(metrics=metrics, groups=groups, views=views, pool=pool.items, layout=layout, first=first)
 
@@ -334,8 +334,6 @@ def write_report(runs_or_path, out: str | os.PathLike, *, static: tuple[str, ...
     `static=None` writes `auto_static` (PNG, SVG and PDF) when a browser is found and says in
     `Report.static_note` why not otherwise; formats named explicitly must be made (BrowserNotFoundError otherwise).
     """
-    from resviz import runs
-
     runset = runs.load(runs_or_path) if isinstance(runs_or_path, (str, os.PathLike, list)) else runs_or_path
     if len(runset) == 0:
         raise FileNotFoundError(f"no run folders in {runs_or_path}: a run folder holds config.json "

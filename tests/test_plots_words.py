@@ -13,13 +13,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import sizes
 import torch
 import torch.nn.functional as F
 
-from resviz import cifar_resnet, export, plots, report, runs
-from resviz.integrations.runfolder import RunFolder, model_info
+from resviz import export, plots, report, runs, streams, synthetic
 from resviz.measure import heldout_response_std
+from resviz.models import cifar_resnet, model_identity
+from resviz.plots import style
 from resviz.probes import Recorder
+from resviz.runfolder import RunFolder
 from resviz.schema import METRIC_TABLE
 
 STEPS = 3
@@ -79,8 +82,8 @@ def record_run(out, name: str) -> None:
     if name == "resnet_bn":
         extra.append(heldout_response_std(model, images, (0.5,) * 3, (0.25,) * 3,
                                           run_info={"run_id": name, "seed": 0}, step=STEPS))
-    folder = RunFolder(out, name, {**model_info(model), "seed": 0, "steps": STEPS, "dataset": "random images"})
-    folder.open()
+    folder = RunFolder(out, name)
+    folder.open({**model_identity(model), "seed": 0, "steps": STEPS, "dataset": "random images"})
     folder.add_stats(rec.frame())
     for frame in extra:
         folder.add_stats(frame)
@@ -226,10 +229,6 @@ def _chromium_page(pw):
 
 def _notebook_09_figures(tmp_path, monkeypatch) -> dict:
     """The figures notebook 09 draws, at its smoke sizes, by the calls its cells make."""
-    import sizes
-
-    from resviz import streams
-
     monkeypatch.setenv("RESVIZ_SMOKE", "1")
     monkeypatch.setenv("RESVIZ_OUT", str(tmp_path / "out"))
     s = sizes.sizes("09_residual_streams")
@@ -282,8 +281,6 @@ def test_notebook_09_figures_and_the_report_in_chromium(run_root, tmp_path, monk
 
 
 def test_every_series_colour_reads_on_white_and_kinds_of_net_differ_by_symbol():
-    from resviz.plots import style
-
     colours = [style.run_color(arch, depth, norm, shortcut, seed) for arch in ("plain", "resnet")
                for depth in (8, 14, 20, 32, 44, 56, 110, 1202) for norm in ("batch", "layer", "none")
                for shortcut in ("A", "B") for seed in (-1, 0, 1, 2)]
@@ -301,6 +298,4 @@ def test_every_series_colour_reads_on_white_and_kinds_of_net_differ_by_symbol():
 
 
 def runs_frame_of_one() -> pd.DataFrame:
-    import synthetic
-
     return synthetic.stats_frame([("resnet", 8)], steps=(0,), metrics=("branch_ratio",))

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from resviz import schema
-from resviz.analysis.modes import batch_stats_mode, eval_mode
+from resviz.modes import batch_stats_mode, eval_mode
 from resviz.analysis.nets import Net, akamaster_nets, describe, normalise_images, run_nets  # noqa: F401 (re-exported)
-from resviz.probes import NORM_TYPES, SKIP_PATH_NAMES, Recorder
+from resviz.probes import Recorder
+from resviz.probes.blocks import NORM_TYPES, SKIP_PATH_NAMES
 
 BN_MODES = ("running", "batch")
 PREDICTED_COLUMNS = ("layer", "layer_index", "channels", "gamma_sq_mean", "beta_var", "predicted")

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from resviz.models import NoNorm, Probe, ShortcutA
+from resviz.models import NORM_NAME, NoNorm, Probe, ShortcutA
 
 PROBE_NAMES = ("probe_branch", "probe_skip", "probe_sum", "probe_out")
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm,
               nn.RMSNorm, NoNorm)
-_NORM_NAME = re.compile(r"layer_?norm|rms_?norm", re.IGNORECASE)  # HF LlamaRMSNorm, T5LayerNorm, timm RmsNorm
 SKIP_PATH_NAMES = frozenset({"shortcut", "downsample"})
 _BLOCK_NAME = re.compile(r"block|bottleneck|residual", re.IGNORECASE)
 
@@ -277,28 +276,7 @@ def width(module: nn.Module) -> int | None:
 def is_norm(module: nn.Module) -> bool:
     """A normalisation layer: BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm (torch's, timm's, any
     class named *LayerNorm* / *RMSNorm* such as Hugging Face's LlamaRMSNorm), or resviz's NoNorm."""
-    return isinstance(module, NORM_TYPES) or bool(_NORM_NAME.search(type(module).__name__))
-
-
-def norm_kind(module: nn.Module) -> str | None:
-    """A norm layer's kind as the stats table's `norm` column names it: "batch", "layer", "group", "instance",
-    "rms" (None for a module that is not a norm layer or whose kind its type does not tell)."""
-    kinds = ((nn.modules.batchnorm._BatchNorm, "batch"), (nn.GroupNorm, "group"),
-             (nn.modules.instancenorm._InstanceNorm, "instance"), (nn.LayerNorm, "layer"), (nn.RMSNorm, "rms"))
-    found = next((kind for cls, kind in kinds if isinstance(module, cls)), None)
-    name = type(module).__name__.lower().replace("_", "")
-    if found is None and is_norm(module):
-        found = "rms" if "rmsnorm" in name else "layer" if "layernorm" in name else None
-    return found
-
-
-def model_norm(root: nn.Module) -> str:
-    """The norm kind of a model: its norm layers' one kind ("batch", "layer", ...), several joined by "+" in order
-    of appearance ("batch+layer"), "none" when it has none, "unknown" when a norm layer's type does not tell."""
-    kinds = [norm_kind(m) for m in root.modules() if is_norm(m) and not isinstance(m, NoNorm)]
-    if not kinds:
-        return "none"
-    return "unknown" if None in kinds else "+".join(dict.fromkeys(kinds))
+    return isinstance(module, NORM_TYPES) or bool(NORM_NAME.search(type(module).__name__))
 
 
 def features_last(module: nn.Module) -> bool:
@@ -404,16 +382,26 @@ def _guess(module: nn.Module) -> tuple[str, str]:
     return branch, f"[{skip!r}, ':in']" if skip else "':in'"
 
 
+def register_call(cls: type, **points) -> str:
+    """A `register_block` call for `cls` that runs as pasted, in a script or a notebook: a class of the running
+    script or notebook (`__main__`) by its name; any other class imported first from its module."""
+    local = "<locals>" in cls.__qualname__  # defined inside a function: by its name, pasted in that function
+    name = cls.__name__ if local else cls.__qualname__
+    top = name.partition(".")[0]
+    head = "import resviz; " + ("" if local or cls.__module__ == "__main__" else f"from {cls.__module__} import {top}; ")
+    args = "".join(f", {key}={value}" for key, value in points.items())
+    return f"{head}resviz.register_block({name}{args})"
+
+
 def unknown_block_message(name: str, module: nn.Module) -> str:
     cls = type(module)
     branch, skip = _guess(module)
     return (
         f"Recorder does not know the residual block type {qualname(cls)} (at '{name}'): tell it where the branch "
-        f"ends and the skip comes from, e.g. `resviz.register_block({cls.__module__}.{cls.__qualname__}, "
-        f"branch={branch!r}, skip={skip})` before creating the Recorder (a point is a submodule's output 'name', "
-        "its input 'name:in', the block's input ':in' or its output ''; add sum='act:in' where an activation "
-        "follows the addition; see docs/blocks.md); or record only norm layers and gradients with "
-        "metrics=['response_std', 'grad_norm']"
+        f"ends and the skip comes from, e.g. `{register_call(cls, branch=repr(branch), skip=skip)}` before "
+        "creating the Recorder (a point is a submodule's output 'name', its input 'name:in', the block's input "
+        "':in' or its output ''; add sum='act:in' where an activation follows the addition; see docs/blocks.md); "
+        "or record only norm layers and gradients with metrics=['response_std', 'grad_norm']"
     )
 
 
