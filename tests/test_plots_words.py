@@ -190,6 +190,7 @@ def test_report_of_five_models_reads_as_a_document(run_root, tmp_path):
         assert '"name":"caption"' not in section and caption.split("<br>")[0] not in section.rsplit("<p", 1)[0]
         assert f'"text":"{heading}"' not in section
     assert "Response std of each norm layer (BatchNorm) over training — ResNet-8" in headings
+    assert "Response std of each norm layer — step 2" in headings  # train mode, every run, beside the eval one
     assert "this run&#x27;s own range" in page or "this run's own range" in page
     data = json.loads(re.search(r'id="resviz-explorer-data">(.*?)</script>', page, re.S).group(1))
     assert data["groups"][0] == "8" and {"gpt2", "resnet10t", "vit_tiny_patch16_224"} <= set(data["groups"])
