@@ -13,6 +13,7 @@ Each block carries identity probe points for the Recorder:
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 
@@ -310,10 +311,33 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+NORM_NAME = re.compile(r"layer_?norm|rms_?norm", re.IGNORECASE)  # HF LlamaRMSNorm, T5LayerNorm, timm RmsNorm
+_NORM_KINDS = ((nn.modules.batchnorm._BatchNorm, "batch"), (nn.GroupNorm, "group"),
+               (nn.modules.instancenorm._InstanceNorm, "instance"), (nn.LayerNorm, "layer"), (nn.RMSNorm, "rms"))
+
+
+def norm_kind(module: nn.Module) -> str | None:
+    """A norm layer's kind as the stats table's `norm` column names it: "batch", "layer", "group", "instance",
+    "rms"; None for a module that is not a norm layer (classes named *LayerNorm* / *RMSNorm*, such as Hugging
+    Face's, count by their name)."""
+    found = next((kind for cls, kind in _NORM_KINDS if isinstance(module, cls)), None)
+    if found is None and NORM_NAME.search(type(module).__name__):
+        found = "rms" if "rms" in type(module).__name__.lower() else "layer"
+    return found
+
+
+def model_norm(model: nn.Module) -> str:
+    """The norm kind of a model: its norm layers' one kind ("batch", "layer", ...), several joined by "+" in order
+    of appearance ("batch+layer"), "none" when it has none."""
+    kinds = [k for k in (norm_kind(m) for m in model.modules()) if k is not None]
+    return "+".join(dict.fromkeys(kinds)) or "none"
+
+
 def model_identity(model: nn.Module) -> dict:
     """What a model is, for the run metadata of its rows and its run folder's config.json:
 
-    arch, depth, norm, shortcut   a resviz model's spec; other models: the class name, -1, "unknown", "unknown"
+    arch, depth, norm, shortcut   a resviz model's spec; other models: the class name, -1, the kind of its norm
+                                  layers (`model_norm`: "batch", "layer", ...), "unknown"
     model, family                 resviz's spec ("resnet20", "resviz"), timm's pretrained_cfg architecture
                                   ("convnext_atto", "timm convnext"), a Hugging Face config's name or model_type
                                   ("gpt2", "hf gpt2"), torchvision's module ("torchvision resnet"), else the class
@@ -323,7 +347,7 @@ def model_identity(model: nn.Module) -> dict:
     if isinstance(spec, ModelSpec):
         return {"arch": str(spec.arch), "depth": int(spec.depth), "norm": str(spec.norm),
                 "shortcut": str(spec.shortcut), "model": f"{spec.arch}{spec.depth}", "family": "resviz"}
-    info = {"arch": type(model).__name__, "depth": -1, "norm": "unknown", "shortcut": "unknown"}
+    info = {"arch": type(model).__name__, "depth": -1, "norm": model_norm(model), "shortcut": "unknown"}
     module, leaf = type(model).__module__, type(model).__module__.rpartition(".")[2]
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
@@ -358,6 +382,8 @@ __all__ = [
     "iter_blocks",
     "make_norm",
     "model_identity",
+    "model_norm",
+    "norm_kind",
     "unwrap",
 ]
 

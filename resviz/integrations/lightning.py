@@ -42,7 +42,7 @@ from resviz.models import model_identity, unwrap
 from resviz.probes import Recorder
 from resviz.probes.distributed import agree
 from resviz.runfolder import RunFolder, default_run_id
-from resviz.schema import META_COLUMNS
+from resviz.schema import META_COLUMNS, MODEL_COLUMNS
 
 
 def loss_of(value) -> torch.Tensor | None:
@@ -195,7 +195,7 @@ class RecorderCallback(pl.Callback):
         self._reset()
         net = self.target(pl_module)
         identity = model_identity(net)
-        info = {**{k: identity[k] for k in META_COLUMNS if k in identity}, "seed": _seed()}
+        info = {**{k: identity[k] for k in (*META_COLUMNS, *MODEL_COLUMNS) if k in identity}, "seed": _seed()}
         run_id = self.run_id or agree(default_run_id("lightning", info["arch"]))  # one name on every rank
         config = {
             **info,

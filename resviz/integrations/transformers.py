@@ -40,7 +40,7 @@ from resviz.models import model_identity, unwrap
 from resviz.probes import Recorder
 from resviz.probes.distributed import agree
 from resviz.runfolder import RunFolder, default_run_id
-from resviz.schema import META_COLUMNS
+from resviz.schema import META_COLUMNS, MODEL_COLUMNS
 
 _LOG_KEYS = {"loss": "loss", "learning_rate": "lr", "eval_loss": "test_loss"}
 
@@ -89,7 +89,7 @@ class RecorderCallback(TrainerCallback):
             return
         net = unwrap(model)
         identity = model_identity(net)
-        info = {**{k: identity[k] for k in META_COLUMNS if k in identity}, "seed": int(args.seed)}
+        info = {**{k: identity[k] for k in (*META_COLUMNS, *MODEL_COLUMNS) if k in identity}, "seed": int(args.seed)}
         run_id = self.run_id or agree(default_run_id("hf", info["arch"]))  # one name on every rank
         config = {
             **info,

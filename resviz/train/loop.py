@@ -27,7 +27,14 @@ from resviz.errors import Interrupted, UserError
 from resviz.evaluate import evaluate
 from resviz.io import make_folder
 from resviz.loader import DeviceLoader
-from resviz.measure import CLEAN_TRAIN_IMAGES, HELDOUT_IMAGES, clean_train_error, fixed_subset, heldout_response_std
+from resviz.measure import (
+    CALIBRATION_BATCHES,
+    CLEAN_TRAIN_IMAGES,
+    HELDOUT_IMAGES,
+    clean_train_error,
+    fixed_subset,
+    heldout_response_std,
+)
 from resviz.models import cifar_resnet
 from resviz.modes import train_mode
 from resviz.probes import Recorder
@@ -220,10 +227,16 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
 
 
 def _heldout_stats(run: _Run, done: int):
-    """Fig. 7 as the paper measures it: eval mode, running statistics, the fixed held-out test images."""
+    """Fig. 7 as the paper measures it: eval mode, running statistics, the fixed held-out test images. At step 0
+    the running statistics were never estimated: a copy of the net is measured with them set from the first
+    training batches (`measure.CALIBRATION_BATCHES`; batches are a pure function of (seed, step), so drawing them
+    changes nothing of the training stream)."""
+    calibrate = None
+    if done == 0:
+        calibrate = torch.cat([run.loader.batch(k)[0] for k in range(min(CALIBRATION_BATCHES, len(run.loader)))])
     return heldout_response_std(run.model, run.heldout, run.data.mean, run.data.std,
                                 run_info={"run_id": run.folder.name, "seed": run.config.seed}, step=done,
-                                epoch=run.loader.epoch_of(done))
+                                epoch=run.loader.epoch_of(done), calibrate=calibrate)
 
 
 def _run_steps(run: _Run, bar, sync_check: SyncCheck) -> RunResult:
