@@ -19,6 +19,7 @@ import html
 import json
 import math
 import os
+import shlex
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -312,14 +313,14 @@ metricSel.value = D.first; setMetric();
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
-def _static_files(figs: dict[str, go.Figure], out: Path, static: tuple[str, ...], required: bool):
+def _static_files(figs: dict[str, go.Figure], out: Path, static: tuple[str, ...], required: bool, rerun: str):
     """{name: {fmt: path}} of the PNG/SVG/PDF written in out/figures, and a one-line note when skipped.
     Raises the export's error when `required` (the user asked for these formats by name)."""
     if not static or not figs:
         return {}, ""
     if export.find_browser() is None and not required:
         return {}, (f"{'/'.join(static).upper()} not written: no Chrome/Chromium found; {export.INSTALL_HINT} "
-                    "(or `plotly_get_chrome` with internet access), then rerun resviz report")
+                    f"(or `plotly_get_chrome` with internet access), then `{rerun}`")
     paths = export.export(figs, out / "figures", static)
     found: dict[str, dict[str, Path]] = {}
     for p in paths:
@@ -327,12 +328,22 @@ def _static_files(figs: dict[str, go.Figure], out: Path, static: tuple[str, ...]
     return found, ""
 
 
+def rerun_command(runs_or_path, out: Path, static: tuple[str, ...]) -> str:
+    """The `resviz report` command that writes this report again with `static` images (RUNS where the runs were
+    given as a table rather than a folder or glob)."""
+    runs = shlex.quote(str(runs_or_path)) if isinstance(runs_or_path, (str, os.PathLike)) else "RUNS"
+    return f"resviz report {runs} --out {shlex.quote(str(out))} --formats {','.join(('html', *static))}"
+
+
 def write_report(runs_or_path, out: str | os.PathLike, *, static: tuple[str, ...] | None = None,
-                 step: int | None = None, auto_static: tuple[str, ...] = STATIC_DEFAULT) -> Report:
+                 step: int | None = None, auto_static: tuple[str, ...] = STATIC_DEFAULT,
+                 runs_named: str | None = None) -> Report:
     """Write out/index.html (+ out/plotly.min.js, + out/figures/*.png|svg|pdf) for a run folder, glob or RunSet.
 
     `static=None` writes `auto_static` (PNG, SVG and PDF) when a browser is found and says in
-    `Report.static_note` why not otherwise; formats named explicitly must be made (BrowserNotFoundError otherwise).
+    `Report.static_note` why not otherwise, ending in the `resviz report` command that writes them (with
+    `runs_named` as its RUNS when a RunSet is given); formats named explicitly must be made (BrowserNotFoundError
+    otherwise).
     """
     runset = runs.load(runs_or_path) if isinstance(runs_or_path, (str, os.PathLike, list)) else runs_or_path
     if len(runset) == 0:
@@ -359,7 +370,7 @@ def write_report(runs_or_path, out: str | os.PathLike, *, static: tuple[str, ...
         return page_html(header_html(runset, facts), explorer_html(data) if data else "", sections, notes).encode()
 
     written = [atomic_write_bytes(out / "plotly.min.js", export.plotlyjs_bytes()), atomic_write_bytes(index, page({}))]
-    files, note = _static_files(figs, out, static, required)  # the page is there even when this raises
+    files, note = _static_files(figs, out, static, required, rerun_command(runs_named or runs_or_path, out, static))
     if files:
         atomic_write_bytes(index, page(files))
     return Report(index, written + [p for d in files.values() for p in d.values()], skipped, note)
