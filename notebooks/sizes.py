@@ -13,6 +13,7 @@ the notebook needs, so the notebook itself holds no logic:
     formats, progress       export formats; tqdm bars on or off
     workers        runs trained side by side by `sweep.run_sweep` (1 in smoke mode; else as `make demo`)
     checkpoints, checkpoint_dirs, images   (03, 06) akamaster names, local folders holding them, test images
+    test_set, test_set_note   (03, 06) the CIFAR-10 test split for the akamaster nets (`lesion_test_set`), named
 The lab notebooks (05-08, `LAB_NOTEBOOKS`) add their own keys (see `_lab_sizes`): 05 `norms`, `batch_sizes`,
 `draws`; 06 `test_set`, `test_set_note`, `ks`, `draws`; 07 the shattering grid (`depths`, `width`, `n_inputs`,
 `image_size`, `seeds`, `heatmap_depth`); 08 the nets at init (`init_depth`, `variants`, ...) and `branch_inits`.
@@ -272,6 +273,8 @@ def sizes(notebook: str) -> dict:
         s["checkpoints"] = AKAMASTER_SMOKE if is_smoke else AKAMASTER_FULL
         s["checkpoint_dirs"] = checkpoint_dirs()
         s["images"] = 32 if is_smoke else 1_000
+        # the akamaster nets were trained on CIFAR-10: their Fig. 7 is measured on a CIFAR-10 test split, named
+        s["test_set"], s["test_set_note"] = lesion_test_set(root)
     return s
 
 

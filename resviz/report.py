@@ -42,12 +42,13 @@ MODES = {
     "response_std_sorted": "as the response-std figure (eval mode on held-out test images where recorded, else "
                            "train mode: the caption says which), each run's layers sorted by value",
     "response_std_eval": "eval mode (running statistics), a fixed held-out batch of test images",
-    "grad_norm": "gradient norms after backward() on the training batch",
+    "grad_norm": "gradient norms of the loss after backward() on the training batch (weight decay excluded)",
     "act_grad_norm": "loss gradient at each block's output (mean loss: scales with 1/batch size)",
     "branch_skip": "train mode, the current augmented training batch",
     "signal_propagation": "train mode, the current augmented training batch",
     "heatmap": "train mode, every recorded step of one run; one colour scale for all runs",
-    "error_vs_depth": "final errors of these runs (mean over seeds); grey: published CIFAR-10 ResNet test errors",
+    "error_vs_depth": "final errors of these runs (mean over seeds); grey: published ResNet test errors on the "
+                      "CIFAR-10 test set (He et al.'s ResNet-110: best of 5 runs, with their mean ± std)",
     "explorer": "each metric as recorded (see its meaning below the plot)",
 }
 MAX_STEPS = 200  # recorded steps per run the explorer's step slider offers (evenly spaced, the last kept)

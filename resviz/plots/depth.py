@@ -129,14 +129,16 @@ def fig7_metric(stats: pd.DataFrame, metric: str | None) -> tuple[str, str]:
 
 def plot_response_std(stats: pd.DataFrame, *, step: int | None = None, sort: bool = False,
                       metric: str | None = None, prediction: dict[str, pd.DataFrame] | None = None,
-                      **filters) -> go.Figure:
+                      data: str | None = None, **filters) -> go.Figure:
     """He et al. Fig. 7: std of every 3×3 layer's response against layer index (or sorted), one trace per run.
 
     Draws `response_std_eval` (eval mode, held-out test images, as the paper measures it) when recorded, else
     the train-mode `response_std`; the caption says which, over which seeds, and the dotted line is the value
     at initialisation (1.0 for BN). `prediction`: {run label as in the legend: the frame of
     `resviz.analysis.bn_check.predicted_response_std(model)`} overlays sqrt(mean γ² + var β) per BN layer, dashed
-    in the run's colour: what a BN output's std equals exactly in train mode, from the weights alone."""
+    in the run's colour: what a BN output's std equals exactly in train mode, from the weights alone.
+    `data`: how and on which images the table was measured, in words (e.g. `bn_check.measurement_text(...)` for
+    `bn_check.measure` tables); the caption says it in place of the recorded metric's default mode."""
     metric, note = fig7_metric(stats, metric)
     fig = plot_profile(stats, metric, step=step, sort=sort, log_y=False, **filters)
     if prediction:
@@ -145,7 +147,8 @@ def plot_response_std(stats: pd.DataFrame, *, step: int | None = None, sort: boo
         if "seed" in stats.columns else []
     fig.add_hline(y=REFERENCE.get(metric, 1.0), line=dict(color="#888", dash="dot", width=1))
     overlay = "; dashed: γ/β prediction sqrt(mean γ² + var β) from the weights" if prediction else ""
-    text = (f"Measured: {FIG7_MODES.get(metric, metric)}{note}.<br>Seeds {', '.join(map(str, seeds)) or 'unknown'}; "
+    measured = data if data is not None else f"{FIG7_MODES.get(metric, metric)}{note}"
+    text = (f"Measured: {measured}.<br>Seeds {', '.join(map(str, seeds)) or 'unknown'}; "
             f"dotted: BN at initialisation (1.0){overlay}.<br>{FIG7_CAPTION.replace(': ', ':<br>', 1)}")
     fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left",
                        yanchor="top", showarrow=False, font=dict(size=11, color="#555"), align="left")
@@ -170,10 +173,23 @@ def _overlay_prediction(fig: go.Figure, prediction: dict[str, pd.DataFrame], sor
 
 
 def plot_gradient_flow(stats: pd.DataFrame, metric: str = "grad_norm", *, step: int | None = None, **filters) -> go.Figure:
-    """`grad_norm` (per parameter) or `act_grad_norm` (per block output) against depth, log scale."""
+    """`grad_norm` (per parameter) or `act_grad_norm` (per block output) against depth, log scale; the caption
+    says that a parameter's gradient is the loss's alone (the Recorder reads it before SGD adds weight decay)."""
     if metric not in ("grad_norm", "act_grad_norm"):
         raise ValueError(f"metric={metric!r} is not a gradient metric; use 'grad_norm' or 'act_grad_norm'")
-    return plot_profile(stats, metric, step=step, log_y=True, **filters)
+    fig = plot_profile(stats, metric, step=step, log_y=True, **filters)
+    text = GRADIENT_CAPTIONS[metric]
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left", yanchor="top",
+                       showarrow=False, font=dict(size=11, color="#555"), align="left")
+    return fig.update_layout(margin=dict(b=110))
+
+
+GRADIENT_CAPTIONS = {
+    "grad_norm": "‖∂L/∂W‖ of the training loss after backward(), weight decay excluded (SGD adds it inside its "
+                 "step, after the recording)",
+    "act_grad_norm": "‖∂L/∂x‖ at each block's output on the training batch (the loss is a mean: scales with "
+                     "1/batch size)",
+}
 
 
 def _paired(stats, metrics, panels, step, filters, title, log_rows) -> go.Figure:
