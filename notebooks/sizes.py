@@ -83,6 +83,7 @@ LESION_SMOKE = ("resnet20",)
 # by step 200 and 140; SkipInit trained) and lr 0.05 left Fixup at chance, while at 0.02 all three train.
 BRANCH_INITS = ("skipinit", "rezero", "fixup")
 BRANCH_INIT_LR = 0.02
+FAST_LR = 0.1  # 08 also trains the branch inits at He et al.'s peak lr, to show which of them diverge there
 
 
 def smoke() -> bool:
@@ -287,10 +288,11 @@ def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
         s.update(dataset="", dataset_note="no data set: Gaussian images on a line, nets at initialisation")
         if is_smoke:
             s.update(depths=(8, 20, 44), width=8, n_inputs=64, image_size=16, seeds=1, heatmap_depth=20,
-                     line_depths=(1, 4, 16), line_width=32, line_seeds=1)
-        else:
+                     line_depths=(1, 4, 16), line_width=32, line_seeds=2, line_n=64, panel_seeds=2)
+        else:  # the panels' train-mode derivatives take a 256 x 256 Jacobian per net: minutes for 3 seeds
             s.update(depths=(8, 14, 20, 32, 56), width=16, n_inputs=256, image_size=32, seeds=2, heatmap_depth=56,
-                     line_depths=(1, 2, 4, 8, 16, 24, 50), line_width=200, line_seeds=4)
+                     line_depths=(1, 2, 4, 8, 16, 24, 50), line_width=200, line_seeds=10, line_n=256,
+                     panel_seeds=3)
         return s
     spec, note = choose_dataset(prefer_cifar=True, is_smoke=is_smoke, root=root)
     if is_smoke:
@@ -322,7 +324,10 @@ def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
                  seeds=1 if is_smoke else 4, branch_inits=BRANCH_INITS, norms=("none",), archs=("resnet",),
                  depths=(8,) if is_smoke else ((20,) if spec == "digits" else (56,)),
                  base=dataclasses.replace(base, lr=BRANCH_INIT_LR),
-                 runs=out / f"{'smoke-' if is_smoke else ''}branch-init-{slug}")
+                 runs=out / f"{'smoke-' if is_smoke else ''}branch-init-{slug}",
+                 # the same nets at He et al.'s lr 0.1 (Fixup with its official recipe): train or diverge?
+                 base_fast=dataclasses.replace(base, lr=FAST_LR),
+                 runs_fast=out / f"{'smoke-' if is_smoke else ''}branch-init-lr{FAST_LR:g}-{slug}")
     return s
 
 

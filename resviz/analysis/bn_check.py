@@ -191,4 +191,5 @@ def fig7_summary(nets: Sequence[Net], images: torch.Tensor, labels: torch.Tensor
 
 
 __all__ = ["BN_MODES", "CIFAR10_JPEG", "CIFAR10_OWN", "Net", "agreement", "akamaster_nets", "cifar10_test_images",
-           "cross_check", "describe", "fig7_summary", "measure", "measurement_text", "predicted_response_std", "run_nets"]
+           "cross_check", "describe", "fig7_summary", "measure", "measurement_text", "predicted_response_std",
+           "run_nets"]
