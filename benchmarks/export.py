@@ -15,14 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/synthetic.py
+from resviz import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def ten_figures():
-    import synthetic  # tests/synthetic.py: test-only stand-in tables
     from resviz import plots
 
     runs = [(a, d) for d in (20, 56, 110) for a in ("plain", "resnet")]

@@ -16,7 +16,6 @@ import os
 import statistics
 import time
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms

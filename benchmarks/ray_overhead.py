@@ -1,8 +1,8 @@
 """Overhead of `resviz sweep --engine ray` against `--engine local`, and runs sharing one GPU on Ray.
 
 CPU mode (default): the same grid (plain and ResNet, seeds 0 and 1: 4 runs) is trained twice, each into a fresh
-temporary folder: by `resviz.sweep.run_sweep` (workers=1, in this process) and by
-`resviz.ray_engine.run_grid_on_ray` on a private Ray instance with --concurrency CPUs (default 1: one run at a
+temporary folder: by `resviz.sweeps.run_sweep` (workers=1, in this process) and by
+`resviz.sweeps.run_grid_on_ray` on a private Ray instance with --concurrency CPUs (default 1: one run at a
 time, so the two engines do the same work in the same order). "start-up" is `ray.init` (the local engine has
 none); "wall" is the grid's seconds after start-up; then the same grid on all cores: the local engine with one
 worker per core, and the Ray engine as `resviz sweep --engine ray` runs it without --address (a private cluster
@@ -69,8 +69,7 @@ def steady_images_per_s(folder: Path) -> float:
 def cpu_overhead(args: argparse.Namespace) -> str:
     import ray
 
-    from resviz.ray_engine import run_grid_on_ray
-    from resviz.sweep import grid, run_sweep
+    from resviz.sweeps import grid, run_grid_on_ray, run_sweep
 
     torch.set_num_threads(1)
     configs = grid(base_config(args), archs=("plain", "resnet"), seeds=(0, 1))
@@ -109,8 +108,7 @@ def cpu_overhead(args: argparse.Namespace) -> str:
 def gpu_sharing(args: argparse.Namespace) -> str:
     import ray
 
-    from resviz.ray_engine import run_grid_on_ray
-    from resviz.sweep import grid
+    from resviz.sweeps import grid, run_grid_on_ray
 
     n = max(1, round(1 / args.gpus_per_run))
     startup = start_ray(num_gpus=1, num_cpus=max(n, 1))

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/synthetic.py
+from resviz import synthetic
+from resviz.synthetic import SyntheticRun
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 TARGET_MS = 200.0
 
@@ -34,9 +33,7 @@ def _ms(fn) -> float:
 
 def measure(depth: int, seeds: int = 3, steps: int = 50, moves: int = 30) -> dict:
     """Times (ms) of one dashboard over a synthetic table of `depth`; returns a dict of summaries."""
-    import synthetic  # tests/synthetic.py: test-only stand-in tables
     from resviz import widgets
-    from synthetic import SyntheticRun
 
     t0 = time.perf_counter()  # the first FigureWidget of a process loads (and, in a kernel, sends) plotly.js
     widgets.explore(synthetic.stats_frame([("resnet", 20)], steps=(0,), metrics=("response_std",)))

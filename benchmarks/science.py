@@ -174,7 +174,7 @@ def fig7_configs(seeds: int, depth: int, steps: int, batch: int):
     """The demo's recipe (digits, width 8, batch 64, lr 0.1 with warm-up, milestones at 50/75 %) at `depth` and
     `steps`, evaluated only at the end; the Recorder takes response_std once (the end)."""
     from resviz.demo import DEMO
-    from resviz.sweep import grid
+    from resviz.sweeps import grid
 
     base = dataclasses.replace(DEMO, steps=steps, batch_size=batch, warmup_steps=max(1, steps // 10),
                                log_every=steps // 10,
@@ -206,7 +206,7 @@ def _finished(folder: Path) -> bool:
 def fig7_effect(seeds: int, depth: int, steps: int, batch: int, workers: int, train: bool = True) -> dict:
     """Train the pairs (skipping finished runs; `train=False`: none), then summarise the seeds whose two runs
     both finished: per seed, and paired plain − ResNet differences with 95 % t intervals."""
-    from resviz.sweep import run_sweep
+    from resviz.sweeps import run_sweep
 
     base, configs = fig7_configs(seeds, depth, steps, batch)
     t0 = time.perf_counter()
@@ -342,7 +342,7 @@ def fixup_lr(seeds: int, lr: float, steps: int, alphas=(0.0, 1.0), workers: int 
     """Notebook 08's Fixup-ResNet-20 (digits, width 8) at `lr` for the first `steps` of its 800-step schedule
     (warm-up 40 steps at 0.01, no decay yet), with the official trainer's recipe (parameter groups: biases and
     scales at lr/10; PyTorch's default stem init), without and with mixup (α = 1): per seed, diverged or not."""
-    from resviz.sweep import grid, run_sweep
+    from resviz.sweeps import grid, run_sweep
 
     sys.path.insert(0, str(ROOT / "notebooks"))
     from sizes import DIGITS_BASE  # notebook 08's full-size recipe on the digits

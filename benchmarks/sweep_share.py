@@ -1,6 +1,6 @@
 """Throughput of sweep runs sharing one device (`resviz sweep --workers N`): N concurrent runs vs one alone.
 
-Two sweeps through `resviz.sweep.run_sweep`, each into a fresh temporary folder: one ResNet run (seed 0,
+Two sweeps through `resviz.sweeps.run_sweep`, each into a fresh temporary folder: one ResNet run (seed 0,
 workers=1, in this process), then N runs (seeds 0..N-1, workers=N: N spawned processes, each with
 cpu_count // N torch threads). Per run, "steady" images/s is the median of the loop's own images_per_s over
 its logging intervals after the warm-up ones (compiling, CUDA-graph capture); the aggregate of the N runs is
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_speed import best_switches, describe, load_note  # noqa: E402
 
 from resviz import datasets  # noqa: E402
-from resviz.sweep import grid, run_sweep  # noqa: E402
+from resviz.sweeps import grid, run_sweep  # noqa: E402
 from resviz.train import TrainConfig  # noqa: E402
 
 

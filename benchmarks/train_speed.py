@@ -50,7 +50,8 @@ from resviz.datasets import resolve_device  # noqa: E402
 from resviz.models import cifar_resnet  # noqa: E402
 from resviz.probes import Recorder  # noqa: E402
 from resviz.loader import DeviceLoader  # noqa: E402
-from resviz.train import CUDAGRAPH_MODES, TrainConfig, compile_model, forward_backward, train  # noqa: E402
+from resviz.train import TrainConfig, train  # noqa: E402
+from resviz.train.speed import CUDAGRAPH_MODES, compile_model, forward_backward  # noqa: E402
 
 # /work/shared/notes/performance.md, section 2 (own traffic model, bf16): training traffic per image, MB, with
 # eager kernels / with BN, ReLU and the residual add fused; the bound is the H100's ~3 TB/s device copy.

@@ -1,17 +1,20 @@
-"""What the notebooks run: a smoke version (RESVIZ_SMOKE=1, seconds on a CPU) or the full one, and where.
+"""What the notebooks run: a smoke version (RESVIZ_SMOKE=1 or RESVIZ_SIZE=smoke, seconds on a CPU), a medium one
+(RESVIZ_SIZE=medium, 02-04 only) or the full one, and where.
 
 This file sits beside the notebooks, not in the package: Jupyter runs a notebook in its own folder, so a
 notebook's first cell says `import sizes` and calls `sizes.sizes("01_quickstart")`, which returns everything
 the notebook needs, so the notebook itself holds no logic:
-    smoke          RESVIZ_SMOKE read as a switch ("1"/"true"/"yes"/"on"; unset, "0"/"false"/"no"/"off")
-    base, depths, archs   the runs: `sweep.grid(s["base"], depths=s["depths"], archs=s["archs"])`
+    smoke, size    whether the smoke version runs, and which size runs ("smoke", "medium", "full"): RESVIZ_SMOKE
+                   read as a switch ("1"/"true"/"yes"/"on"; unset, "0"/"false"/"no"/"off") wins, else
+                   RESVIZ_SIZE (default "full"); medium exists for 02-04, elsewhere it runs the full size
+    base, depths, archs   the runs: `sweeps.grid(s["base"], depths=s["depths"], archs=s["archs"])`
     runs, figures  folders under $RESVIZ_OUT (default `<project>/runs/notebooks`): runs are grouped by the
                    experiment they belong to and the data set, so notebooks that need the same runs train them
                    once (e.g. `smoke-digits`, `depth-cifar10`), and a folder never mixes data sets
     data_root      $RESVIZ_DATA (default `<project>/data`): datasets and their caches
     dataset, dataset_note   which data set and why, in words (the notebook prints it)
     formats, progress       export formats; tqdm bars on or off
-    workers        runs trained side by side by `sweep.run_sweep` (1 in smoke mode; else as `make demo`)
+    workers        runs trained side by side by `sweeps.run_sweep` (1 in smoke mode; else as `make demo`)
     checkpoints, checkpoint_dirs, images   (03, 06) akamaster names, local folders holding them, test images
     test_set, test_set_note   (03, 06) the CIFAR-10 test split for the akamaster nets (`lesion_test_set`), named
 The lab notebooks (05-08, `LAB_NOTEBOOKS`) add their own keys (see `_lab_sizes`): 05 `norms`, `batch_sizes`,
@@ -32,12 +35,13 @@ import dataclasses
 import os
 from pathlib import Path
 
-from resviz import datasets, pretrained, sweep
+from resviz import datasets, pretrained, sweeps
 from resviz.demo import DEMO
-from resviz.train import TrainConfig, dataset_slug
+from resviz.train import TrainConfig
+from resviz.train.config import dataset_slug
 
 SMOKE_ENV = "RESVIZ_SMOKE"
-SIZE_ENV = "RESVIZ_SIZE"  # "smoke" | "medium" | "full" (default full; RESVIZ_SMOKE=1 means smoke)
+SIZE_ENV = "RESVIZ_SIZE"  # "smoke" | "medium" | "full" (default full; RESVIZ_SMOKE=1 means smoke and wins)
 SIZES = ("smoke", "medium", "full")
 OUT_ENV = "RESVIZ_OUT"
 DATA_ENV = "RESVIZ_DATA"
@@ -46,6 +50,7 @@ CHECKPOINTS_ENV = pretrained.CHECKPOINTS_ENV  # "RESVIZ_CHECKPOINTS": folders ho
 CIFAR_JPEG_ENV = "RESVIZ_CIFAR_JPEG"  # a CIFAR-10 JPEG copy: a train/ and test/ tree, or its .tar.gz
 NOTEBOOKS = ("01_quickstart", "02_degradation", "03_response_std", "04_gradient_flow")
 LAB_NOTEBOOKS = ("05_layer_norm", "06_lesion", "07_shattered_gradients", "08_signal_propagation")
+MEDIUM_NOTEBOOKS = ("02_degradation", "03_response_std", "04_gradient_flow")  # the others: medium = full
 STREAM_NOTEBOOKS = ("09_residual_streams",)  # timm / Hugging Face models, own sizes (`_stream_sizes`)
 ALL_NOTEBOOKS = NOTEBOOKS + LAB_NOTEBOOKS + STREAM_NOTEBOOKS
 ARCHS = ("plain", "resnet")
@@ -87,7 +92,12 @@ FAST_LR = 0.1  # 08 also trains the branch inits at He et al.'s peak lr, to show
 
 
 def smoke() -> bool:
-    """Whether $RESVIZ_SMOKE asks for the small version."""
+    """Whether the small version runs: $RESVIZ_SMOKE=1 or $RESVIZ_SIZE=smoke (see `size`)."""
+    return size() == "smoke"
+
+
+def _smoke_switch() -> bool:
+    """$RESVIZ_SMOKE read as a switch."""
     raw = os.environ.get(SMOKE_ENV, "")
     value = raw.strip().lower()
     if value in _TRUE:
@@ -100,17 +110,19 @@ def smoke() -> bool:
 
 
 def size() -> str:
-    """"smoke", "medium" or "full": $RESVIZ_SIZE, else "smoke" under $RESVIZ_SMOKE=1, else "full"."""
-    raw = os.environ.get(SIZE_ENV, "").strip().lower()
-    if raw and raw not in SIZES:
+    """"smoke", "medium" or "full": "smoke" under $RESVIZ_SMOKE=1 (the test suite's switch wins), else
+    $RESVIZ_SIZE, else "full"."""
+    raw = os.environ.get(SIZE_ENV, "")
+    value = raw.strip().lower()
+    if value and value not in SIZES:
         raise ValueError(f"{SIZE_ENV}={raw!r} is not a size; use one of {', '.join(SIZES)}")
-    return raw or ("smoke" if smoke() else "full")
+    return "smoke" if _smoke_switch() else (value or "full")
 
 
 def demo_runs(root: Path | None = None) -> tuple[Path, TrainConfig] | None:
     """`make demo`'s finished runs (`<project>/runs/demo`) and the base config that names them, or None: 01
     reuses them instead of training the same four nets again."""
-    from resviz import runs
+    from resviz import runfolder, runs
     from resviz.demo import DEMO_DEPTHS, DEMO_OUT, demo_configs
 
     folder = (root or project_root() or Path.cwd()) / DEMO_OUT
@@ -121,14 +133,14 @@ def demo_runs(root: Path | None = None) -> tuple[Path, TrainConfig] | None:
     done = status[status["status"].astype(str) == "done"]
     if len(done) < 2 * len(DEMO_DEPTHS):
         return None
-    config = runs.read_config(Path(done["folder"].iloc[0]))
+    config = runfolder.read_config(Path(done["folder"].iloc[0]))
     base = dataclasses.replace(DEMO, root=str(config.get("root", DEMO.root)), device=str(config.get("device", "cpu")))
     skip = {"run_id", "versions", *TrainConfig.RESUME_SAFE}
     for c in demo_configs(root=base.root):
         stored = folder / c.run_id
         if c.run_id not in set(done["run_id"]) or not stored.is_dir():
             return None
-        old, new = runs.read_config(stored), dataclasses.replace(c, device=base.device).to_dict()
+        old, new = runfolder.read_config(stored), dataclasses.replace(c, device=base.device).to_dict()
         if any(old.get(k) != v for k, v in new.items() if k not in skip):
             return None  # not `make demo`'s current runs (an old smoke demo, other settings): train 01's own
     return folder, base
@@ -227,16 +239,18 @@ def _name(notebook: str) -> str:
 
 
 def sizes(notebook: str) -> dict:
-    """Everything notebook `notebook` ("01_quickstart" .. "08_signal_propagation") runs, small under RESVIZ_SMOKE=1."""
+    """Everything notebook `notebook` ("01_quickstart" .. "09_residual_streams") runs at the size `size()` names
+    (small under RESVIZ_SMOKE=1 or RESVIZ_SIZE=smoke); "size" says which size that is for this notebook."""
     name = _name(notebook)
-    is_smoke = smoke()
+    chosen = size()
+    is_smoke = chosen == "smoke"
     out, root = out_folder(), data_root()
-    if name in LAB_NOTEBOOKS:
-        return _lab_sizes(name, is_smoke, out, root)
+    if name in LAB_NOTEBOOKS:  # no medium size: medium runs the full one, and says so in "size"
+        return {**_lab_sizes(name, is_smoke, out, root), "size": "smoke" if is_smoke else "full"}
     if name in STREAM_NOTEBOOKS:
-        return _stream_sizes(name, is_smoke, out, root)
+        return {**_stream_sizes(name, is_smoke, out, root), "size": "smoke" if is_smoke else "full"}
     spec, note = choose_dataset(prefer_cifar=name != "01_quickstart", is_smoke=is_smoke, root=root)
-    medium = size() == "medium" and not is_smoke
+    medium = chosen == "medium" and name in MEDIUM_NOTEBOOKS
     if is_smoke:
         base, depths, group = SMOKE_BASE, SMOKE_DEPTHS, "smoke"
     elif name == "01_quickstart":
@@ -265,8 +279,8 @@ def sizes(notebook: str) -> dict:
         "data_root": root,
         "formats": ("html",) if is_smoke else ("html", "png"),  # PNG starts a Chromium: seconds
         "progress": not is_smoke,
-        "workers": 1 if is_smoke else sweep.side_by_side_workers(),  # runs side by side, as `make demo`
-        "size": "smoke" if is_smoke else size(),
+        "workers": 1 if is_smoke else sweeps.side_by_side_workers(),  # runs side by side, as `make demo`
+        "size": "medium" if medium else chosen if is_smoke else "full",  # the size that runs (01: no medium)
     }
     if reuse is not None:  # `make demo` trained these four nets already: use them, train nothing
         s.update(runs=reuse[0], base=reuse[1], depths=(8, 44))
@@ -283,7 +297,7 @@ def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
     """Sizes of the lab notebooks 05-08 (same common keys as `sizes`)."""
     s = {"notebook": name, "smoke": is_smoke, "data_root": root, "figures": out / "figures" / name,
          "formats": ("html",) if is_smoke else ("html", "png"), "progress": not is_smoke,
-         "workers": 1 if is_smoke else sweep.side_by_side_workers()}
+         "workers": 1 if is_smoke else sweeps.side_by_side_workers()}
     if name == "07_shattered_gradients":  # no data set, no training: nets at initialisation on a line of images
         s.update(dataset="", dataset_note="no data set: Gaussian images on a line, nets at initialisation")
         if is_smoke:
@@ -345,5 +359,5 @@ def _stream_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
                          steps=steps, every=every)}
 
 
-__all__ = ["ALL_NOTEBOOKS", "LAB_NOTEBOOKS", "NOTEBOOKS", "checkpoint_dirs", "choose_dataset", "cifar_jpeg_copy",
+__all__ = ["ALL_NOTEBOOKS", "LAB_NOTEBOOKS", "MEDIUM_NOTEBOOKS", "NOTEBOOKS", "checkpoint_dirs", "choose_dataset", "cifar_jpeg_copy",
            "data_root", "demo_runs", "lesion_test_set", "out_folder", "project_root", "size", "sizes", "smoke"]

@@ -1,26 +1,42 @@
 """`resviz` command line: one sub-command per job; each is a thin call into the package.
 
-A user's mistake (`UserError`, or a `ValueError`, `FileNotFoundError`, `NotADirectoryError` or `PermissionError`
-naming the bad value) ends in one line `resviz: error: ...` and exit status 2, without a traceback (set
-RESVIZ_DEBUG=1 to see one). Anything else is a bug and keeps its traceback. Ctrl-C exits with status 130.
+Each command is a pair: `add_<name>(subparsers)` builds its parser and sets `func` to the `_cmd_<name>` that runs
+it; `build_parser` adds them in the order of `COMMANDS`. A user's mistake (`UserError`, or a `ValueError`,
+`FileNotFoundError`, `NotADirectoryError` or `PermissionError` naming the bad value) ends in one line
+`resviz: error: ...` and exit status 2, without a traceback (set RESVIZ_DEBUG=1 to see one). Anything else is a
+bug and keeps its traceback. Ctrl-C exits with status 130.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
+import json
 import os
+import re
 import sys
-from collections.abc import Callable
+import warnings
+from pathlib import Path
 
+import pandas as pd
+import torch
+import yaml
+
+from resviz import datasets, export, runs
+from resviz.analysis.invariance import NORMS, TRANSFORMATIONS, invariance_flags, invariance_grid, measure_invariance
+from resviz.analysis.lesion import check_ks, lesion_random, lesion_single, resolve_blocks, summarise_random
+from resviz.demo import run_demo
 from resviz.errors import UserError, first_line
-from resviz.integrations.commands import add_export_tb, add_export_wandb
-from resviz.ray_engine import add_engine_options
+from resviz.evaluate import evaluate, load_model_for_eval
+from resviz.integrations import tensorboard, wandb
+from resviz.io import make_folder
+from resviz.report import write_report
+from resviz.sweeps import format_summary, grid
+from resviz.sweeps.command import add_sweep_arguments, dispatch
+from resviz.sweeps.common import GRID_FIELDS
+from resviz.train import TrainConfig, train
+from resviz.train.config import parse_number
 
-# Each command module-level function pair: add_<name>(subparsers) builds the parser and sets
-# `func` to the function that runs it. They are registered in COMMANDS at the bottom of the file.
-CommandAdder = Callable[[argparse._SubParsersAction], None]
-
-
-CommandError = UserError  # the name this module used before resviz.errors held it
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)  # one line, exit 2
 
 
@@ -28,23 +44,15 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
 
 
-# ---------------------------------------------------------------------------------------------
-# commands are added below by the modules' owners, each in its own section
-# ---------------------------------------------------------------------------------------------
-
-COMMANDS: list[CommandAdder] = []
+def _runs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", metavar="RUN_DIR_OR_GLOB", help="a run folder, a folder of runs, or a quoted glob")
 
 
 # ---------------------------------------------------------------------------------------------
-# train / sweep / demo (resviz.train, resviz.sweep, resviz.demo)
+# train / sweep / demo (resviz.train, resviz.sweeps, resviz.demo)
 # ---------------------------------------------------------------------------------------------
 def _config_help() -> dict[str, str]:
     """Help text of every TrainConfig field, read from the field comments (one source of truth)."""
-    import inspect
-    import re
-
-    from resviz.train import TrainConfig
-
     helps = {}
     for line in inspect.getsource(TrainConfig).splitlines():
         m = re.match(r"\s+(\w+): [^=]+= (.+?)\s+# (.+)$", line)
@@ -54,10 +62,6 @@ def _config_help() -> dict[str, str]:
 
 
 def _add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    import dataclasses
-
-    from resviz.train import TrainConfig
-
     helps = _config_help()
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
@@ -74,11 +78,6 @@ def _add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) 
 
 
 def _read_config_file(path: str) -> dict:
-    import json
-    from pathlib import Path
-
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -95,18 +94,12 @@ def _read_config_file(path: str) -> dict:
 
 def _config_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()):
     """TrainConfig from --config (if any) overlaid with the flags given on the command line."""
-    import dataclasses
-
-    from resviz.train import TrainConfig
-
     values = _read_config_file(args.config) if getattr(args, "config", None) else {}
     given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig) if f.name not in skip}
     return TrainConfig.from_text({k: v for k, v in given.items() if v is not None}, base=values).validate()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from resviz.train import train
-
     config = _config_from_args(args)
     result = train(config, args.out, run_id=args.run_id)
     print(f"{result.run_id}: {result.status} at step {result.step}, train error {100 * result.train_error:.2f} %, "
@@ -128,8 +121,6 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def _csv(text: str | None, kind: type = str) -> tuple:
     if text is None:
         return (None,)
-    from resviz.train.config import parse_number
-
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise ValueError(f"empty list {text!r}: give comma-separated values")
@@ -137,11 +128,7 @@ def _csv(text: str | None, kind: type = str) -> tuple:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from resviz.io import make_folder
-    from resviz.ray_engine import dispatch
-    from resviz.sweep import format_summary, grid
-
-    base = _config_from_args(args, skip=("depth", "arch", "norm", "shortcut", "seed", "branch_init"))
+    base = _config_from_args(args, skip=GRID_FIELDS)
     configs = grid(base, depths=_csv(args.depths, int), archs=_csv(args.arch), norms=_csv(args.norm),
                    shortcuts=_csv(args.shortcut), seeds=_csv(args.seeds, int), branch_inits=_csv(args.branch_init))
     if args.workers is not None and args.workers < 1:
@@ -162,29 +149,11 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train a grid of runs (depth x arch x norm x shortcut x seed)",
                        description="Train every combination into OUT/<run id>/. Finished runs are skipped, cut "
                        "ones resumed, failed ones retried; a summary table prints at the end.")
-    p.add_argument("--depths", default=None, help="comma-separated depths 6n+2, e.g. 20,32,44,56")
-    p.add_argument("--arch", default=None, help="comma-separated: plain,resnet")
-    p.add_argument("--norm", default=None, help="comma-separated: batch,layer,group,none")
-    p.add_argument("--shortcut", default=None, help="comma-separated: A,B")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1")
-    p.add_argument("--branch-init", default=None, help="comma-separated: none,skipinit,rezero,fixup")
-    p.add_argument("--workers", type=int, default=None, help="runs at once, one process each (default 1)")
-    p.add_argument("--config", help="YAML or JSON file of TrainConfig keys shared by every run")
-    p.add_argument("--out", default="runs", help="folder that holds the run folders (default: runs)")
-    _add_config_options(p, skip=("depth", "arch", "norm", "shortcut", "seed", "branch_init"))
-    add_engine_options(p)  # --engine local|ray and Ray's placement options (Ray itself is imported only to run)
+    add_sweep_arguments(p, _add_config_options)  # the grid, TrainConfig's flags, the engine (--engine local|ray)
     p.set_defaults(func=_cmd_sweep)
 
 
-COMMANDS.extend([add_train, add_sweep])
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from resviz import export
-    from resviz.demo import run_demo
-
     formats = export.parse_formats(args.formats) if args.formats is not None else None  # before any training
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise NotADirectoryError(f"--out {args.out} is a file, not a folder; choose a folder for the demo's runs")
@@ -216,17 +185,12 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
-COMMANDS.append(add_demo)
-
-
 # ---------------------------------------------------------------------------------------------
 # evaluate (resviz.evaluate, resviz.pretrained, resviz.datasets)
 # ---------------------------------------------------------------------------------------------
 def _checked_device(args: argparse.Namespace):
     """The --device of `evaluate` and `lesion`, once --batch-size is checked; refuses --device cuda without CUDA
     before any loading."""
-    from resviz import datasets
-
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} must be a positive integer")
     return datasets.resolve_device(args.device)
@@ -234,8 +198,6 @@ def _checked_device(args: argparse.Namespace):
 
 def _load_split(args: argparse.Namespace):
     """(dataset, images, labels) of --dataset's --split."""
-    from resviz import datasets
-
     data = datasets.load(args.dataset, root=args.root, progress=not args.json)
     return (data, *data.split(args.split))
 
@@ -250,10 +212,6 @@ def _add_checkpoint_and_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from resviz.evaluate import evaluate, load_model_for_eval
-
     device = _checked_device(args)
     model, mean, std = load_model_for_eval(args.checkpoint)
     data, images, labels = _load_split(args)
@@ -281,16 +239,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
-COMMANDS.append(add_evaluate)
-
-
 # ---------------------------------------------------------------------------------------------
 # report (resviz.plots, resviz.export)
 # ---------------------------------------------------------------------------------------------
 def _cmd_report(args: argparse.Namespace) -> int:
-    from resviz import export
-    from resviz.report import write_report
-
     formats = export.parse_formats(args.formats) if args.formats is not None else None  # before any loading
     try:
         rep = write_report(args.runs, args.out, static=formats, step=args.step)
@@ -315,7 +267,7 @@ def add_report(sub: argparse._SubParsersAction) -> None:
         "curves, Fig. 7 response std, gradient flow, branch vs skip, signal propagation, layer x step heatmaps). "
         "PNG, SVG and PDF of each figure go to OUT/figures when Chrome/Chromium is found.",
     )
-    p.add_argument("runs", metavar="RUN_DIR_OR_GLOB", help="a run folder, a folder of runs, or a quoted glob")
+    _runs_arg(p)
     p.add_argument("--out", default="report", help="output folder (default: report)")
     p.add_argument("--formats", default=None,
                    help="figure files beside the page, comma-separated from html,png,svg,pdf; formats named here "
@@ -325,25 +277,16 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_report)
 
 
-COMMANDS.append(add_report)
-
-
 # ---------------------------------------------------------------------------------------------
 # invariance (resviz.analysis.invariance)
 # ---------------------------------------------------------------------------------------------
 def _cmd_invariance(args: argparse.Namespace) -> int:
-    import json
-
-    from resviz.analysis.invariance import NORMS, TRANSFORMATIONS, invariance_flags, invariance_grid, measure_invariance
-
     norms = _names(args.norms) if args.norms else NORMS
     transformations = _names(args.transformations) if args.transformations else TRANSFORMATIONS
     frame = measure_invariance(norms=norms, transformations=transformations, seed=args.seed)
     if args.json:
         print(json.dumps(invariance_flags(frame)))
         return 0
-    import pandas as pd
-
     with pd.option_context("display.width", 250, "display.max_columns", None):
         print(invariance_grid(frame).to_string())
     print("yes = invariant (change at float64 round-off); in brackets the largest change of the normalised "
@@ -369,19 +312,10 @@ def add_invariance(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_invariance)
 
 
-COMMANDS.append(add_invariance)
-
-
 # ---------------------------------------------------------------------------------------------
 # lesion (resviz.analysis.lesion)
 # ---------------------------------------------------------------------------------------------
 def _cmd_lesion(args: argparse.Namespace) -> int:
-    import torch
-
-    from resviz.analysis.lesion import check_ks, lesion_random, lesion_single, resolve_blocks
-    from resviz.evaluate import load_model_for_eval
-    from resviz.train.config import parse_number
-
     device = _checked_device(args)
     if args.draws < 1:
         raise ValueError(f"--draws {args.draws} must be at least 1")
@@ -411,10 +345,6 @@ def _cmd_lesion(args: argparse.Namespace) -> int:
 
 def _lesion_json(args: argparse.Namespace, labels, single, random) -> str:
     """`resviz lesion --json`: one line with the baseline, the per-block and the random results."""
-    import json
-
-    from resviz.analysis.lesion import summarise_random
-
     out = {
         "checkpoint": str(args.checkpoint),
         "n": int(len(labels)),
@@ -427,8 +357,6 @@ def _lesion_json(args: argparse.Namespace, labels, single, random) -> str:
 
 
 def _print_lesion(args: argparse.Namespace, data_name: str, labels, single, random) -> None:
-    from resviz.analysis.lesion import summarise_random
-
     print(f"{args.checkpoint} on {data_name} {args.split} ({len(labels):,} images): intact error "
           f"{100 * single.attrs['baseline_error']:.2f} %")
     table = single.assign(error=100 * single["error"], delta=100 * single["delta"])
@@ -461,8 +389,71 @@ def add_lesion(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_lesion)
 
 
-COMMANDS.append(add_lesion)
-COMMANDS.extend([add_export_tb, add_export_wandb])  # resviz.integrations.commands: optional libraries load lazily
+
+
+# ---------------------------------------------------------------------------------------------
+# export-tb / export-wandb (resviz.integrations.tensorboard, resviz.integrations.wandb)
+# ---------------------------------------------------------------------------------------------
+def _run_folders(pattern: str) -> list[Path]:
+    folders = runs.find_runs(pattern)
+    if not folders:
+        raise FileNotFoundError(f"no run folders in {pattern}: a run folder holds config.json")
+    return folders
+
+
+def _depth_steps_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--depth-steps", type=int, default=tensorboard.DEPTH_STEPS,
+                   help=f"recorded steps drawn as depth profiles (default {tensorboard.DEPTH_STEPS})")
+
+
+def _cmd_export_tb(args: argparse.Namespace) -> int:
+    for folder in _run_folders(args.runs):
+        print(tensorboard.export_run(folder, args.logdir, depth_steps=args.depth_steps))
+    print(f"view with: tensorboard --logdir {args.logdir}")
+    return 0
+
+
+def add_export_tb(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-tb",
+        help="write runs' statistics to a TensorBoard log dir (scalars per metric and layer, depth profiles)",
+        description="Write each run's table to LOGDIR/<run_id>/: scalars <metric>/<layer> against step, the "
+        "training log as train/*, depth profiles depth/<metric>/step<k> (x = layer index) and a CUSTOM SCALARS "
+        "layout with one chart per metric against step and one against depth. Needs resviz[tensorboard].",
+    )
+    _runs_arg(p)
+    p.add_argument("--logdir", default="tb", help="TensorBoard log dir (default: tb)")
+    _depth_steps_arg(p)
+    p.set_defaults(func=_cmd_export_tb)
+
+
+def _cmd_export_wandb(args: argparse.Namespace) -> int:
+    for folder in _run_folders(args.runs):
+        print(wandb.export_run(folder, project=args.project, entity=args.entity, mode=args.mode, dir=args.dir,
+                               depth_steps=args.depth_steps))
+    return 0
+
+
+def add_export_wandb(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-wandb",
+        help="log runs' statistics to Weights & Biases (per-layer scalars, depth-profile line plots and tables)",
+        description="Log each run as a W&B run named after it: <metric>/<layer> against resviz/step, the "
+        "training log as train/*, depth profiles as line plots depth/<metric> and tables depth_table/<metric>. "
+        "Needs resviz[wandb].",
+    )
+    _runs_arg(p)
+    p.add_argument("--project", default="resviz", help="W&B project (default: resviz)")
+    p.add_argument("--entity", default=None, help="W&B entity (default: yours)")
+    p.add_argument("--mode", default=None, choices=("online", "offline", "disabled"),
+                   help="W&B mode (default: $WANDB_MODE, else online); offline runs upload with `wandb sync`")
+    p.add_argument("--dir", default=None, help="folder for W&B's local files (default: ./wandb)")
+    _depth_steps_arg(p)
+    p.set_defaults(func=_cmd_export_wandb)
+
+
+COMMANDS = (add_train, add_sweep, add_demo, add_evaluate, add_report, add_invariance, add_lesion, add_export_tb,
+            add_export_wandb)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -482,8 +473,6 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
     parser = build_parser()
     args = parser.parse_args(argv)
     shown, warnings.showwarning = warnings.showwarning, _one_line_warning

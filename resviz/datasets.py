@@ -26,9 +26,13 @@ import tarfile
 import warnings
 import zlib
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from resviz.errors import UserError, first_line
 from resviz.io import atomic_torch_save
@@ -52,7 +56,6 @@ DECODE_CHUNK = 1000  # files read and decoded per step (one progress-bar update)
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """Train and test images as uint8 (N, 3, 32, 32), labels int64 (N,); mean/std per channel on 0..1 (train)."""
-
     name: str
     train_images: torch.Tensor  # (N, 3, 32, 32) uint8
     train_labels: torch.Tensor  # (N,) int64
@@ -186,7 +189,6 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 def _digits_fingerprint() -> str:
-    from importlib.metadata import version
 
     return f"sklearn-digits {version('scikit-learn')} repeat4x4 test={DIGITS_TEST} seed={DIGITS_SEED}"
 
@@ -374,7 +376,6 @@ def decode_images(paths, *, desc: str = "decoding", progress: bool = True) -> to
     """Decode image files to uint8 (N, 3, 32, 32): JPEGs in batches (libjpeg-turbo), others one by one;
     an image of another size is resized to 32x32 (bilinear, antialiased)."""
     from torchvision.io import ImageReadMode, decode_jpeg
-    from tqdm.auto import tqdm
 
     out = torch.empty((len(paths), 3, SIZE, SIZE), dtype=torch.uint8)
     with (
@@ -418,8 +419,6 @@ def _decode_one(path, data: torch.Tensor) -> torch.Tensor:
     except RuntimeError:
         pass
     try:
-        import numpy as np
-        from PIL import Image
 
         with Image.open(path) as im:
             return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()

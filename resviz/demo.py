@@ -8,9 +8,12 @@ error of plain-110 on CIFAR-10. The full CIFAR-10 version is `resviz sweep` on a
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from pathlib import Path
 
-from resviz.sweep import format_summary, grid, run_sweep, side_by_side_workers
+from resviz import runs
+from resviz.report import write_report
+from resviz.sweeps import format_summary, grid, run_sweep, side_by_side_workers
 from resviz.train import TrainConfig
 
 # Fair comparison: the same data, steps, batch, learning-rate schedule (with the paper's warm-up for every
@@ -37,14 +40,22 @@ NEXT_STEPS = "next: open {index} in a browser (depth and step sliders, no Jupyte
 def trained_only(runset, ids):
     """The runs of `runset` among `ids` that finished (status done): a run that could not be trained, or one
     of another sweep in the same folder, never reaches a figure."""
-    import dataclasses as dc
-
     done = set(map(str, ids)) & set(runset.status.loc[runset.status["status"].astype(str) == "done", "run_id"])
 
     def keep(frame):
         return frame[frame["run_id"].astype(str).isin(done).to_numpy()] if len(frame) else frame
 
-    return dc.replace(runset, metrics=keep(runset.metrics), stats=keep(runset.stats), status=keep(runset.status))
+    return dataclasses.replace(runset, metrics=keep(runset.metrics), stats=keep(runset.stats),
+                               status=keep(runset.status))
+
+
+def png_note(note: str, out: Path, report: Path) -> str:
+    """The report's "PNGs not written" line, ending in the exact command that writes them once a browser is
+    installed (from the finished runs: nothing is trained again)."""
+    if not note:
+        return note
+    command = f"resviz report {shlex.quote(str(out))} --out {shlex.quote(str(report))} --formats html,png"
+    return f"{note.partition('then rerun')[0].rstrip(', ')}, then `{command}` (nothing is trained again)"
 
 
 def run_demo(out: str | Path | None = None, *, smoke: bool = False, root: str = "data",
@@ -55,9 +66,6 @@ def run_demo(out: str | Path | None = None, *, smoke: bool = False, root: str = 
     `formats=None` adds a PNG of each figure when a browser is found and says in `note` why not
     otherwise; formats named explicitly (e.g. ("png",)) must be made: BrowserNotFoundError otherwise.
     """
-    from resviz import runs
-    from resviz.report import write_report
-
     out = Path(out if out is not None else (SMOKE_OUT if smoke else DEMO_OUT))
     configs = demo_configs(smoke, root)
     table = run_sweep(configs, out, workers=1 if smoke else side_by_side_workers(), progress=progress)
@@ -65,7 +73,9 @@ def run_demo(out: str | Path | None = None, *, smoke: bool = False, root: str = 
     if len(runset) == 0:
         raise ValueError(f"no demo run finished in {out}; see the table above for each run's reason")
     # PNG only unless asked: each static format costs a browser render per figure, and `make demo` has 5 minutes
-    rep = write_report(runset, Path(report) if report else out / "report", static=formats, auto_static=("png",))
+    report_dir = Path(report) if report else out / "report"
+    rep = write_report(runset, report_dir, static=formats, auto_static=("png",))
     text = format_summary(table)
-    return {"summary": table, "report": rep.index, "figures": rep.files, "note": rep.static_note, "text": text,
+    note = png_note(rep.static_note, out, report_dir)
+    return {"summary": table, "report": rep.index, "figures": rep.files, "note": note, "text": text,
             "next": NEXT_STEPS.format(index=rep.index)}

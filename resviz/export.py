@@ -14,8 +14,11 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import kaleido
 import plotly.graph_objects as go
 import plotly.io as pio
+from choreographer.browsers.chromium import Chromium
+from plotly.offline import get_plotlyjs
 
 from resviz.io import atomic_write_bytes
 
@@ -38,10 +41,6 @@ class BrowserNotFoundError(RuntimeError):
 
 def find_browser() -> str | None:
     """The Chrome/Chromium Kaleido would start (BROWSER_PATH first, then PATH and usual places), or None."""
-    try:
-        from choreographer.browsers.chromium import Chromium
-    except ImportError:  # pragma: no cover - choreographer comes with kaleido>=1
-        return None
     path = Chromium.find_browser(skip_local=False)
     return str(path) if path and Path(path).is_file() else None
 
@@ -99,8 +98,6 @@ def prepare_folder(folder: str | os.PathLike) -> Path:
 
 def plotlyjs_bytes() -> bytes:
     """plotly.js (minified) as shipped with the installed plotly: what every page of a folder loads."""
-    from plotly.offline import get_plotlyjs
-
     return get_plotlyjs().encode()
 
 
@@ -133,7 +130,6 @@ def _run_in_thread(coro_fn):
 def render_static(jobs: list[tuple[dict, str]], *, width: int | None = None, height: int | None = None,
                   scale: float = 1.0) -> list[bytes]:
     """Render (figure dict, format) jobs in ONE headless browser; returns the image bytes in order."""
-    import kaleido
 
     def opts(fig: dict, fmt: str) -> dict:
         layout = fig.get("layout", {})

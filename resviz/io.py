@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -57,7 +59,6 @@ def atomic_write_parquet(path: str | os.PathLike, df) -> Path:
 
 
 def atomic_torch_save(path: str | os.PathLike, obj) -> Path:
-    import torch  # here, so that writing JSON or bytes does not need torch
 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 

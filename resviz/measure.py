@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from resviz import schema
-from resviz.analysis.modes import eval_mode
 from resviz.evaluate import evaluate
 from resviz.loader import DeviceLoader
+from resviz.models import unwrap
+from resviz.modes import eval_mode
+from resviz.probes import Recorder
 
 HELDOUT_IMAGES = 256  # test images per held-out batch (one forward pass)
 CLEAN_TRAIN_IMAGES = 1_000  # training images per clean-error measurement
@@ -49,10 +51,8 @@ def _model_device(model: nn.Module) -> torch.device:
 def _unhooked(model: nn.Module) -> nn.Module:
     """`model` itself, or, when another Recorder holds its modules (the training loop's), a copy with no hooks:
     same weights and running statistics, so the same outputs, and the training Recorder is left alone."""
-    from resviz.probes.recorder import _ACTIVE, _unwrap
-
-    root = _unwrap(model)
-    if not any(m in _ACTIVE for m in root.modules()):
+    root = unwrap(model)
+    if not Recorder.hooked(root):
         return root
     twin = copy.deepcopy(root)
     for m in twin.modules():
@@ -87,8 +87,6 @@ def heldout_response_std(
     The rows are the Recorder's `response_std` (the same reduction: pooled std over N, C, H, W of each norm
     layer's output) renamed, stamped with `step` / `epoch` and `run_info` (Recorder keys: run_id, seed, ...).
     """
-    from resviz.probes import Recorder
-
     if images_u8.ndim != 4 or len(images_u8) < 2:
         raise ValueError(f"images_u8 must be a batch (N >= 2, 3, H, W), got shape {tuple(images_u8.shape)}; "
                          f"pass e.g. test_images[fixed_subset(len(test_images), {HELDOUT_IMAGES})]")

@@ -13,6 +13,7 @@ Each block carries identity probe points for the Recorder:
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -299,6 +300,48 @@ def is_resviz_model(model: nn.Module) -> bool:
     return isinstance(getattr(model, "spec", None), ModelSpec)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside torch.compile's and (Distributed)DataParallel's wrappers: the one whose submodules are
+    named as the user built them (and get the Recorder's hooks)."""
+    while True:
+        dynamo = sys.modules.get("torch._dynamo")  # loaded if anything was compiled; importing it takes seconds
+        if dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def model_identity(model: nn.Module) -> dict:
+    """What a model is, for the run metadata of its rows and its run folder's config.json:
+
+    arch, depth, norm, shortcut   a resviz model's spec; other models: the class name, -1, "unknown", "unknown"
+    model, family                 resviz's spec ("resnet20", "resviz"), timm's pretrained_cfg architecture
+                                  ("convnext_atto", "timm convnext"), a Hugging Face config's name or model_type
+                                  ("gpt2", "hf gpt2"), torchvision's module ("torchvision resnet"), else the class
+                                  name and its top-level package
+    """
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, ModelSpec):
+        return {"arch": str(spec.arch), "depth": int(spec.depth), "norm": str(spec.norm),
+                "shortcut": str(spec.shortcut), "model": f"{spec.arch}{spec.depth}", "family": "resviz"}
+    info = {"arch": type(model).__name__, "depth": -1, "norm": "unknown", "shortcut": "unknown"}
+    module, leaf = type(model).__module__, type(model).__module__.rpartition(".")[2]
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if module.startswith("transformers.") and isinstance(model_type, str):
+        name, family = str(getattr(config, "_name_or_path", "") or model_type), f"hf {model_type}"
+    elif module.startswith("timm.") and isinstance(cfg, dict) and cfg.get("architecture"):
+        name, family = str(cfg["architecture"]), f"timm {leaf}"
+    elif module.startswith("torchvision."):
+        name, family = type(model).__name__, f"torchvision {leaf}"
+    else:
+        name, family = type(model).__name__, module.partition(".")[0]
+    return {**info, "model": name, "family": family}
+
+
 __all__ = [
     "BRANCH_INITS",
     "NORMS",
@@ -317,5 +360,7 @@ __all__ = [
     "is_resviz_model",
     "iter_blocks",
     "make_norm",
+    "model_identity",
+    "unwrap",
 ]
 

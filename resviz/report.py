@@ -5,7 +5,7 @@ DIR/index.html loads DIR/plotly.min.js (written once, beside it; never a CDN) an
 - a header saying what was run: data sets, steps, seeds, runs and their status, package versions;
 - the explorer: any recorded metric against depth, with a metric menu, a depth slider (stepping through the
   depths, or models, present), a training-step slider and a sort toggle. Its data (every run's (steps, layers)
-  array per metric, `widgets.series.pivot`) sits in the page as JSON; a small script of ours redraws it with
+  array per metric, `plots.series.pivot`) sits in the page as JSON; a small script of ours redraws it with
   `Plotly.react`, so the sliders work in any browser with no Jupyter and no server;
 - every standard figure (`plots.standard_figures`), interactive (hover names the layer, zoom, pan), each with
   links to its PNG / SVG / PDF in DIR/figures when a browser could render them (`export.export`).
@@ -26,10 +26,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from resviz import export, plots
+from resviz import export, plots, runs
 from resviz.io import atomic_write_bytes, read_json
-from resviz.plots.style import REFERENCE
-from resviz.schema import METRIC_TABLE, METRICS
+from resviz.plots.selection import Run
+from resviz.plots.series import pivot
+from resviz.plots.style import DASHES, REFERENCE, STEP_AXIS, arch_name, axis_title, short_title, x_title
+from resviz.schema import LOG_METRICS, METRIC_TABLE, METRICS
 
 STATIC_DEFAULT = ("png", "svg", "pdf")
 # How each figure was measured (the page adds data, seeds and steps); keyed by figure name or its prefix.
@@ -81,12 +83,12 @@ def thinned(n: int, most: int = MAX_STEPS) -> np.ndarray:
     return np.arange(n) if n <= most else np.unique(np.linspace(0, n - 1, most).round().astype(np.int64))
 
 
-def model_group(run: plots.Run, model: str = "", family: str = "") -> str:
+def model_group(run: Run, model: str = "", family: str = "") -> str:
     """The depth slider's stop of a run: its depth for a resviz 6n+2 net, else its model's name (a timm or HF
     model, or any model the Recorder saw), so the slider steps through the models present."""
     if run.depth > 0 and family in ("", "resviz", "nan", "None"):
         return str(run.depth)
-    return model if model not in ("", "nan", "None") else plots.arch_name(run.arch)
+    return model if model not in ("", "nan", "None") else arch_name(run.arch)
 
 
 def _models(stats: pd.DataFrame) -> dict[str, tuple[str, str]]:
@@ -104,14 +106,12 @@ def _group_order(labels) -> list[str]:
 
 def explorer_data(stats: pd.DataFrame) -> dict:
     """Everything the page's explorer draws: metrics (words from schema.METRIC_TABLE), depth stops, series."""
-    from resviz.widgets.series import pivot
-
     data = pivot(stats)
     if not data:
         raise ValueError("the runs have no per-layer statistics to explore; record some with resviz train")
     order = [m for m in METRICS if m in data] + sorted(set(data) - set(METRICS))
-    metrics = [dict(name=m, title=plots.short_title(m), axis=plots.axis_title(m), log=m in plots.LOG_METRICS,
-                    x=plots.x_title(m), ref=REFERENCE.get(m),
+    metrics = [dict(name=m, title=short_title(m), axis=axis_title(m), log=m in LOG_METRICS,
+                    x=x_title(m), ref=REFERENCE.get(m),
                     meaning=METRIC_TABLE[m].meaning if m in METRIC_TABLE else m) for m in order]
     series, models = [], _models(stats)
     for m in order:
@@ -121,13 +121,13 @@ def explorer_data(stats: pd.DataFrame) -> dict:
             series.append(dict(
                 metric=m, group=model_group(s.run, *models.get(s.run.run_id, ("", ""))),
                 name=s.run.label + (f" · {s.part}" if s.part else ""),
-                color=s.run.color, dash=plots.DASHES[s.part_no % len(plots.DASHES)],
+                color=s.run.color, dash=DASHES[s.part_no % len(DASHES)],
                 steps=[int(v) for v in s.steps], x=[int(v) for v in s.layer_index],
                 layer=[str(v) for v in s.layer], y=_rounded(s.values)))
     groups = _group_order(d["group"] for d in series)
     template = pio.templates["plotly_white"].to_plotly_json()  # the figures' look, resolved (plotly.js has no names)
     first = next((m for m in ("response_std_eval", "response_std") if m in data), order[0])  # Fig. 7, eval if recorded
-    return dict(metrics=metrics, groups=groups, series=series, step_axis=plots.STEP_AXIS, template=template,
+    return dict(metrics=metrics, groups=groups, series=series, step_axis=STEP_AXIS, template=template,
                 first=first)
 
 
@@ -339,8 +339,6 @@ def write_report(runs_or_path, out: str | os.PathLike, *, static: tuple[str, ...
     `static=None` writes `auto_static` (PNG, SVG and PDF) when a browser is found and says in
     `Report.static_note` why not otherwise; formats named explicitly must be made (BrowserNotFoundError otherwise).
     """
-    from resviz import runs
-
     runset = runs.load(runs_or_path) if isinstance(runs_or_path, (str, os.PathLike, list)) else runs_or_path
     if len(runset) == 0:
         raise FileNotFoundError(f"no run folders in {runs_or_path}: a run folder holds config.json "

@@ -1,23 +1,11 @@
-"""Run folders on disk: atomic writes, status, and loading many runs at once.
+"""Reading run folders: many at once (`load` -> `RunSet`), and a summary row per run (`summary`).
 
-    runs/<run_id>/config.json      the TrainConfig (+ versions), written once
-                  status.json      running | done | diverged | failed | interrupted, with a reason
-                  metrics.parquet  per-step training log (schema.TRAIN_COLUMNS)
-                  stats.parquet    the Recorder's tidy table (schema.STATS_COLUMNS)
-                  checkpoint.pt    model, optimiser, step, seconds, warm-up end: what a resume needs (no
-                                   RNG state: batches are a pure function of (seed, step))
-
-Every file is written atomically by `resviz.io` (re-exported here as `atomic_write_json`, ...), so a reader
-(or a run killed with SIGKILL mid-write) sees the old file or the new one, never half.
+The folder's layout, its writer, status and lock are `resviz.runfolder`; this module only reads.
 """
 from __future__ import annotations
 
-import contextlib
 import glob as globlib
-import json
 import os
-import socket
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,119 +13,14 @@ from pathlib import Path
 import pandas as pd
 
 from resviz import schema
-from resviz.errors import RunBusy
-from resviz.io import (  # noqa: F401 - re-exported: runs.atomic_write_json etc. are public names
-    atomic_torch_save,
-    atomic_write,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_parquet,
-    read_json,
-)
+from resviz.runfolder import CONFIG_FILE, METRICS_FILE, STATS_FILE, is_run_folder, read_config, read_status, read_table
+from resviz.schema import META_COLUMNS
 
-STATUSES = ("running", "done", "diverged", "failed", "interrupted")
-FINISHED = ("done", "diverged")  # a sweep does not run these again
-# The metadata that names a run in every table (the Recorder's run_info, the stats and metrics rows), with
-# its Python type: the one list of these keys.
-RUN_INFO_KEYS: dict[str, type] = {k: str if kind == "str" else int for k, kind in schema.RUN_COLUMNS.items()}
-META_COLUMNS = tuple(k for k in RUN_INFO_KEYS if k != "run_id")  # what a run's config.json gives its rows
 SUMMARY_COLUMNS = ("run", "status", "step", "train_error", "test_error", "seconds", "reason")  # one row a run
-LOCK_FILE = ".lock"  # in the run folder: flock'ed by the process that owns the run, holding its pid
 
 
 class RunSkipped(UserWarning):
     """A damaged run left out of a RunSet (`load`); the message names the file and what is wrong with it."""
-
-
-# ------------------------------------------------------------------------------ status
-def write_status(folder: str | os.PathLike, status: str, reason: str = "", **extra) -> dict:
-    if status not in STATUSES:
-        raise ValueError(f"status={status!r} is unknown; use one of {', '.join(STATUSES)}")
-    record = {"status": status, "reason": reason, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
-    if "pid" in extra:
-        record["host"] = socket.gethostname()  # a pid means something only on its own machine
-    atomic_write_json(Path(folder) / "status.json", record)
-    return record
-
-
-def read_status(folder: str | os.PathLike) -> dict:
-    """The run's status record; a folder with a config but no status is reported as 'running' at step 0."""
-    folder = Path(folder)
-    try:
-        record = read_json(folder / "status.json")
-    except FileNotFoundError:
-        return {"status": "running", "reason": "no status.json yet", "step": 0}
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # not from our atomic writes: a hand edit
-        return {"status": "failed", "reason": f"unreadable {folder / 'status.json'}: {err}"}
-    if not isinstance(record, dict) or record.get("status") not in STATUSES:
-        return {"status": "failed", "reason": f"{folder / 'status.json'} is not a run status; delete it to resume"}
-    if record["status"] == "running" and _dead(record.get("pid"), record.get("host")):
-        return {**record, "status": "interrupted",
-                "reason": f"the process that ran it (pid {record['pid']}) is gone; run the command again to resume"}
-    return record
-
-
-def _dead(pid, host) -> bool:
-    """Whether the process `pid` on this machine is gone (a pid from another machine, or none: unknown)."""
-    if not isinstance(pid, int) or pid <= 0 or (host is not None and host != socket.gethostname()):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
-def read_config(folder: str | os.PathLike) -> dict:
-    """A run folder's config.json as a dict, or a ValueError naming the file and the fix."""
-    path = Path(folder) / "config.json"
-    try:
-        config = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); restore it or delete the run folder") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a folder, not a file; delete the run folder") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} holds a {type(config).__name__}, not a run config; restore it or delete the run "
-                         "folder")
-    return config
-
-
-@contextlib.contextmanager
-def run_lock(folder: str | os.PathLike):
-    """Own the run folder for the `with` block: an OS lock (flock) on `folder/.lock`, released when the block
-    ends or the process dies (so a stale lock of a killed process is simply taken over). Another live holder:
-    `RunBusy` naming the folder and its pid, before anything in the folder is touched."""
-    import fcntl
-
-    folder = Path(folder)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            raise RunBusy(f"run folder {folder} is in use by process {holder if holder else '(unknown pid)'}; "
-                          "wait for it to finish or stop it (a second writer would overwrite its files)",
-                          holder) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield folder
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _lock_holder(fd: int) -> int | None:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip())
-    except (ValueError, OSError):
-        return None
-
-
-def is_run_folder(folder: str | os.PathLike) -> bool:
-    return (Path(folder) / "config.json").is_file()
 
 
 # ------------------------------------------------------------------------------ loading many runs
@@ -169,7 +52,7 @@ def find_runs(path_or_glob: str | os.PathLike | list) -> list[Path]:
         if is_run_folder(c):
             found.append(c)
         elif c.is_dir():
-            found.extend(sorted(p.parent for p in c.rglob("config.json")))
+            found.extend(sorted(p.parent for p in c.rglob(CONFIG_FILE)))
     return sorted(set(found))
 
 
@@ -189,9 +72,9 @@ def load_run(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, dic
     config = read_config(folder)
     run_id = config.get("run_id", folder.name)
     meta = _meta(config)
-    metrics = read_table(folder / "metrics.parquet", schema.empty_train)
+    metrics = read_table(folder / METRICS_FILE, schema.empty_train)
     metrics = metrics.assign(**{k: v for k, v in meta.items()})
-    stats = read_table(folder / "stats.parquet", schema.empty)
+    stats = read_table(folder / STATS_FILE, schema.empty)
     status = read_status(folder)
     row = {
         "run_id": run_id,
@@ -230,17 +113,6 @@ def load(path_or_glob: str | os.PathLike | list) -> RunSet:
         stats=schema.concat(stats),
         status=pd.DataFrame(rows, columns=status_cols),
     )
-
-
-def read_table(path: Path, empty) -> pd.DataFrame:
-    """A run's parquet table (`empty()` when absent), or a ValueError naming the damaged file."""
-    if not path.exists():
-        return empty()
-    try:
-        return pd.read_parquet(path)
-    except Exception as err:  # noqa: BLE001 - pyarrow raises several types; the file is what the user fixes
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} cannot be read ({text}); delete it or the run folder") from None
 
 
 def _damage(folder: Path, err: Exception) -> str:

@@ -30,6 +30,9 @@ STATS_COLUMNS: dict[str, str] = {
 
 # The run metadata columns: what identifies a run in every row (the Recorder's run_info keys).
 RUN_COLUMNS: dict[str, str] = {c: STATS_COLUMNS[c] for c in ("run_id", "arch", "depth", "norm", "shortcut", "seed")}
+# The same keys with their Python type: what the Recorder's run_info may set and a run's rows carry.
+RUN_INFO_KEYS: dict[str, type] = {k: str if kind == "str" else int for k, kind in RUN_COLUMNS.items()}
+META_COLUMNS = tuple(k for k in RUN_INFO_KEYS if k != "run_id")  # what a run's config.json gives its rows
 
 # The model a row was measured on, beside the run columns: the Recorder always writes them (after the stats
 # columns); tables written before them, or built by hand, may lack them (`concat` fills in "unknown").

@@ -22,6 +22,7 @@ from torch import nn
 
 from resviz import datasets
 from resviz.errors import UserError
+from resviz.modes import train_mode
 from resviz.probes import Recorder
 
 
@@ -86,8 +87,7 @@ def byte_batches(corpus: torch.Tensor, window: int, batch: int, seed: int):
 def _train(name: str, model: nn.Module, batches, loss_fn, steps: int, every: int, lr: float, seed: int):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     losses = []
-    model.train()
-    with Recorder(model, every=every, run_info={"run_id": name, "seed": seed}) as rec:
+    with train_mode(model), Recorder(model, every=every, run_info={"run_id": name, "seed": seed}) as rec:
         for step in range(steps):
             x, y = next(batches)
             loss = loss_fn(model, x, y)

@@ -81,3 +81,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> str:
+    """A data folder per test module (the built-in digits are cached there once)."""
+    return str(tmp_path_factory.mktemp("data"))

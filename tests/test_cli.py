@@ -14,13 +14,13 @@ from resviz import cli
 from resviz.cli import build_parser, main
 from resviz.errors import UserError
 from resviz.train import TrainConfig
-from tiny_training import cli as run_cli  # the command line in a subprocess
-from tiny_training import data_root  # noqa: F401 - a fixture
+from helpers import cli as run_cli  # the command line in a subprocess
 
 
 def test_parser_has_every_command_and_every_config_flag(capsys):
     parser = build_parser()
-    for command in ("train", "sweep", "demo", "evaluate", "report", "invariance", "lesion"):
+    commands = ("train", "sweep", "demo", "evaluate", "report", "invariance", "lesion", "export-tb", "export-wandb")
+    for command in commands:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([command, "--help"])
         assert exit_info.value.code == 0
@@ -34,23 +34,27 @@ def test_parser_has_every_command_and_every_config_flag(capsys):
     assert exit_info.value.code == 2
 
 
-def test_flags_become_a_typed_config(tmp_path):
+def test_flags_override_the_config_file_typed(tmp_path, data_root):
     cfg = tmp_path / "base.json"
-    cfg.write_text(json.dumps({"depth": 14, "lr": 0.05, "milestones": [3, 4]}))
-    args = build_parser().parse_args(["train", "--config", str(cfg), "--steps", "100", "--milestones", "50, 75",
-                                      "--branch-init", "none", "--train-subset", "64", "--no-augment",
-                                      "--record-metrics", "response_std,grad_norm", "--lr", "1e-2"])
-    config = cli._config_from_args(args)
-    assert config == TrainConfig(depth=14, lr=0.01, steps=100, milestones=(50, 75), branch_init=None,
-                                 train_subset=64, augment=False, record_metrics=("response_std", "grad_norm"))
+    cfg.write_text(json.dumps({"dataset": "digits", "root": data_root, "depth": 14, "width": 4, "lr": 0.05,
+                               "milestones": [3, 4], "batch_size": 32, "log_every": 2, "eval_every": 4,
+                               "checkpoint_every": 4, "progress": False}))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--steps", "4", "--milestones",
+                 "2, 3", "--branch-init", "none", "--train-subset", "64", "--no-augment", "--record-metrics",
+                 "response_std,grad_norm", "--lr", "1e-2", "--depth", "8"]) == 0
+    (written,) = (tmp_path / "r").glob("*/config.json")
+    saved = {k: v for k, v in json.loads(written.read_text()).items() if k not in ("versions", "run_id")}
+    assert TrainConfig.from_dict(saved) == TrainConfig(
+        dataset="digits", root=data_root, depth=8, width=4, lr=0.01, steps=4, milestones=(2, 3), batch_size=32,
+        log_every=2, eval_every=4, checkpoint_every=4, progress=False, branch_init=None, train_subset=64,
+        augment=False, record_metrics=("response_std", "grad_norm"))
 
 
-def test_sweep_lists_are_checked():
-    with pytest.raises(ValueError, match="empty list ','"):
-        cli._csv(",")
-    with pytest.raises(ValueError, match="--list='x' must be an integer"):
-        cli._csv("8,x", int)
-    assert cli._csv("8, 14", int) == (8, 14) and cli._csv(None) == (None,)
+def test_sweep_lists_are_checked(capsys):
+    assert main(["sweep", "--depths", ","]) == 2
+    assert "resviz: error: empty list ','" in capsys.readouterr().err
+    assert main(["sweep", "--depths", "8,x"]) == 2
+    assert "resviz: error: --list='x' must be an integer" in capsys.readouterr().err
 
 
 def test_cli_train_and_sweep_summary(tmp_path, data_root):
@@ -113,19 +117,17 @@ def test_a_download_failure_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, data_root, monkeypatch, capsys):
-    import resviz.train
-
     def fail(config, out, run_id=None):
         raise UserError("the fix is named here\nsecond line")
 
-    monkeypatch.setattr(resviz.train, "train", fail)
+    monkeypatch.setattr(cli, "train", fail)  # the function `resviz train` calls
     assert main(["train", "--dataset", "digits", "--root", data_root, "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "resviz: error: the fix is named here\n"
 
     def bug(config, out, run_id=None):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(resviz.train, "train", bug)
+    monkeypatch.setattr(cli, "train", bug)
     with pytest.raises(RuntimeError, match="illegal memory access"):  # not turned into exit 2
         main(["train", "--dataset", "digits", "--root", data_root, "--out", str(tmp_path)])
 

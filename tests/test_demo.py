@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
-from resviz import runs, schema
+from resviz import export, runfolder, runs, schema
 from resviz.demo import DEMO, DEMO_DEPTHS, DEMO_OUT, SMOKE_OUT, demo_configs, trained_only
 
 
@@ -48,6 +50,16 @@ def test_demo_smoke_without_a_browser_exits_0_and_writes_the_report(tmp_path):
     assert sorted(p.name for p in (out / "report").rglob("*.*")) == ["index.html", "plotly.min.js"]
     skipped = [line for line in r.stdout.splitlines() if "not written" in line]
     assert len(skipped) == 1 and "apt-get install chromium" in skipped[0]
+    # the line ends in the exact command that writes the PNGs once a browser is there (issue 24: it said "rerun
+    # resviz report" with no arguments); typed as printed, with a browser it writes them from the finished runs
+    command = re.search(r"then `(resviz report [^`]+)` \(nothing is trained again\)$", skipped[0]).group(1)
+    assert command == f"resviz report {SMOKE_OUT} --out {SMOKE_OUT}/report --formats html,png"
+    if export.find_browser() is not None:
+        argv = [str(Path(sys.executable).with_name("resviz")), *shlex.split(command)[1:]]
+        typed = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert typed.returncode == 0, typed.stderr
+        assert sorted((out / "report" / "figures").glob("*.png")), typed.stdout
     assert r.stdout.strip().splitlines()[-1] == (
         f"next: open {index.relative_to(tmp_path)} in a browser (depth and step sliders, no Jupyter needed), "
         "or `jupyter lab notebooks/`")
@@ -62,6 +74,6 @@ def test_only_finished_runs_of_the_demo_reach_the_report(tmp_path):
     for rid, status in (("a", "done"), ("b", "failed"), ("c", "done")):
         (folder / rid).mkdir(parents=True)
         (folder / rid / "config.json").write_text(json.dumps({"run_id": rid, "arch": "plain", "depth": 8}))
-        runs.write_status(folder / rid, status)
+        runfolder.write_status(folder / rid, status)
     kept = trained_only(runs.load(folder), ["a", "b"])  # c: another sweep's run in the same folder
     assert list(kept.status["run_id"]) == ["a"]

@@ -9,8 +9,8 @@ import struct
 import plotly.io as pio
 import pytest
 
-import synthetic
-from resviz import cli, export, plots, runs
+from resviz import synthetic
+from resviz import cli, export, io, plots, runfolder
 
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<svg", "pdf": b"%PDF-"}
 needs_browser = pytest.mark.skipif(export.find_browser() is None, reason="no Chrome/Chromium (apt-get install chromium)")
@@ -115,12 +115,12 @@ def test_no_browser_still_writes_html(figs, tmp_path, monkeypatch):
 def write_run(root, run_id, arch, depth, steps=(0, 100)):
     run = synthetic.SyntheticRun(arch, depth, run_id=run_id)
     folder = root / run_id
-    runs.atomic_write_json(folder / "config.json", {"run_id": run_id, "arch": arch, "depth": depth, "norm": "batch",
+    io.atomic_write_json(folder / "config.json", {"run_id": run_id, "arch": arch, "depth": depth, "norm": "batch",
                                                     "shortcut": "A", "seed": 0, "steps": 100})
-    runs.write_status(folder, "done")
-    runs.atomic_write_parquet(folder / "stats.parquet", synthetic.stats_frame([run], steps=steps))
+    runfolder.write_status(folder, "done")
+    io.atomic_write_parquet(folder / "stats.parquet", synthetic.stats_frame([run], steps=steps))
     train = synthetic.train_frame([run], steps=steps, eval_every=100)
-    runs.atomic_write_parquet(folder / "metrics.parquet", train.drop(columns=["arch", "depth", "norm", "shortcut", "seed"]))
+    io.atomic_write_parquet(folder / "metrics.parquet", train.drop(columns=["arch", "depth", "norm", "shortcut", "seed"]))
 
 
 def test_report_command_html(tmp_path, capsys):

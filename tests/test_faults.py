@@ -19,11 +19,12 @@ import pandas as pd
 import pytest
 import torch
 
-from resviz import runs, sweep
+from resviz import runfolder, runs, sweeps
+from resviz.sweeps import common as sweeps_common
 from resviz.cli import main
 from resviz.errors import Interrupted
 from resviz.train import train
-from tiny_training import TINY, cli, data_root, tiny  # noqa: F401 - data_root is a fixture
+from helpers import TINY, cli, tiny
 
 TIMING = ["seconds", "images_per_s"]  # wall-clock columns: differ between any two runs
 STEPS = dict(steps=40, log_every=10, eval_every=20, checkpoint_every=20, record_every=5)
@@ -58,7 +59,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(ma, mb, check_exact=True)
     pd.testing.assert_frame_equal(pd.read_parquet(a / "stats.parquet"), pd.read_parquet(b / "stats.parquet"),
                                   check_exact=True)
-    assert runs.read_status(b)["status"] == "done"
+    assert runfolder.read_status(b)["status"] == "done"
 
 
 class _SignalAt:
@@ -112,7 +113,7 @@ def test_signal_in_any_phase_resumes_exactly(tmp_path, data_root, reference, pha
         train(config, tmp_path)
     assert hook.calls >= nth
     folder = tmp_path / config.run_id
-    status = runs.read_status(folder)
+    status = runfolder.read_status(folder)
     assert status["status"] == "interrupted" and 0 < status["step"] < config.steps
     if times == 1:
         assert isinstance(caught.value, Interrupted) and caught.value.signum == signum
@@ -148,7 +149,7 @@ def _wait_running(folder: Path, proc, min_step: int = 0, timeout: float = 90) ->
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if (folder / "status.json").exists():
-            status = runs.read_status(folder)
+            status = runfolder.read_status(folder)
             if status["status"] == "running" and status.get("step", 0) >= min_step and "pid" in status:
                 return status
         time.sleep(0.05)
@@ -169,7 +170,7 @@ def test_sigterm_saves_and_exits_143_and_a_second_writer_is_refused(tmp_path, da
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "SIGTERM" in err
-    status = runs.read_status(folder)
+    status = runfolder.read_status(folder)
     assert status["status"] == "interrupted" and status["step"] > 0
     assert torch.load(folder / "checkpoint.pt", weights_only=False)["step"] == status["step"]
 
@@ -180,11 +181,11 @@ def test_kill_9_leaves_no_running_status_and_a_lock_that_is_taken_over(tmp_path,
     _wait_running(folder, proc)
     proc.kill()
     proc.wait()
-    assert runs.read_status(folder)["status"] == "interrupted"
-    assert "is gone" in runs.read_status(folder)["reason"]
+    assert runfolder.read_status(folder)["status"] == "interrupted"
+    assert "is gone" in runfolder.read_status(folder)["reason"]
     assert runs.load(tmp_path).status["status"].tolist() == ["interrupted"]  # what the dashboard and report read
-    with runs.run_lock(folder):  # the dead holder's lock is taken over
-        assert (folder / runs.LOCK_FILE).read_text().strip() == str(os.getpid())
+    with runfolder.run_lock(folder):  # the dead holder's lock is taken over
+        assert (folder / runfolder.LOCK_FILE).read_text().strip() == str(os.getpid())
 
 
 def test_sweep_skips_a_run_another_process_holds(tmp_path, data_root):
@@ -193,16 +194,16 @@ def test_sweep_skips_a_run_another_process_holds(tmp_path, data_root):
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
                                "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
                                "os.write(fd, str(os.getpid()).encode()); print('held', flush=True); time.sleep(60)",
-                               str(tmp_path / config.run_id / runs.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+                               str(tmp_path / config.run_id / runfolder.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        table = sweep.run_sweep([config], tmp_path, progress=False)
+        table = sweeps.run_sweep([config], tmp_path, progress=False)
     finally:
         holder.kill()
         holder.wait()
     assert table["status"].tolist() == ["busy"] and str(holder.pid) in table["reason"].iloc[0]
     assert not (tmp_path / config.run_id / "config.json").exists()  # nothing touched
-    assert sweep.run_one(config.to_dict(), tmp_path)["status"] == "done"  # the lock of the dead holder is free
+    assert sweeps_common.run_one(config.to_dict(), tmp_path)["status"] == "done"  # the lock of the dead holder is free
 
 
 def _alive(pid: int) -> bool:
@@ -231,7 +232,7 @@ def test_sweep_workers_die_with_their_parent(tmp_path, data_root):
         time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "workers outlived their parent"
     for f in folders:  # they saved themselves on the way out (SIGTERM) or are reported interrupted (pid gone)
-        assert runs.read_status(f)["status"] == "interrupted"
+        assert runfolder.read_status(f)["status"] == "interrupted"
 
 
 # ------------------------------------------------------------------------ validation before the first byte
@@ -252,14 +253,14 @@ def test_bad_values_refused_before_anything_is_written(tmp_path, data_root, caps
 
 
 def test_lesion_random_k_checked_before_the_per_block_lesion(tmp_path, data_root, capsys, monkeypatch):
-    import resviz.analysis.lesion as lesion
+    import resviz.cli
 
     folder = train(tiny(data_root, steps=10), tmp_path).folder
 
     def never(*a, **k):
         raise AssertionError("the per-block lesion ran before --random-k was checked")
 
-    monkeypatch.setattr(lesion, "lesion_single", never)
+    monkeypatch.setattr(resviz.cli, "lesion_single", never)  # what `resviz lesion` calls
     code = main(["lesion", "--checkpoint", str(folder), "--dataset", "digits", "--root", data_root,
                  "--random-k", "100", "--json"])
     assert code == 2 and "k=100 blocks cannot be removed" in capsys.readouterr().err
@@ -306,7 +307,7 @@ def test_one_corrupt_table_skips_that_run_only(tmp_path, data_root):
 def test_status_json_hand_edited(tmp_path, data_root):
     folder = train(tiny(data_root, steps=10), tmp_path).folder
     (folder / "status.json").write_text("[]")
-    assert runs.read_status(folder)["status"] == "failed" and "status.json" in runs.read_status(folder)["reason"]
+    assert runfolder.read_status(folder)["status"] == "failed" and "status.json" in runfolder.read_status(folder)["reason"]
 
 
 def test_empty_image_file_is_named(tmp_path):
@@ -340,14 +341,14 @@ def test_checkpoint_of_another_depth_is_named(tmp_path, data_root):
 # ------------------------------------------------------------------------ what a user reads
 def test_sweep_summary_shows_each_reason_whole_once():
     reason = "cifar10 is not available offline: " + "x" * 80 + " put the file here: data/cifar-10-python.tar.gz"
-    table = sweep.summary_table([
+    table = sweeps_common.summary_table([
         {"run": "a", "status": "failed", "step": -1, "train_error": float("nan"), "test_error": float("nan"),
          "seconds": float("nan"), "reason": reason},
         {"run": "b", "status": "failed", "step": -1, "train_error": float("nan"), "test_error": float("nan"),
          "seconds": float("nan"), "reason": reason},
         {"run": "c", "status": "done", "step": 10, "train_error": 0.1, "test_error": 0.2, "seconds": 3.0,
          "reason": ""}])
-    text = sweep.format_summary(table)
+    text = sweeps.format_summary(table)
     assert text.count(reason) == 1 and "[1] a, b:" in text
 
 
@@ -377,7 +378,7 @@ def test_signal_before_the_first_step_resumes_exactly(tmp_path, data_root, refer
         train(config, tmp_path)
     assert hook.calls >= 1
     folder = tmp_path / config.run_id
-    status = runs.read_status(folder)
+    status = runfolder.read_status(folder)
     assert status["status"] == "interrupted" and status["step"] == 0
     assert train(config, tmp_path).status == "done"
     assert_same_run(reference, folder)

@@ -2,7 +2,6 @@
 the export commands; and `import resviz` imports none of the optional libraries."""
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -19,8 +18,7 @@ pytest.importorskip("wandb")
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from resviz import runs  # noqa: E402
-from resviz.integrations import commands  # noqa: E402
+from resviz import cli, runs  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
 OPTIONAL = ("lightning", "pytorch_lightning", "transformers", "accelerate", "tensorboard", "wandb", "timm")
@@ -53,7 +51,7 @@ def docs_run(tmp_path_factory):
 
 
 def test_import_resviz_imports_no_optional_library():
-    code = ("import sys, resviz, resviz.integrations, resviz.integrations.commands; "
+    code = ("import sys, resviz, resviz.integrations, resviz.cli; "
             f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -67,7 +65,11 @@ def test_docs_examples_run_and_write_run_folders(docs_run):
     lit = rs.stats[rs.stats["run_id"] == "lightning-digits"]
     assert sorted(lit["step"].unique()) == [0, 4, 8, 12]
     hf = rs.stats[rs.stats["run_id"] == "hf-gpt2"]
-    assert sorted(hf["step"].unique()) == [0, 2, 4, 6] and set(hf["metric"].astype(str)) == {"grad_norm"}
+    assert sorted(hf["step"].unique()) == [0, 2, 4, 6]
+    # GPT-2's blocks are known: the default metrics, per residual addition and per LayerNorm (issue 24)
+    assert {"grad_norm", "response_std", "branch_std", "skip_std", "sum_std", "branch_ratio"} <= set(
+        hf["metric"].astype(str))
+    assert "transformer.h.0.attn.probe_branch" in set(hf["layer"].astype(str))
     assert rs.metrics[rs.metrics["run_id"] == "hf-gpt2"]["loss"].notna().any()
 
 
@@ -133,22 +135,18 @@ def test_live_sinks_from_lightning(tmp_path):
     assert list(Path(run.dir).parent.glob("*.wandb"))
 
 
-def test_export_commands(docs_run, tmp_path):
-    parser = argparse.ArgumentParser(prog="resviz")
-    sub = parser.add_subparsers(dest="command", required=True)
-    commands.add_export_tb(sub)
-    commands.add_export_wandb(sub)
-    args = parser.parse_args(["export-tb", str(docs_run / "runs"), "--logdir", str(tmp_path / "tb"),
-                              "--depth-steps", "2"])
-    assert args.func(args) == 0
+def test_export_commands(docs_run, tmp_path, capsys):
+    assert cli.main(["export-tb", str(docs_run / "runs"), "--logdir", str(tmp_path / "tb"), "--depth-steps", "2"]) == 0
     assert set(p.name for p in (tmp_path / "tb").iterdir()) == {"hf-gpt2", "lightning-digits"}
     tags = accumulator(tmp_path / "tb" / "lightning-digits").Tags()["scalars"]
     assert sorted(t for t in tags if t.startswith("depth/response_std/")) == [
         "depth/response_std/step0", "depth/response_std/step12"]
-    args = parser.parse_args(["export-wandb", str(docs_run / "runs" / "hf-gpt2"), "--mode", "offline",
-                              "--dir", str(tmp_path)])
-    assert args.func(args) == 0
+    assert f"view with: tensorboard --logdir {tmp_path / 'tb'}" in capsys.readouterr().out
+    assert cli.main(["export-wandb", str(docs_run / "runs" / "hf-gpt2"), "--mode", "offline",
+                     "--dir", str(tmp_path)]) == 0
     assert list((tmp_path / "wandb").glob("offline-run-*/*.wandb"))
+    assert cli.main(["export-tb", str(tmp_path / "tb")]) == 2  # a folder without run folders: one line, exit 2
+    assert "resviz: error: no run folders in" in capsys.readouterr().err
 
 
 def test_docs_runs_open_in_explore(docs_run):

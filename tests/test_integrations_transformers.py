@@ -8,7 +8,8 @@ import torch
 pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
 
-from resviz import runs  # noqa: E402
+from helpers import all_hooks_empty
+from resviz import io, runfolder, runs  # noqa: E402
 from resviz.integrations.transformers import RecorderCallback  # noqa: E402
 
 
@@ -37,10 +38,6 @@ def train(tmp_path, run_id, *, model=None, eval_steps=None, callback_kw=None, **
     return model
 
 
-def no_hooks(model) -> bool:
-    return all(not (m._forward_hooks or m._forward_pre_hooks) for m in model.modules())
-
-
 def test_gpt2_grad_norms_per_optimizer_step_and_eval_kept_out(tmp_path):
     model = train(tmp_path, "plain")
     train(tmp_path, "evaluated", eval_steps=1)
@@ -54,11 +51,11 @@ def test_gpt2_grad_norms_per_optimizer_step_and_eval_kept_out(tmp_path):
     # the clipped gradient (max_grad_norm=1 by default): total norm <= 1 at every step
     total = plain.groupby("step")["value"].apply(lambda v: float(np.sqrt((v**2).sum())))
     assert (total <= 1.0 + 1e-5).all()
-    config = runs.read_json(tmp_path / "plain" / "config.json")
+    config = io.read_json(tmp_path / "plain" / "config.json")
     assert config["arch"] == "GPT2LMHeadModel" and config["trainer"]["gradient_accumulation_steps"] == 2
     ev = rs.metrics[rs.metrics["run_id"] == "evaluated"]
     assert ev["test_loss"].notna().any() and ev["loss"].notna().any()
-    assert no_hooks(model)
+    assert not all_hooks_empty(model)
 
 
 def test_exception_in_train_leaves_no_hook_and_failed(tmp_path):
@@ -75,7 +72,7 @@ def test_exception_in_train_leaves_no_hook_and_failed(tmp_path):
     model.forward = failing_forward
     with pytest.raises(RuntimeError, match="boom"):
         train(tmp_path, "boom", model=model, remove_unused_columns=False)
-    assert no_hooks(model)
-    status = runs.read_status(tmp_path / "boom")
+    assert not all_hooks_empty(model)
+    status = runfolder.read_status(tmp_path / "boom")
     assert status["status"] == "failed" and "boom" in status["reason"] and status["step"] == 2
     assert sorted(runs.load(tmp_path / "boom").stats["step"].unique()) == [0, 1]

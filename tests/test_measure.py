@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import all_hooks_empty
 from resviz import schema
 from resviz.measure import clean_train_error, fixed_subset, heldout_response_std
 from resviz.models import cifar_resnet
@@ -116,7 +117,7 @@ def test_heldout_response_std_inside_a_training_recorder_leaves_it_alone():
     train_rows = rec.frame()
     assert set(train_rows["step"]) == {0, 1} and "response_std_eval" not in set(train_rows["metric"].astype(str))
     assert len(train_rows[train_rows["metric"].astype(str) == "response_std"]) == 2 * len(inside)
-    assert all(not m._forward_hooks for m in model.modules())  # the training Recorder removed its hooks
+    assert not all_hooks_empty(model)  # the training Recorder removed its hooks
 
 
 def test_heldout_response_std_bad_batch():

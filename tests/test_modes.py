@@ -1,10 +1,10 @@
-"""analysis/modes: each train/eval switch sets the mode it names and puts the net back exactly, even on error."""
+"""resviz.modes: each train/eval switch sets the mode it names and puts the net back exactly, even on error."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from resviz.analysis.modes import batch_stats_mode, calibrated_eval, eval_mode
+from resviz.modes import batch_stats_mode, calibrated_eval, eval_mode
 from resviz.models import cifar_resnet
 
 

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 
 import sizes as ns  # notebooks/sizes.py (conftest puts notebooks/ on sys.path, as Jupyter's cwd does)
-from resviz.sweep import grid
+from resviz.sweeps import grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def env(monkeypatch, tmp_path):
-    for key in (ns.SMOKE_ENV, ns.OUT_ENV, ns.DATA_ENV, ns.DATASET_ENV, ns.CHECKPOINTS_ENV, ns.CIFAR_JPEG_ENV):
+    for key in (ns.SMOKE_ENV, ns.SIZE_ENV, ns.OUT_ENV, ns.DATA_ENV, ns.DATASET_ENV, ns.CHECKPOINTS_ENV,
+                ns.CIFAR_JPEG_ENV):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv(ns.OUT_ENV, str(tmp_path / "out"))
     monkeypatch.setenv(ns.DATA_ENV, str(tmp_path / "data"))

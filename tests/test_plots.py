@@ -6,9 +6,13 @@ import pandas as pd
 import pytest
 from plotly.colors import unlabel_rgb
 
-import synthetic
+from resviz import synthetic
 from resviz import plots
-from synthetic import SyntheticRun
+from resviz.plots.depth import profile_axes, profile_traces
+from resviz.plots.selection import RUN_COLUMNS, profiles, run_key, run_meta
+from resviz.plots.style import run_color
+from resviz.schema import METRIC_TABLE
+from resviz.synthetic import SyntheticRun
 
 RUNS = [("plain", 20), ("resnet", 20), ("resnet", 56)]
 
@@ -175,7 +179,7 @@ def test_signal_propagation_both_log(stats):
     names = sorted(t.name for t in fig.data if t.yaxis == "y2")
     assert names == ["ResNet-20 · branch", "ResNet-20 · out", "ResNet-56 · branch", "ResNet-56 · out"]
     assert {t.line.dash for t in fig.data if t.yaxis == "y2"} == {"solid", "dash"}
-    assert fig.layout.yaxis2.title.text == plots.AXIS_TITLES["channel_var"]
+    assert fig.layout.yaxis2.title.text == METRIC_TABLE["channel_var"].axis_title
 
 
 def test_heatmap_layer_by_step_readable_at_600_blocks():
@@ -209,23 +213,23 @@ def luminance(color: str) -> float:
 
 def test_run_meta_one_row_per_run_with_defaults():
     frame = pd.DataFrame({"arch": ["resnet", "resnet", "plain"], "depth": [20, 20, 8], "value": [1.0, 2.0, 3.0]})
-    meta = plots.run_meta(frame)
-    assert list(meta.columns) == list(plots.RUN_COLUMNS) and len(meta) == 2  # in order of first appearance
+    meta = run_meta(frame)
+    assert list(meta.columns) == list(RUN_COLUMNS) and len(meta) == 2  # in order of first appearance
     assert meta.iloc[0].tolist() == ["", "resnet", 20, "unknown", "unknown", 0]
     assert meta["depth"].dtype == np.int64 and meta["seed"].dtype == np.int64
-    assert plots.run_key(meta.iloc[1]) == ("", "plain", 8, "unknown", "unknown", 0)
+    assert run_key(meta.iloc[1]) == ("", "plain", 8, "unknown", "unknown", 0)
     with pytest.raises(ValueError, match="neither run_id nor arch"):
-        plots.run_meta(frame.drop(columns="arch"))
+        run_meta(frame.drop(columns="arch"))
 
 
 def test_profile_traces_are_what_plot_profile_draws(stats):
-    profs = plots.profiles(stats, "grad_norm", step=100)
+    profs = profiles(stats, "grad_norm", step=100)
     fig = plots.plot_profile(stats, "grad_norm", step=100)
     assert fig.to_json() == plots.profile_figure(profs, "grad_norm", step=100).to_json()
-    specs = plots.profile_traces(profs, "grad_norm", sort=True, widget_hover=True)  # the dashboard's form
+    specs = profile_traces(profs, "grad_norm", sort=True, widget_hover=True)  # the dashboard's form
     assert [s["name"] for s in specs] == [t.name for t in fig.data]
     assert list(specs[0]["text"][:1]) == [profs[0].layer[np.nanargmax(profs[0].value)]]  # largest first
-    assert plots.profile_axes(profs, "grad_norm")["yaxis"]["type"] == "log"  # from schema.METRIC_TABLE
+    assert profile_axes(profs, "grad_norm")["yaxis"]["type"] == "log"  # from schema.METRIC_TABLE
 
 
 def test_colours_consistent_warm_cool_and_darker_when_deeper(stats, train):
@@ -239,17 +243,17 @@ def test_colours_consistent_warm_cool_and_darker_when_deeper(stats, train):
     plain, res20, res56 = (unlabel_rgb(colour[k]) for k in ("plain-20", "ResNet-20", "ResNet-56"))
     assert plain[0] > plain[2] and res20[2] > res20[0] and res56[2] > res56[0]  # warm vs cool
     assert luminance(colour["ResNet-56"]) < luminance(colour["ResNet-20"])
-    assert luminance(plots.run_color("plain", 110)) < luminance(plots.run_color("plain", 20))
-    assert plots.run_color("resnet", 56, seed=1) != plots.run_color("resnet", 56)
+    assert luminance(run_color("plain", 110)) < luminance(run_color("plain", 20))
+    assert run_color("resnet", 56, seed=1) != run_color("resnet", 56)
 
 
 @pytest.mark.parametrize("arch", ["plain", "resnet"])
 def test_neighbouring_depths_differ_at_a_glance(arch):
     depths = (8, 14, 20, 32, 44, 56, 110, 1202)
-    rgb = [np.array(unlabel_rgb(plots.run_color(arch, d)), dtype=float) for d in depths]
+    rgb = [np.array(unlabel_rgb(run_color(arch, d)), dtype=float) for d in depths]
     gaps = [np.linalg.norm(a - b) for a, b in zip(rgb, rgb[1:])]
     assert min(gaps) > 60, gaps  # not just a lighter shade of one hue (issue 16: ResNet-14 vs ResNet-20)
-    assert plots.run_color(arch, 20) == plots.run_color(arch, 22)  # other depths: the nearest one's colour
+    assert run_color(arch, 20) == run_color(arch, 22)  # other depths: the nearest one's colour
 
 
 def test_labels_tell_variants_apart():
@@ -465,7 +469,7 @@ def test_fig7_defaults_to_the_eval_mode_metric_and_says_which(stats):
     evals["value"] = evals["value"] * 0.5
     both = pd.concat([stats, evals], ignore_index=True)
     fig = plots.plot_response_std(both)
-    assert fig.layout.yaxis.title.text == plots.AXIS_TITLES["response_std_eval"]
+    assert fig.layout.yaxis.title.text == METRIC_TABLE["response_std_eval"].axis_title
     np.testing.assert_allclose(trace(fig, "ResNet-20").y, 0.5 * trace(plots.plot_response_std(stats), "ResNet-20").y)
     assert "eval mode" in fig.layout.annotations[0].text and "Seeds 0" in fig.layout.annotations[0].text
     old = plots.plot_response_std(stats)  # a table without the eval rows: train mode, and the caption says so

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-import synthetic
+from resviz import synthetic
 from resviz import plots
+from resviz.plots.style import VARIANT_COLORS, label_color, short_run_names
 from resviz.analysis import invariance, lesion, shattered, signal
 from resviz.analysis.nets import Net
 from resviz.models import cifar_resnet
@@ -242,7 +243,7 @@ def test_branch_scales_over_training():
 
 def test_short_run_names_keep_what_tells_runs_apart():
     ids = [f"digits-resnet20-none-scA-{b}-w8-s0" for b in ("skipinit", "rezero", "fixup")]
-    assert plots.short_run_names(ids) == dict(zip(ids, ("skipinit", "rezero", "fixup")))
-    assert plots.short_run_names(["BN-ResNet", "SkipInit"]) == {"BN-ResNet": "BN-ResNet", "SkipInit": "SkipInit"}
-    assert plots.short_run_names(["a-b", "a-b-c"]) == {"a-b": "a-b", "a-b-c": "a-b-c"}  # "" would be no name
-    assert plots.label_color("fixup") == plots.label_color("Fixup") == plots.VARIANT_COLORS["Fixup"]
+    assert short_run_names(ids) == dict(zip(ids, ("skipinit", "rezero", "fixup")))
+    assert short_run_names(["BN-ResNet", "SkipInit"]) == {"BN-ResNet": "BN-ResNet", "SkipInit": "SkipInit"}
+    assert short_run_names(["a-b", "a-b-c"]) == {"a-b": "a-b", "a-b-c": "a-b-c"}  # "" would be no name
+    assert label_color("fixup") == label_color("Fixup") == VARIANT_COLORS["Fixup"]

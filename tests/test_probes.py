@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from probes_reference import (
+from helpers import (
     all_hooks_empty,
     by_hand,
     channel_sq_mean,
@@ -24,7 +24,8 @@ from probes_reference import (
 
 from resviz import schema
 from resviz.models import ShortcutA, cifar_resnet, iter_blocks
-from resviz.probes import DEFAULT_METRICS, METRICS, Recorder, write_moments
+from resviz.probes import Recorder
+from resviz.probes.reductions import write_moments
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny nets on one thread
@@ -116,7 +117,7 @@ def test_activation_stats_equal_layer_by_layer_computation(kw, device):
         for b in blocks:
             branch, skip = (signal_slice(model, b, ref[f"{b}.{p}"]) for p in ("probe_branch", "probe_skip"))
             assert ratio[b] == pytest.approx(norm(branch) / norm(skip), rel=2e-5)
-    assert set(df["metric"]) <= set(METRICS)
+    assert set(df["metric"]) <= set(schema.RECORDER_METRICS)
 
 
 def test_sum_is_branch_plus_skip_and_its_variance_decomposes():
@@ -254,7 +255,7 @@ def test_frame_is_schema_valid_and_canonical():
     assert (first["run_id"], first["arch"], first["depth"], first["norm"], first["shortcut"], first["seed"]) == (
         "r1", "resnet", 8, "batch", "A", 3,
     )
-    assert set(df["metric"]) == set(DEFAULT_METRICS) - {"branch_scale"}
+    assert set(df["metric"]) == set(schema.DEFAULT_METRICS) - {"branch_scale"}
     stem = df[df["layer"] == "bn1"].iloc[0]
     assert (stem["stage"], stem["block"], stem["layer_index"]) == (0, -1, 0)
     plain, _ = record_one_step(net(8, plain=True), x, y)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from probes_reference import all_hooks_empty, channel_sq_mean, channel_var, norm, std, values
+from helpers import all_hooks_empty, channel_sq_mean, channel_var, norm, std, values
 from torch import nn
 
 from resviz.models import Probe, cifar_resnet

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from probes_reference import all_hooks_empty
+from helpers import all_hooks_empty
 
 from resviz.models import cifar_resnet
 from resviz.probes import Recorder

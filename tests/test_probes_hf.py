@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from probes_reference import all_hooks_empty, assert_adds_match, norm, values
+from helpers import all_hooks_empty, assert_adds_match, values
 
 from resviz.probes import Recorder
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from probes_reference import values
+from helpers import values
 from torch import nn
 
 from resviz import schema

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from probes_reference import by_hand, std, values
+from helpers import by_hand, std, values
 
 from resviz.models import cifar_resnet
 from resviz.probes import Recorder

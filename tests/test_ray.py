@@ -1,5 +1,5 @@
-"""Sweeps on Ray (resviz.ray_engine) on a real local Ray cluster: the same runs as the local engine, a killed
-worker's run resumed by Ray's retry, a diverging run recorded and not retried, fractional GPU placement
+"""Sweeps on Ray (resviz.sweeps.ray_engine) on a real local Ray cluster: the same runs as the local engine, a
+killed worker's run resumed by Ray's retry, a diverging run recorded and not retried, fractional GPU placement
 (GPUs declared to Ray without hardware), the storage probe, and bad addresses."""
 from __future__ import annotations
 
@@ -13,27 +13,20 @@ import pandas as pd
 import pytest
 import torch
 
-from resviz import runs
+from resviz import runfolder, runs
 from resviz.errors import UserError
-from resviz.sweep import grid, run_sweep
+from resviz.sweeps import grid, run_grid_on_ray, run_sweep
+from resviz.sweeps.command import add_sweep_arguments, dispatch
 from resviz.train import train
-from tiny_training import data_root, tiny  # noqa: F401 - data_root is a fixture
+from helpers import tiny
 
 ray = pytest.importorskip("ray")
-from resviz.ray_engine import (  # noqa: E402
-    _gpus_per_run,
-    _nodes_that_fit,
-    add_engine_options,
-    check_storage,
-    dispatch,
-    run_grid_on_ray,
-)
+from resviz.sweeps.ray_engine import check_storage, gpus_for_each_run, nodes_that_fit  # noqa: E402
 
 
 def _parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--workers", type=int, default=None)
-    add_engine_options(parser)
+    add_sweep_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -56,7 +49,9 @@ def test_bad_address_and_options_are_one_line(tmp_path, data_root):
 @pytest.fixture(scope="module")
 def cluster():
     """A real Ray instance on 127.0.0.1: 2 CPUs, and 2 GPUs declared without hardware. On a busy 2-core
-    machine Ray's agents can take longer than the raylet waits for them by default: give them 2 min."""
+    machine Ray's agents can take longer than the raylet waits for them by default: give them 2 min. Every test
+    on it is marked slow: its start (~16 s on 2 cores) lands on whichever runs first, and each new Ray worker
+    imports torch before its first run."""
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     ray.init(num_cpus=2, num_gpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
     yield ray
@@ -67,6 +62,7 @@ def _losses(folder) -> list[float]:
     return pd.read_parquet(folder / "metrics.parquet")["loss"].tolist()
 
 
+@pytest.mark.slow  # on the cluster: see its fixture
 def test_grid_equals_the_local_engine_run_for_run(cluster, tmp_path, data_root):
     configs = grid(tiny(data_root, steps=20), archs=("plain", "resnet"), seeds=(0, 1))
     threads = torch.get_num_threads()
@@ -96,7 +92,7 @@ def _kill_at_checkpoint(folder, killed: list) -> None:
     """Wait for the run's first checkpoint, then SIGKILL the Ray worker process training it."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        status = runs.read_status(folder) if folder.is_dir() else {}
+        status = runfolder.read_status(folder) if folder.is_dir() else {}
         if status.get("status") == "running" and status.get("step", 0) >= 10 and status.get("pid"):
             os.kill(status["pid"], signal.SIGKILL)
             killed.append(status["pid"])
@@ -104,6 +100,7 @@ def _kill_at_checkpoint(folder, killed: list) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # on the cluster: see its fixture
 def test_killed_worker_is_retried_and_resumes_to_the_uninterrupted_run(cluster, tmp_path, data_root):
     config = tiny(data_root, steps=80)
     torch.set_num_threads(1)
@@ -122,20 +119,22 @@ def test_killed_worker_is_retried_and_resumes_to_the_uninterrupted_run(cluster, 
                                   pd.read_parquet(reference.folder / "stats.parquet"))
 
 
+@pytest.mark.slow  # on the cluster: see its fixture
 def test_a_run_failing_for_its_own_reasons_is_recorded_not_retried(cluster, tmp_path, data_root):
     diverging = tiny(data_root, norm="none", lr=50.0, steps=40)
     too_big = tiny(data_root, batch_size=5000, steps=10)  # larger than the training set: the run's own error
     table = run_grid_on_ray([diverging, too_big], tmp_path, gpus_per_run=0, max_retries=3, progress=False)
     assert table["status"].tolist() == ["diverged", "failed"]
     assert "batch_size=5000 is larger than the training set" in table["reason"].iloc[1]
-    assert runs.read_status(tmp_path / diverging.run_id)["status"] == "diverged"
+    assert runfolder.read_status(tmp_path / diverging.run_id)["status"] == "diverged"
     # each came back as the task's own result (the task returned, it did not raise into Ray's retries)
     assert set(table.attrs["placement"]) == {diverging.run_id, too_big.run_id}
 
 
+@pytest.mark.slow  # on the cluster: see its fixture
 def test_fractional_gpus_are_placed_by_ray(cluster, tmp_path, data_root):
     configs = grid(tiny(data_root, steps=5, log_every=5, eval_every=5, checkpoint_every=5), seeds=(0, 1, 2, 3))
-    assert _gpus_per_run(cluster, None, configs) == 1.0  # the cluster has GPUs: one per run by default
+    assert gpus_for_each_run(cluster, None, configs) == 1.0  # the cluster has GPUs: one per run by default
     table = run_grid_on_ray(configs, tmp_path, gpus_per_run=0.5, progress=False)
     assert table["status"].tolist() == ["done"] * 4
     given = table.attrs["placement"]
@@ -145,10 +144,11 @@ def test_fractional_gpus_are_placed_by_ray(cluster, tmp_path, data_root):
         assert placement["cuda_visible_devices"] == placement["gpu_ids"][0]  # a run sees only its own GPU
     with pytest.raises(UserError, match=r"no Ray node has --cpus-per-run 1 and --gpus-per-run 3 free "
                                         r"\([0-9a-f.:]+: 2 CPU 2 GPU\)"):
-        _nodes_that_fit(cluster, 1, 3)
+        nodes_that_fit(cluster, 1, 3)
 
 
+@pytest.mark.slow  # on the cluster: see its fixture
 def test_storage_probe_writes_from_every_node_and_cleans_up(cluster, tmp_path):
-    nodes = _nodes_that_fit(cluster, 1, 0)
+    nodes = nodes_that_fit(cluster, 1, 0)
     check_storage(cluster, tmp_path, nodes)
     assert list(tmp_path.iterdir()) == []

@@ -18,11 +18,14 @@ import pandas as pd
 import pytest
 import torch
 
-from resviz import runs
+from resviz import runfolder, runs
+from resviz.errors import UserError
+from resviz.sweeps import grid, run_grid_on_ray
+from resviz.sweeps.private_cluster import namespace_error
 from resviz.train import TrainConfig, train
+from helpers import tiny
 
-pytest.importorskip("ray")
-from resviz.ray_private import namespace_error  # noqa: E402
+ray = pytest.importorskip("ray")
 
 NO_NAMESPACE = namespace_error()  # None where this machine can make a loopback-only network namespace
 confinable = pytest.mark.skipif(NO_NAMESPACE is not None, reason=f"no network namespace here: {NO_NAMESPACE}")
@@ -64,20 +67,30 @@ def _wait_until_both_train(out: Path, proc: subprocess.Popen, past: dict | None 
 
 
 def _rerun_and_compare(out: Path, root: Path, tmp_path: Path) -> None:
-    """The same command finishes every cut run; each equals the uninterrupted run of its config."""
-    done = subprocess.run(_sweep_command(out, root), capture_output=True, text=True, env=_env(), timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    """The same command finishes every cut run; each equals the uninterrupted run of its config. The reference
+    runs train here while the command starts its cluster and trains (one thread: the other core is the sweep's)."""
+    log = tmp_path / "rerun.log"  # a file, not a pipe: nothing blocks the command while the references train
+    with log.open("w") as printed:
+        rerun = subprocess.Popen(_sweep_command(out, root), stdout=printed, stderr=subprocess.STDOUT, env=_env())
+    try:
+        torch.set_num_threads(1)  # each Ray task trains with one thread (--cpus-per-run 1)
+        references = {}
+        for folder in sorted(p for p in out.iterdir() if runfolder.is_run_folder(p)):
+            stored = {k: v for k, v in runfolder.read_config(folder).items() if k not in ("run_id", "versions")}
+            references[folder] = train(TrainConfig.from_dict(stored), tmp_path / "reference").folder
+        rerun.wait(timeout=900)
+    finally:
+        if rerun.poll() is None:
+            rerun.kill()
+            rerun.wait()
+    assert rerun.returncode == 0, log.read_text()[-3000:]
     status = runs.load(out).status
     assert sorted(status["status"]) == ["done", "done"] and (status["step"] == STEPS).all()
-    torch.set_num_threads(1)  # each Ray task trains with one thread (--cpus-per-run 1)
-    for folder in sorted(p for p in out.iterdir() if runs.is_run_folder(p)):
-        stored = {k: v for k, v in runs.read_config(folder).items() if k not in ("run_id", "versions")}
-        config = TrainConfig.from_dict(stored)
-        reference = train(config, tmp_path / "reference")
+    for folder, reference in references.items():
         assert pd.read_parquet(folder / "metrics.parquet")["loss"].tolist() == \
-            pd.read_parquet(reference.folder / "metrics.parquet")["loss"].tolist()
+            pd.read_parquet(reference / "metrics.parquet")["loss"].tolist()
         pd.testing.assert_frame_equal(pd.read_parquet(folder / "stats.parquet"),
-                                      pd.read_parquet(reference.folder / "stats.parquet"))
+                                      pd.read_parquet(reference / "stats.parquet"))
 
 
 def _netns_of(pid: int) -> tuple[str, list[str]]:
@@ -95,6 +108,7 @@ def _wait_until_interrupted(out: Path) -> pd.DataFrame:
     return status
 
 
+@pytest.mark.slow  # three private clusters started and stopped, one per command: ~4 min on 2 cores
 @confinable
 def test_a_confined_sweep_survives_ctrl_c_and_a_killed_driver_and_resumes_exactly(tmp_path):
     out, root = tmp_path / "sweep", tmp_path / "data"
@@ -102,7 +116,7 @@ def test_a_confined_sweep_survives_ctrl_c_and_a_killed_driver_and_resumes_exactl
     live = _wait_until_both_train(out, proc)
     assert len(runs.load(out).stats) > 0  # what explore's refresh shows while the grid runs: runs and rows
     for run_id in live["run_id"]:  # the Ray workers training: in their own namespace, with only loopback
-        namespace, interfaces = _netns_of(int(runs.read_status(out / run_id)["pid"]))
+        namespace, interfaces = _netns_of(int(runfolder.read_status(out / run_id)["pid"]))
         assert namespace != os.readlink("/proc/self/ns/net") and interfaces == ["lo"]
 
     proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver
@@ -123,28 +137,19 @@ def test_a_confined_sweep_survives_ctrl_c_and_a_killed_driver_and_resumes_exactl
     _rerun_and_compare(out, root, tmp_path)  # resumed twice, equal to uninterrupted runs
 
 
+@pytest.mark.slow  # one private cluster started and stopped: ~35 s on 2 cores
 @confinable
 def test_tasks_of_the_private_cluster_see_only_loopback(tmp_path):
-    from resviz.ray_engine import run_grid_on_ray
-    from resviz.sweep import grid
-    from tiny_training import tiny
-
     configs = grid(tiny(str(tmp_path / "data"), steps=10), seeds=(0,))
     table = run_grid_on_ray(configs, tmp_path / "out", gpus_per_run=0, progress=False)
     assert table["status"].tolist() == ["done"]
     placement = table.attrs["placement"][configs[0].run_id]
     assert placement["interfaces"] == ["lo"]  # the namespace has no other interface: nothing listens elsewhere
-    import ray
-
     assert not ray.is_initialized()  # the cluster lived in the child, and is gone with it
 
 
 @pytest.mark.skipif(NO_NAMESPACE is None, reason="this machine makes network namespaces: the confined tests run")
 def test_without_namespaces_the_private_cluster_is_refused_in_one_line(tmp_path):
-    from resviz.errors import UserError
-    from resviz.ray_engine import run_grid_on_ray
-    from tiny_training import tiny
-
     with pytest.raises(UserError, match=r"start Ray yourself \(`ray start --head"):
         run_grid_on_ray([tiny(str(tmp_path / "data"), steps=10)], tmp_path / "out", gpus_per_run=0, progress=False)
     assert not (tmp_path / "out" / tiny(str(tmp_path)).run_id).exists()  # nothing trained outside the namespace

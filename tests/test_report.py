@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import synthetic
+from resviz import synthetic
 
-from resviz import report, runs
+from resviz import io, report, runfolder
 
 CHROMIUM = Path(os.environ.get("RESVIZ_CHROMIUM", "/usr/bin/chromium"))
 
@@ -27,13 +27,13 @@ def write_run(root: Path, arch: str, depth: int) -> None:
     """A run folder as `resviz train` leaves it, with synthetic tables of the real layer layout (no training)."""
     run = synthetic.SyntheticRun(arch, depth)
     folder = root / run.id
-    runs.atomic_write_json(folder / "config.json", {
+    io.atomic_write_json(folder / "config.json", {
         "run_id": run.id, "arch": arch, "depth": depth, "norm": "batch", "shortcut": "A", "seed": 0, "steps": 300,
         "dataset": "digits", "versions": {"resviz": "0.1.0", "torch": "2.x", "python": "3.11"}})
-    runs.write_status(folder, "done")
-    runs.atomic_write_parquet(folder / "stats.parquet", synthetic.stats_frame([run], steps=STEPS))
+    runfolder.write_status(folder, "done")
+    io.atomic_write_parquet(folder / "stats.parquet", synthetic.stats_frame([run], steps=STEPS))
     train_rows = synthetic.train_frame([run], steps=STEPS, eval_every=100)
-    runs.atomic_write_parquet(folder / "metrics.parquet",
+    io.atomic_write_parquet(folder / "metrics.parquet",
                               train_rows.drop(columns=["arch", "depth", "norm", "shortcut", "seed"]))
 
 

@@ -1,4 +1,5 @@
-"""Run folders: atomic writes, status records, finding and loading runs, the summary, damaged folders."""
+"""Reading run folders (resviz.runs) and atomic writes (resviz.io): finding and loading runs, the summary, damaged
+folders. One folder's writer, status and lock: test_runfolder.py."""
 from __future__ import annotations
 
 import json
@@ -11,21 +12,21 @@ import torch
 
 from resviz import io, runs, schema
 from resviz.train import train
-from tiny_training import TINY, data_root, tiny  # noqa: F401 - data_root is a fixture
+from helpers import TINY, tiny
 
 
 # ------------------------------------------------------------------------------ atomic writes
 def test_atomic_writers_round_trip_and_leave_no_temporary_files(tmp_path):
     folder = tmp_path / "new" / "deeper"  # folders are made
-    runs.atomic_write_bytes(folder / "a.bin", b"abc")
-    runs.atomic_write_json(folder / "b.json", {"z": 1, "a": [1, 2], "path": tmp_path})
+    io.atomic_write_bytes(folder / "a.bin", b"abc")
+    io.atomic_write_json(folder / "b.json", {"z": 1, "a": [1, 2], "path": tmp_path})
     df = pd.DataFrame({"x": [1, 2], "y": ["p", "q"]})
-    runs.atomic_write_parquet(folder / "c.parquet", df)
-    runs.atomic_torch_save(folder / "d.pt", {"t": torch.arange(3)})
+    io.atomic_write_parquet(folder / "c.parquet", df)
+    io.atomic_torch_save(folder / "d.pt", {"t": torch.arange(3)})
     assert (folder / "a.bin").read_bytes() == b"abc"
     text = (folder / "b.json").read_text()
     assert text.endswith("\n") and text.index('"a"') < text.index('"z"')  # sorted keys, indented
-    assert runs.read_json(folder / "b.json") == {"a": [1, 2], "path": str(tmp_path), "z": 1}
+    assert io.read_json(folder / "b.json") == {"a": [1, 2], "path": str(tmp_path), "z": 1}
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "c.parquet"), df)
     assert torch.equal(torch.load(folder / "d.pt", weights_only=True)["t"], torch.arange(3))
     assert sorted(p.name for p in folder.iterdir()) == ["a.bin", "b.json", "c.parquet", "d.pt"]
@@ -36,7 +37,7 @@ def test_atomic_writers_round_trip_and_leave_no_temporary_files(tmp_path):
 
 def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
     path = tmp_path / "x.json"
-    runs.atomic_write_json(path, {"old": True})
+    io.atomic_write_json(path, {"old": True})
 
     def half_then_fail(tmp):
         tmp.write_bytes(b'{"new": tr')
@@ -44,28 +45,16 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
 
     with pytest.raises(OSError, match="disk full"):
         io.atomic_write(path, half_then_fail)
-    assert runs.read_json(path) == {"old": True}
+    assert io.read_json(path) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
     with pytest.raises(TypeError):  # not JSON: nothing written, nothing left behind
-        runs.atomic_write_json(path, {1j: 1})  # complex keys
-    assert runs.read_json(path) == {"old": True} and [p.name for p in tmp_path.iterdir()] == ["x.json"]
-
-
-# ------------------------------------------------------------------------------ status
-def test_status_records(tmp_path):
-    assert runs.read_status(tmp_path) == {"status": "running", "reason": "no status.json yet", "step": 0}
-    record = runs.write_status(tmp_path, "diverged", "loss became nan", step=7)
-    assert runs.read_status(tmp_path) == record and record["step"] == 7 and record["updated"]
-    with pytest.raises(ValueError, match="status='finished' is unknown; use one of running, done"):
-        runs.write_status(tmp_path, "finished")
-    (tmp_path / "status.json").write_text("{not json")
-    damaged = runs.read_status(tmp_path)
-    assert damaged["status"] == "failed" and damaged["reason"].startswith(f"unreadable {tmp_path / 'status.json'}")
+        io.atomic_write_json(path, {1j: 1})  # complex keys
+    assert io.read_json(path) == {"old": True} and [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
 def test_run_metadata_keys_are_one_list():
-    assert runs.META_COLUMNS == ("arch", "depth", "norm", "shortcut", "seed")
-    assert list(runs.RUN_INFO_KEYS) == ["run_id", *runs.META_COLUMNS]
+    assert schema.META_COLUMNS == ("arch", "depth", "norm", "shortcut", "seed")
+    assert list(schema.RUN_INFO_KEYS) == ["run_id", *schema.META_COLUMNS]
 
 
 # ------------------------------------------------------------------------------ finding and loading runs
@@ -122,7 +111,7 @@ def test_damaged_and_unfinished_folders(tmp_path):
     assert by_folder.loc["started", "status"] == "running" and by_folder.loc["started", "step"] == 0
     assert by_folder.loc["garbled", "status"] == "failed"
     assert len(rs.metrics) == 0 and len(rs.stats) == 0
-    assert set(runs.META_COLUMNS) <= set(rs.metrics.columns)
+    assert set(schema.META_COLUMNS) <= set(rs.metrics.columns)
     table = runs.summary(rs)
     assert table["train_error"].isna().all()
     (started / "metrics.parquet").write_bytes(b"not parquet")  # a damaged table: named; load skips that run

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from resviz import probes, schema
 from resviz.models import cifar_resnet
-from resviz.probes import plan
+from resviz.probes import blocks, plan, recorder
 
 
 def stats_rows(n=3, **overrides) -> pd.DataFrame:
@@ -130,10 +130,10 @@ def test_derived_views_follow_the_table():
 
 
 def test_the_recorder_reads_the_table():
-    assert probes.METRICS == schema.RECORDER_METRICS
-    assert probes.DEFAULT_METRICS == schema.DEFAULT_METRICS
-    assert probes.BLOCK_METRICS == frozenset(schema.metrics_at("block"))
-    assert list(probes.RUN_INFO_KEYS) == list(schema.RUN_COLUMNS)
+    assert recorder.METRICS == schema.RECORDER_METRICS
+    assert recorder.DEFAULT_METRICS == schema.DEFAULT_METRICS
+    assert plan.BLOCK_METRICS == frozenset(schema.metrics_at("block"))
+    assert list(recorder.RUN_INFO_KEYS) == list(schema.RUN_COLUMNS)
     assert {r.metric for r in plan.BLOCK_ROWS} == set(schema.metrics_at("block"))
     assert plan.LAYER_METRICS == schema.metrics_at("layer") and plan.PARAM_METRICS == schema.metrics_at("param")
 
@@ -149,4 +149,4 @@ def test_every_metric_the_recorder_writes_is_in_the_table():
     assert set(df["metric"]) == set(schema.RECORDER_METRICS)  # and nothing else: frame() validates against the table
     assert (df[df["metric"].isin(schema.metrics_at("block"))]["block"] >= 0).all()  # block rows sit in blocks
     assert set(df[df["metric"].isin(schema.metrics_at("layer"))]["layer"].astype(str)) <= {
-        n for n, m in model.named_modules() if isinstance(m, probes.NORM_TYPES)}  # layer rows at norm layers
+        n for n, m in model.named_modules() if isinstance(m, blocks.NORM_TYPES)}  # layer rows at norm layers

@@ -223,7 +223,7 @@ def test_1d_figure_draws_the_seed_mean_and_says_the_setting():
 
 # ---- the two BN modes, curves with intervals, the paper's rates, kinks ---------------------------------------
 from resviz.analysis import shattered_1d  # noqa: E402
-from resviz.analysis.modes import batch_stats_mode  # noqa: E402
+from resviz.modes import batch_stats_mode  # noqa: E402
 
 
 def test_train_mode_derivative_is_each_points_own_derivative_in_train_mode():

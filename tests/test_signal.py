@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import all_hooks_empty
 from resviz import schema
 from resviz.analysis.signal import (
     DEFAULT_VARIANTS,
@@ -69,7 +70,7 @@ def test_table_is_tidy_and_matches_an_independent_capture():
     out = captured["layer2.1"].numpy().transpose(1, 0, 2, 3).reshape(captured["layer2.1"].shape[1], -1)
     assert row["value"] == pytest.approx(float(np.mean(out.var(1))), rel=1e-4)
     # no hook left behind, running statistics and eval mode untouched
-    assert all(not getattr(b, p)._forward_hooks for _, _, _, b in iter_blocks(model) for p in ("probe_out", "probe_branch"))
+    assert not all_hooks_empty(model)
     assert all(torch.equal(running[k], v) for k, v in model.state_dict().items())
     assert not any(m.training for m in model.modules())
 
@@ -80,7 +81,7 @@ def test_hooks_are_removed_after_an_error():
         model(torch.randn(2, 3, 8, 8))
         assert len(store) == 3 * 2
         raise RuntimeError("boom")
-    assert all(not b.probe_out._forward_hooks and not b.probe_branch._forward_hooks for *_, b in iter_blocks(model))
+    assert not all_hooks_empty(model)
 
 
 def test_bad_input():

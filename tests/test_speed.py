@@ -20,9 +20,10 @@ import pandas as pd
 import pytest
 import torch
 
-from resviz import runs, schema
+from resviz import runfolder, schema
 from resviz.cli import main
-from resviz.train import COMPILE_BACKEND_ENV, SYNC_DEBUG_ENV, TrainConfig, train
+from resviz.train import TrainConfig, train
+from resviz.train.speed import COMPILE_BACKEND_ENV, SYNC_DEBUG_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = os.environ.get(COMPILE_BACKEND_ENV, "aot_eager")
@@ -104,7 +105,7 @@ def test_compile_without_a_cxx_compiler_falls_back_to_eager(tmp_path, data_root)
     assert len(warned) == 1, proc.stderr
     assert "torch.compile failed at its first step (" in warned[0] and "C++ compiler" in warned[0]
     assert warned[0].endswith("training eager instead")
-    fallback = runs.read_status(tmp_path / "fallback" / config.run_id)
+    fallback = runfolder.read_status(tmp_path / "fallback" / config.run_id)
     assert fallback["status"] == "done"
     eager = train(tiny(data_root), tmp_path / "eager")
     fell_back = dataclasses.replace(eager, folder=tmp_path / "fallback" / config.run_id)
@@ -177,7 +178,7 @@ def test_no_host_sync_between_log_boundaries(tmp_path, data_root, monkeypatch, s
     # (end_step queues on the device), with evaluations and checkpoints at the boundaries in between
     result = train(tiny(data_root, device="cuda", steps=20, eval_every=10, checkpoint_every=10, **switches),
                    tmp_path)
-    assert result.status == "done", runs.read_status(result.folder)
+    assert result.status == "done", runfolder.read_status(result.folder)
     assert torch.cuda.get_sync_debug_mode() == 0 and torch.backends.cudnn.benchmark == benchmark  # restored
 
 
@@ -220,7 +221,7 @@ def test_out_of_gpu_memory_names_the_largest_batch_that_fits(tmp_path, data_root
             train(tiny(data_root, **big), tmp_path / "big")
         fits = int(err.value.args[0].rsplit(" ", 1)[1])
         assert 1 <= fits <= 704
-        status = runs.read_status(tmp_path / "big" / tiny(data_root, **big).run_id)
+        status = runfolder.read_status(tmp_path / "big" / tiny(data_root, **big).run_id)
         assert status["status"] == "failed" and f"the largest batch that fits is {fits}" in status["reason"]
         code = main(["train", "--dataset", "digits", "--root", data_root, "--device", "cuda", "--depth", "56",
                      "--batch-size", "1408", "--steps", "2", "--no-progress", "--out", str(tmp_path / "cli")])

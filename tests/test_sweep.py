@@ -4,10 +4,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from resviz import runs
-from resviz.sweep import format_summary, grid, run_sweep
-from resviz.train import prepare_folder, train
-from tiny_training import TINY, data_root, tiny  # noqa: F401 - data_root is a fixture
+from resviz import runfolder
+from resviz.sweeps import format_summary, grid, run_sweep
+from resviz.train import train
+from resviz.train.folder import prepare_folder
+from helpers import TINY, tiny
 
 
 def test_grid_expands_every_combination_in_order():
@@ -52,16 +53,17 @@ def test_sweep_resumes_a_cut_run_and_retries_a_failed_one(tmp_path, data_root):
     cut.parent.mkdir()
     short.folder.rename(cut)
     (cut / "config.json").write_text((reference.folder / "config.json").read_text())
-    runs.write_status(cut, "running", step=10)
+    runfolder.write_status(cut, "running", step=10)
     prepare_folder(configs[1], tmp_path / "sweep")  # a run that failed before its first checkpoint
-    runs.write_status(tmp_path / "sweep" / configs[1].run_id, "failed", "RuntimeError: boom")
+    runfolder.write_status(tmp_path / "sweep" / configs[1].run_id, "failed", "RuntimeError: boom")
     table = run_sweep(configs, tmp_path / "sweep", progress=False)
     assert table["status"].tolist() == ["done", "done"] and table["step"].tolist() == [20, 20]
     resumed = pd.read_parquet(cut / "metrics.parquet")
     assert resumed["step"].tolist() == [10, 20]
-    assert runs.read_status(cut)["status"] == "done"
+    assert runfolder.read_status(cut)["status"] == "done"
 
 
+@pytest.mark.slow  # two spawned worker processes, each importing torch before it trains
 def test_sweep_with_two_worker_processes(tmp_path, data_root):
     configs = grid(tiny(data_root, steps=10, checkpoint_every=10), depths=(8,), archs=("plain", "resnet"))
     table = run_sweep(configs, tmp_path, workers=2, progress=False)

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from resviz import runs, schema
+from resviz import runfolder, runs, schema
 from resviz.cli import main
 from resviz.train import TrainConfig, learning_rate, train
-from tiny_training import TINY, cli, data_root, tiny  # noqa: F401 - data_root is a fixture
+from helpers import TINY, cli, tiny
 
 def test_paper_recipe_defaults():
     c = TrainConfig()
@@ -49,7 +49,7 @@ def test_run_folder_and_tables(tmp_path, data_root):
     for name in ("config.json", "status.json", "metrics.parquet", "stats.parquet", "checkpoint.pt"):
         assert (folder / name).is_file(), name
     assert not list(folder.glob("*.tmp")), "temporary files left behind"
-    assert runs.read_status(folder)["status"] == "done"
+    assert runfolder.read_status(folder)["status"] == "done"
     metrics = schema.validate_train(pd.read_parquet(folder / "metrics.parquet"))
     assert metrics["step"].tolist() == [10, 20, 30]
     assert metrics["test_error"].notna().all() and (metrics["train_error"].between(0, 1)).all()
@@ -110,13 +110,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_root):
     folder = out / TINY.run_id
     deadline = time.time() + 90
     while time.time() < deadline and proc.poll() is None:  # kill once a checkpoint beyond step 0 exists
-        status = runs.read_status(folder) if folder.exists() else {}
+        status = runfolder.read_status(folder) if folder.exists() else {}
         if status.get("step", 0) >= 20 + (os.getpid() % 3) * 10:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    if runs.read_status(folder)["status"] == "done":
+    if runfolder.read_status(folder)["status"] == "done":
         pytest.skip("the run finished before it could be killed")
     resumed = cli(*args, "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr
@@ -135,7 +135,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_root):
 def test_divergence_is_recorded_not_raised(tmp_path, data_root):
     result = train(tiny(data_root, norm="none", lr=50.0, steps=40), tmp_path)
     assert result.status == "diverged"
-    status = runs.read_status(result.folder)
+    status = runfolder.read_status(result.folder)
     assert status["status"] == "diverged" and "loss became" in status["reason"]
     assert status["step"] <= 40
     metrics = pd.read_parquet(result.folder / "metrics.parquet")
@@ -190,6 +190,6 @@ def test_ctrl_c_checkpoints_and_marks_interrupted(tmp_path, data_root):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
-    status = runs.read_status(folder)
+    status = runfolder.read_status(folder)
     assert status["status"] == "interrupted" and status["step"] > 0
     assert torch.load(folder / "checkpoint.pt", weights_only=False)["step"] == status["step"]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from resviz.models import cifar_resnet
 from resviz.train import recipe, train
-from tiny_training import data_root, tiny  # noqa: F401 (fixture)
+from helpers import tiny
 
 
 def _grad_norms(folder) -> pd.DataFrame:
@@ -21,7 +21,7 @@ def _grad_norms(folder) -> pd.DataFrame:
     return rows.set_index(["step", "layer"])["value"].sort_index()
 
 
-def test_recorded_grad_norm_excludes_weight_decay(tmp_path, data_root):  # noqa: F811
+def test_recorded_grad_norm_excludes_weight_decay(tmp_path, data_root):
     """Two runs that differ only in weight decay record the same gradient norms at the first step (same weights,
     same batch): the Recorder reads ∂L/∂W before SGD adds decay × W. At the next recorded step the weights
     differ, so so do the norms: the decay did act."""
@@ -59,7 +59,7 @@ def test_fixup_groups_follow_the_official_name_rule():
         recipe.groups_rule("two", "fixup")
 
 
-def test_fixup_runs_biases_and_scales_at_a_tenth_through_the_schedule(tmp_path, data_root):  # noqa: F811
+def test_fixup_runs_biases_and_scales_at_a_tenth_through_the_schedule(tmp_path, data_root):
     """The official adjust_learning_rate keeps every group's lr at its initial lr ÷ 10 / ÷ 100 after epochs
     100 / 150: the ratio stays 1/10; weight decay and momentum are the same on every group."""
     config = tiny(data_root, norm="none", branch_init="fixup", steps=4, log_every=1, eval_every=4,
@@ -111,7 +111,7 @@ def test_mixup_equals_the_official_criterion():
     assert plain[0] is x and torch.equal(plain[1], onehot)
 
 
-def test_mixup_run_trains_and_is_named(tmp_path, data_root):  # noqa: F811
+def test_mixup_run_trains_and_is_named(tmp_path, data_root):
     config = tiny(data_root, norm="none", branch_init="fixup", mixup_alpha=1.0, steps=2, log_every=1,
                   eval_every=2, checkpoint_every=2, record_every=2, lr=0.02, record_metrics=("branch_scale",))
     assert config.run_id == "digits-resnet8-none-scA-fixup-w8-mixup1-s0"

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import synthetic
-from resviz import runs, widgets
+from resviz import synthetic
+from resviz import io, runfolder, runs, widgets
 
 RUNS = [("plain", 20), ("resnet", 20), ("plain", 32), ("resnet", 32), ("resnet", 56)]
 
@@ -120,11 +120,11 @@ def test_missing_metric_is_a_message_not_a_traceback(stats):
 def write_run(root: Path, run_id: str, arch: str, depth: int, status: str, reason: str = "",
               stats: pd.DataFrame | None = None) -> Path:
     folder = root / run_id
-    runs.atomic_write_json(folder / "config.json", {"run_id": run_id, "arch": arch, "depth": depth, "norm": "batch",
+    io.atomic_write_json(folder / "config.json", {"run_id": run_id, "arch": arch, "depth": depth, "norm": "batch",
                                                     "shortcut": "A", "seed": 0, "steps": 300})
-    runs.write_status(folder, status, reason)
+    runfolder.write_status(folder, status, reason)
     if stats is not None:
-        runs.atomic_write_parquet(folder / "stats.parquet", stats)
+        io.atomic_write_parquet(folder / "stats.parquet", stats)
     return folder
 
 
@@ -155,7 +155,7 @@ def test_refresh_picks_up_rows_of_a_run_still_training(tmp_path):
     assert [v for _, v in d.step_slider.options] == [0, 100] and d.step_slider.value == 100
     assert "1 run(s): 1 running" in d.message.value
 
-    runs.atomic_write_parquet(folder / "stats.parquet", full)  # the trainer flushed another step
+    io.atomic_write_parquet(folder / "stats.parquet", full)  # the trainer flushed another step
     d.refresh_button.click()
     assert [v for _, v in d.step_slider.options] == [0, 100, 200]
     assert d.step_slider.value == 200  # it was at the newest step, so it follows

@@ -10,5 +10,6 @@ signal      Brock et al. 2021 signal-propagation plots; De & Smith 2020 / Fixup 
 and what they share:
 
 nets        `Net` (a model with its input normalisation), akamaster checkpoints and run folders as `Net`s
-modes       the train/eval switches (eval, batch statistics, calibrated eval), each restored on exit
+
+The train/eval switches they use (eval, batch statistics, calibrated eval) are `resviz.modes`.
 """

@@ -27,10 +27,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from resviz import schema
-from resviz.analysis.modes import batch_stats_mode, eval_mode
+from resviz import datasets, schema
+from resviz.analysis.lesion import TestSet, load_test_set
 from resviz.analysis.nets import Net, akamaster_nets, describe, normalise_images, run_nets  # noqa: F401 (re-exported)
-from resviz.probes import NORM_TYPES, SKIP_PATH_NAMES, Recorder
+from resviz.modes import batch_stats_mode, eval_mode
+from resviz.probes import Recorder
+from resviz.probes.blocks import NORM_TYPES, SKIP_PATH_NAMES
 
 BN_MODES = ("running", "batch")
 PREDICTED_COLUMNS = ("layer", "layer_index", "channels", "gamma_sq_mean", "beta_var", "predicted")
@@ -148,13 +150,10 @@ CIFAR10_JPEG = "the CIFAR-10 JPEG copy's test split (lossy, quality 75; not CIFA
 
 
 def cifar10_test_images(root: str | os.PathLike = "data", *, jpeg_copy: str | os.PathLike | None = None,
-                        n: int | None = None, seed: int = 0) -> tuple[str, "TestSet"]:
+                        n: int | None = None, seed: int = 0) -> tuple[str, TestSet]:
     """(what the images are, in words; the test images) for nets trained on CIFAR-10: CIFAR-10's own test set
     when `root` holds torchvision's archive or its extracted `cifar-10-batches-py` (never downloaded here), else
     the JPEG copy at `jpeg_copy` (a folder tree or its .tar.gz), named as such. n: a fixed random subset."""
-    from resviz import datasets
-    from resviz.analysis.lesion import load_test_set
-
     root = Path(root)
     if (root / datasets.CIFAR10_FOLDER).is_dir() or (root / datasets.CIFAR10_ARCHIVE).is_file():
         return CIFAR10_OWN, load_test_set("cifar10", root=root, n=n, seed=seed)

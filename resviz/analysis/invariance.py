@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from resviz.analysis.modes import batch_stats_mode  # also re-exported from here (its old home)
+from resviz.modes import batch_stats_mode  # also re-exported from here (its old home)
 from resviz.analysis.nets import normalise_images
 
 NORMS = ("batch", "weight", "layer", "rms")
@@ -132,7 +132,7 @@ def _check_names(names: Iterable[str], valid: Sequence[str], what: str) -> list[
 
 def digits_inputs(n: int = 128, seed: int = 0) -> Array:
     """n cases of scikit-learn's 8x8 digits, flattened to 64 float64 pixels (0..16)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: at the top it adds ~60 % to `resviz --help`'s start-up
 
     data = load_digits().data.astype(np.float64)  # (1797, 64)
     if not 2 <= n <= len(data):

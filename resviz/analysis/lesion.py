@@ -36,8 +36,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from resviz.analysis.modes import eval_mode  # noqa: F401 (re-exported from here, its old home)
+from resviz import datasets
+from resviz.evaluate import evaluate
+from resviz.modes import eval_mode
 from resviz.models import ShortcutA, iter_blocks
 
 _MISSING = object()
@@ -138,8 +141,6 @@ def error_rate(
 ) -> float:
     """Fraction of uint8 images (N, 3, H, W) misclassified, in eval mode (resviz.evaluate.evaluate);
     device None: the model's own device."""
-    from resviz.evaluate import evaluate
-
     images = torch.as_tensor(images_uint8)
     labels = torch.as_tensor(labels).long()
     if len(labels) != len(images):
@@ -347,7 +348,10 @@ def _archive_test_split(path: Path) -> tuple[list[bytes], list[int], list[str]]:
 
 def _decode(blobs: list[bytes]) -> torch.Tensor:
     """JPEG (batched) or PNG bytes -> uint8 (N, 3, 32, 32); other sizes resized to 32x32 (antialiased)."""
+    # deferred: torchvision loads torch._dynamo, which at the top doubles `resviz --help`'s start-up; only archives
+    # are decoded here
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    from torchvision.transforms.v2.functional import resize
 
     data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     out = torch.empty((len(data), 3, 32, 32), dtype=torch.uint8)
@@ -358,8 +362,6 @@ def _decode(blobs: list[bytes]) -> torch.Tensor:
         for i, d in enumerate(data):
             img = decoded[i] if i in decoded else decode_image(d, mode=ImageReadMode.RGB)  # (3, h, w)
             if img.shape[1:] != (32, 32):
-                from torchvision.transforms.v2.functional import resize
-
                 img = resize(img, [32, 32], antialias=True)
             out[i] = img
     return out
@@ -385,8 +387,6 @@ def load_test_set(
         images = _decode([blobs[i] for i in pick.tolist()])
         labels = torch.tensor(targets, dtype=torch.int64)[pick]
         return TestSet(f"{path.name} (test split)", images, labels, classes)
-    from resviz import datasets
-
     data = datasets.load(str(spec), root=root, progress=progress)
     pick = _subset(len(data.test_labels), n, seed)
     return TestSet(f"{data.name} (test split)", data.test_images[pick], data.test_labels[pick], list(data.classes))
@@ -403,8 +403,6 @@ def _subset(total: int, n: int | None, seed: int) -> torch.Tensor:
 def _progress(items, enabled: bool, desc: str):
     if not enabled:
         return items
-    from tqdm.auto import tqdm
-
     return tqdm(items, desc=desc)
 
 

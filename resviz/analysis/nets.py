@@ -18,6 +18,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from resviz import runs
+from resviz.evaluate import load_run_model
+from resviz.io import read_json
+from resviz.pretrained import AKAMASTER_FILES, AKAMASTER_MEAN, AKAMASTER_STD, find_local, pretrained
+
 
 @dataclass(frozen=True, eq=False)
 class Net:
@@ -34,8 +39,6 @@ class Net:
 def akamaster_nets(names: Sequence[str], *, search_dirs: Sequence[str | os.PathLike] = (),
                    progress: bool = False) -> list[Net]:
     """akamaster's CIFAR-10 ResNets by name, from `search_dirs`, $RESVIZ_CHECKPOINTS, or a download."""
-    from resviz.pretrained import AKAMASTER_FILES, AKAMASTER_MEAN, AKAMASTER_STD, find_local, pretrained
-
     if isinstance(names, (str, os.PathLike)):
         names = [names]
     nets = []
@@ -55,18 +58,15 @@ def run_nets(path_or_glob, *, mean=None, std=None) -> list[Net]:
 
     mean/std: override the per-channel normalisation (default: the one the run trained with, from its checkpoint).
     """
-    from resviz import runs
-    from resviz.evaluate import load_run_model
-
     folders = runs.find_runs(path_or_glob)
     with_weights = [f for f in folders if (f / "checkpoint.pt").is_file()]
     if not with_weights:
         raise FileNotFoundError(
-            f"no run with a checkpoint.pt under {path_or_glob}: train one first (resviz train, or sweep.run_sweep)"
+            f"no run with a checkpoint.pt under {path_or_glob}: train one first (resviz train, or sweeps.run_sweep)"
         )
     nets = []
     for folder in with_weights:
-        config = runs.read_json(folder / "config.json")
+        config = read_json(folder / "config.json")
         model, m, s = load_run_model(folder)  # normalised as its data set was, unless overridden
         if mean is not None and std is not None:
             m, s = mean, std

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from resviz.analysis.modes import batch_stats_mode, calibrated_eval  # calibrated_eval re-exported (old home)
+from resviz.modes import batch_stats_mode, calibrated_eval  # calibrated_eval also re-exported here (its old home)
 from resviz.models import cifar_resnet
 
 SETTING_1D = "1-D input on [-2, 2], fully connected nets (Balduzzi et al. 2017's experiment)"

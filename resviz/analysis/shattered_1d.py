@@ -20,11 +20,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 from torch import nn
 
-from resviz.analysis.modes import calibrated_eval
 from resviz.analysis.shattered import (BN_CALIBRATED, BN_TRAIN, FCNet, fc_net, gradients_1d_frame, line_1d,
                                        shattering_1d_vs_depth)
+from resviz.modes import calibrated_eval
 
 PAPER_RATES = {  # arch -> (the form the paper derives, the rate it implies as `decay_rates` measures it)
     "plain": ("2^-L (feedforward rectifier nets)", -1.0),
@@ -38,8 +39,6 @@ PANELS = (("feedforward, depth 1", "plain", 1), ("feedforward, depth 24", "plain
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, lo, hi): the t interval of the mean of `values` (NaN bounds for fewer than 2 values)."""
-    from scipy import stats
-
     v = np.asarray(values, dtype=float)
     if len(v) < 2:
         return float(v.mean()), float("nan"), float("nan")

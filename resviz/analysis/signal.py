@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from resviz import schema
-from resviz.analysis.modes import batch_stats_mode, eval_mode
+from resviz.modes import batch_stats_mode, eval_mode
 from resviz.models import check_depth, cifar_resnet, iter_blocks
 from resviz.probes import Recorder
 from resviz.probes.plan import moment_rows

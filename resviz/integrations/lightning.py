@@ -30,10 +30,67 @@ import os
 import time
 
 import lightning.pytorch as pl
+import numpy as np
+import torch
 from torch import nn
 
-from resviz.integrations.runfolder import LossLog, RunFolder, default_run_id, loss_of, model_info, unwrap, versions
+from resviz.environment import versions
+from resviz.models import model_identity, unwrap
 from resviz.probes import Recorder
+from resviz.runfolder import RunFolder, default_run_id
+from resviz.schema import META_COLUMNS
+
+
+def loss_of(value) -> torch.Tensor | None:
+    """The loss tensor in a training step's output (a tensor, or a mapping with 'loss'), detached; else None."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, dict) and isinstance(value.get("loss"), torch.Tensor):
+        return value["loss"].detach()
+    return None
+
+
+class LossLog:
+    """Mean training loss per log row, kept on the device until a save (one host copy for all rows then)."""
+
+    def __init__(self):
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+        self._rows: list[tuple[dict, torch.Tensor | None]] = []
+
+    def add(self, loss: torch.Tensor | None) -> None:
+        if loss is None:
+            return
+        loss = loss.float().reshape(())
+        self._sum = loss.clone() if self._sum is None else self._sum.add_(loss)
+        self._count += 1
+
+    def row(self, **columns) -> None:
+        """Close a log row: the mean of the losses added since the last row (NaN if none)."""
+        mean = self._sum / self._count if self._count else None
+        self._rows.append((columns, mean))
+        self._sum, self._count = None, 0
+
+    def amend(self, step: int, **columns) -> bool:
+        """Add columns to the last closed row if it is still held and was closed at `step`; False otherwise."""
+        if self._rows and self._rows[-1][0].get("step") == step:
+            self._rows[-1][0].update(columns)
+            return True
+        return False
+
+    @property
+    def pending(self) -> bool:
+        return self._count > 0
+
+    def take(self) -> list[dict]:
+        """The closed rows with their losses on the host (one device-to-host copy)."""
+        if not self._rows:
+            return []
+        tensors = [m for _, m in self._rows if m is not None]
+        host = iter(torch.stack(tensors).cpu().numpy().astype(np.float64).tolist()) if tensors else iter(())
+        rows = [{**c, "loss": next(host) if m is not None else math.nan} for c, m in self._rows]
+        self._rows = []
+        return rows
 
 
 def _seed() -> int:
@@ -134,7 +191,8 @@ class RecorderCallback(pl.Callback):
         if not trainer.is_global_zero:
             return
         net = self.target(pl_module)
-        info = {**model_info(net), "seed": _seed()}
+        identity = model_identity(net)
+        info = {**{k: identity[k] for k in META_COLUMNS if k in identity}, "seed": _seed()}
         run_id = self.run_id or default_run_id("lightning", info["arch"])
         config = {
             **info,
@@ -150,8 +208,8 @@ class RecorderCallback(pl.Callback):
         }
         rec = Recorder(net, every=self.every, metrics=self.metrics, per_channel=self.per_channel,
                        run_info={"run_id": run_id, **info}, flush_every=self.flush_every)
-        self.writer = RunFolder(self.out, run_id, config, sinks=self.sinks)
-        self.writer.open(first_step=trainer.global_step)
+        self.writer = RunFolder(self.out, run_id, sinks=self.sinks)
+        self.writer.open(config, first_step=trainer.global_step)
         rec.__enter__()
         self.recorder = rec
         rec.begin_step(trainer.global_step)

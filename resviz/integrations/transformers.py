@@ -33,8 +33,11 @@ import time
 import transformers
 from transformers import TrainerCallback
 
-from resviz.integrations.runfolder import RunFolder, default_run_id, model_info, unwrap, versions
+from resviz.environment import versions
+from resviz.models import model_identity, unwrap
 from resviz.probes import Recorder
+from resviz.runfolder import RunFolder, default_run_id
+from resviz.schema import META_COLUMNS
 
 _LOG_KEYS = {"loss": "loss", "learning_rate": "lr", "eval_loss": "test_loss"}
 
@@ -82,7 +85,8 @@ class RecorderCallback(TrainerCallback):
         if not state.is_world_process_zero or model is None:
             return
         net = unwrap(model)
-        info = {**model_info(net), "seed": int(args.seed)}
+        identity = model_identity(net)
+        info = {**{k: identity[k] for k in META_COLUMNS if k in identity}, "seed": int(args.seed)}
         run_id = self.run_id or default_run_id("hf", info["arch"])
         config = {
             **info,
@@ -100,8 +104,8 @@ class RecorderCallback(TrainerCallback):
         }
         rec = Recorder(net, every=self.every, metrics=self.metrics, per_channel=self.per_channel,
                        run_info={"run_id": run_id, **info}, flush_every=self.flush_every)
-        self.writer = RunFolder(self.out, run_id, config, sinks=self.sinks)
-        self.writer.open(first_step=state.global_step)
+        self.writer = RunFolder(self.out, run_id, sinks=self.sinks)
+        self.writer.open(config, first_step=state.global_step)
         rec.__enter__()
         self.recorder = rec
         rec.begin_step(state.global_step)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from resviz import runs, schema
 from resviz.integrations.tensorboard import DEPTH_STEPS, profile_steps
+from resviz.io import read_json
 
 STEP_KEY = "resviz/step"
 TRAIN_KEYS = ("loss", "train_error", "test_error", "test_loss", "lr", "images_per_s")
@@ -99,7 +100,7 @@ def export_run(run: str | os.PathLike, *, project: str = "resviz", entity: str |
     stats = schema.coerce(stats) if len(stats) else stats
     if not len(stats) and not len(metrics):
         raise ValueError(f"run {run} has neither stats.parquet nor metrics.parquet rows: nothing to export")
-    config = runs.read_json(folder / "config.json")
+    config = read_json(folder / "config.json")
     wrun = wandb.init(project=project, entity=entity, name=row["run_id"], config=config, mode=mode,
                       dir=None if dir is None else str(dir), reinit="create_new")
     try:

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from resviz import reference
 from resviz.plots.selection import by_run, training_rows
-from resviz.plots.style import STEP_AXIS, arch_name, arch_rank, base_layout, run_color, run_label
+from resviz.plots.style import STEP_AXIS, arch_name, arch_rank, base_layout, run_color
 
 METRICS_HINT = "pass RunSet.metrics (metrics.parquet rows)"
 # Published CIFAR-10 test errors (%) of ResNets by depth (resviz.reference: each labelled as its source states

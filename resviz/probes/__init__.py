@@ -46,11 +46,13 @@ For torchvision ResNets the block points are virtual and named like resviz's pro
 Std is unbiased over N*C*H*W (torch.std). stage: 0 stem, 1.. stages, last stage + 1 for the head (4 for
 resviz models, 5 for torchvision ResNets); block: index within its stage, -1 outside blocks.
 
-Blocks are found through `blocks.BLOCK_SPECS`: resviz-style probe points (children `probe_branch`,
-`probe_skip`, `probe_sum`, `probe_out` that are `resviz.models.Probe` modules; mark your own block the same
-way), or torchvision's BasicBlock and Bottleneck. A module that looks like a residual block (class name with
-Block/Bottleneck/Residual, or a `downsample`/`shortcut` child) but is none of these is refused when block
-metrics are asked for.
+Blocks are found through `blocks.BLOCK_SPECS`, one entry per family: resviz-style probe points (children
+`probe_branch`, `probe_skip`, `probe_sum`, `probe_out` that are `resviz.models.Probe` modules; mark your own block
+the same way), torchvision's BasicBlock and Bottleneck, timm's ResNet, ResNetV2, ConvNeXt and ViT blocks, and
+Hugging Face GPT-2, Llama-style (Llama, Mistral, Qwen2, Qwen3) and BERT-style (BERT, RoBERTa) layers. Any other
+class is added with `register_block(cls, branch=..., skip=...)` (docs/blocks.md) and removed with
+`unregister_block(cls)`. A module that looks like a residual block (class name with Block/Bottleneck/Residual, or
+a `downsample`/`shortcut` child) but is none of these is refused when block metrics are asked for.
 
 Order within a step: begin_step (optional) -> forward -> backward -> end_step. If a step runs several forward
 passes, the last one's statistics are kept; `with rec.paused():` keeps e.g. a mid-training evaluation out.
@@ -61,43 +63,7 @@ methods of the model's module classes, because hooks added or removed after comp
 (pytorch#117758); act_grad_norm's tensor hooks write in place and so stay inside the graph. Under CUDA graphs
 (mode="reduce-overhead") the statistics are copied out at end_step, before the next replay.
 """
-from resviz.probes.blocks import (
-    BLOCK_SPECS,
-    NORM_TYPES,
-    PROBE_NAMES,
-    SKIP_PATH_NAMES,
-    BlockSpec,
-    Point,
-    ResidualAdd,
-    register_block,
-    unregister_block,
-)
-from resviz.probes.plan import BLOCK_METRICS, BLOCK_ROWS, BlockRow, Catalog, HookSpec, Plan, Site, build_plan
-from resviz.probes.recorder import DEFAULT_METRICS, METRICS, RUN_INFO_KEYS, Recorder
-from resviz.probes.reductions import derive, write_moments
+from resviz.probes.blocks import register_block, unregister_block
+from resviz.probes.recorder import Recorder
 
-__all__ = [
-    "BLOCK_METRICS",
-    "BLOCK_ROWS",
-    "BLOCK_SPECS",
-    "DEFAULT_METRICS",
-    "METRICS",
-    "NORM_TYPES",
-    "PROBE_NAMES",
-    "RUN_INFO_KEYS",
-    "SKIP_PATH_NAMES",
-    "BlockRow",
-    "BlockSpec",
-    "Catalog",
-    "HookSpec",
-    "Plan",
-    "Point",
-    "Recorder",
-    "ResidualAdd",
-    "Site",
-    "build_plan",
-    "register_block",
-    "unregister_block",
-    "derive",
-    "write_moments",
-]
+__all__ = ["Recorder", "register_block", "unregister_block"]

@@ -383,16 +383,26 @@ def _guess(module: nn.Module) -> tuple[str, str]:
     return branch, f"[{skip!r}, ':in']" if skip else "':in'"
 
 
+def register_call(cls: type, **points) -> str:
+    """A `register_block` call for `cls` that runs as pasted, in a script or a notebook: a class of the running
+    script or notebook (`__main__`) by its name; any other class imported first from its module."""
+    local = "<locals>" in cls.__qualname__  # defined inside a function: by its name, pasted in that function
+    name = cls.__name__ if local else cls.__qualname__
+    top = name.partition(".")[0]
+    head = "import resviz; " + ("" if local or cls.__module__ == "__main__" else f"from {cls.__module__} import {top}; ")
+    args = "".join(f", {key}={value}" for key, value in points.items())
+    return f"{head}resviz.register_block({name}{args})"
+
+
 def unknown_block_message(name: str, module: nn.Module) -> str:
     cls = type(module)
     branch, skip = _guess(module)
     return (
         f"Recorder does not know the residual block type {qualname(cls)} (at '{name}'): tell it where the branch "
-        f"ends and the skip comes from, e.g. `resviz.register_block({cls.__module__}.{cls.__qualname__}, "
-        f"branch={branch!r}, skip={skip})` before creating the Recorder (a point is a submodule's output 'name', "
-        "its input 'name:in', the block's input ':in' or its output ''; add sum='act:in' where an activation "
-        "follows the addition; see docs/blocks.md); or record only norm layers and gradients with "
-        "metrics=['response_std', 'grad_norm']"
+        f"ends and the skip comes from, e.g. `{register_call(cls, branch=repr(branch), skip=skip)}` before "
+        "creating the Recorder (a point is a submodule's output 'name', its input 'name:in', the block's input "
+        "':in' or its output ''; add sum='act:in' where an activation follows the addition; see docs/blocks.md); "
+        "or record only norm layers and gradients with metrics=['response_std', 'grad_norm']"
     )
 
 

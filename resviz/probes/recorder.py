@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from resviz import schema
-from resviz.models import ModelSpec
+from resviz.models import model_identity, unwrap
 from resviz.probes.plan import BLOCK_ROWS, BlockRow, HookSpec, build_plan
 from resviz.probes.reductions import SENTINEL, derive, write_moments
-from resviz.runs import RUN_INFO_KEYS  # the one list of run-metadata keys (from schema.RUN_COLUMNS)
+from resviz.schema import RUN_INFO_KEYS  # the one list of run-metadata keys (from schema.RUN_COLUMNS)
 
 METRICS: tuple[str, ...] = schema.RECORDER_METRICS  # what a Recorder can take (not the evaluation metrics)
 DEFAULT_METRICS: tuple[str, ...] = schema.DEFAULT_METRICS
@@ -42,18 +42,6 @@ def _dynamo():
     return sys.modules.get("torch._dynamo")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module whose submodules get the hooks: inside torch.compile's and DataParallel's wrappers."""
-    while True:
-        dynamo = _dynamo()
-        if dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule):
-            model = model._orig_mod
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        else:
-            return model
-
-
 def _chosen_metrics(metrics, per_channel: bool) -> frozenset[str]:
     chosen = list(DEFAULT_METRICS) if metrics is None else [metrics] if isinstance(metrics, str) else list(metrics)
     bad = [m for m in chosen if m not in METRICS]
@@ -64,37 +52,14 @@ def _chosen_metrics(metrics, per_channel: bool) -> frozenset[str]:
     return frozenset(chosen)
 
 
-def model_identity(root: nn.Module) -> tuple[str, str]:
-    """(name, family) of a model: resviz's spec ("resnet20", "resviz"), timm's pretrained_cfg architecture
-    ("convnext_atto", "timm convnext"), a Hugging Face config's name or model_type ("gpt2", "hf gpt2"),
-    torchvision's module ("torchvision resnet"), else the class name and its top-level package."""
-    spec = getattr(root, "spec", None)
-    if isinstance(spec, ModelSpec):
-        return f"{spec.arch}{spec.depth}", "resviz"
-    module, leaf = type(root).__module__, type(root).__module__.rpartition(".")[2]
-    config = getattr(root, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if module.startswith("transformers.") and isinstance(model_type, str):
-        return str(getattr(config, "_name_or_path", "") or model_type), f"hf {model_type}"
-    cfg = getattr(root, "pretrained_cfg", None)
-    if module.startswith("timm.") and isinstance(cfg, dict) and cfg.get("architecture"):
-        return str(cfg["architecture"]), f"timm {leaf}"
-    if module.startswith("torchvision."):
-        return type(root).__name__, f"torchvision {leaf}"
-    return type(root).__name__, module.partition(".")[0]
-
-
 _INFO_KEYS = {**RUN_INFO_KEYS, **dict.fromkeys(schema.MODEL_COLUMNS, str)}  # what run_info may set
 
 
 def _run_info(root: nn.Module, given: dict) -> dict:
     """The run metadata of every row: from model.spec for resviz models, then `given` checked and applied."""
-    spec = getattr(root, "spec", None)
-    if isinstance(spec, ModelSpec):
-        info = dict(run_id="", arch=spec.arch, depth=spec.depth, norm=spec.norm, shortcut=spec.shortcut, seed=-1)
-    else:
-        info = dict(run_id="", arch=type(root).__name__, depth=-1, norm="unknown", shortcut="unknown", seed=-1)
-    info["model"], info["family"] = model_identity(root)
+    identity = model_identity(root)
+    info = {"run_id": "", **{k: identity[k] for k in RUN_INFO_KEYS if k in identity}, "seed": -1,
+            **{k: identity[k] for k in schema.MODEL_COLUMNS}}
     for key, value in given.items():
         if key not in _INFO_KEYS:
             raise ValueError(f"run_info key {key!r} is unknown; valid: {', '.join(_INFO_KEYS)}")
@@ -122,6 +87,36 @@ def _argument(spec: HookSpec, args: tuple, kwargs: dict):
 def _categorical(codes: np.ndarray, categories: list[str]) -> pd.Categorical:
     cat = pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype="str"))
     return cat.remove_unused_categories()
+
+
+def _watched_points(plan, root: nn.Module) -> list[tuple[str, str, str, str, int, np.ndarray]]:
+    """(block, its class, "branch" or "skip", the point as register_block spells it, the point's count slot, the
+    count slots of the block's other sites) for every branch and skip point: a point whose hook never runs
+    while the rest of its block does is reported (`_report_silent_points`), not dropped without a word."""
+    from resviz.probes.blocks import find_blocks
+
+    classes = {name: type(m).__name__ for name, _, m in find_blocks(root)[0]}
+    hooks = {h.site: h for h in plan.hooks}
+    slot = [site.offset + 2 * site.channels for site in plan.sites]  # elements per channel: SENTINEL if unwritten
+    members: dict[str, list[int]] = {}  # block -> its sites (points and norm layers inside it)
+    for i, site in enumerate(plan.sites):
+        parts = site.name.split(".")
+        owner = next((".".join(parts[:k]) for k in range(len(parts) - 1, -1, -1) if ".".join(parts[:k]) in classes),
+                     None)
+        if owner is not None:
+            members.setdefault(owner, []).append(i)
+    found = []
+    for block, sites in members.items():
+        prefix = block + "." if block else ""
+        for i in sites:
+            role, hook = plan.sites[i].name.rpartition(".probe_")[2], hooks.get(i)
+            if role not in ("branch", "skip") or hook is None or len(sites) < 2:
+                continue
+            point = hook.module.removeprefix(prefix) if hook.module != block else ""
+            if hook.kind != "fwd":
+                point += ":in" if hook.arg == 0 else f":in{hook.arg}"
+            found.append((block, classes[block], role, point, slot[i], np.array([slot[j] for j in sites if j != i])))
+    return found
 
 
 @dataclass
@@ -160,7 +155,7 @@ class Recorder:
         self._metrics = _chosen_metrics(metrics, per_channel)
         self._per_channel = "response_channel_std" in self._metrics
         self._model = model
-        self._root = _unwrap(model)
+        self._root = unwrap(model)
         self._info = _run_info(self._root, run_info or {})
         self._plan = build_plan(self._root, self._metrics, block_rows)
         self._central = False
@@ -181,6 +176,8 @@ class Recorder:
         n = self._flush_every
         self._row_steps = np.zeros(n, dtype=np.int64)
         self._row_epochs = np.full(n, np.nan)
+        self._watched = _watched_points(self._plan, self._root)
+        self._reported: set[tuple[str, str]] = set()
 
     # ---- public state
     @property
@@ -199,6 +196,12 @@ class Recorder:
     @property
     def metrics(self) -> tuple[str, ...]:
         return tuple(m for m in METRICS if m in self._metrics)
+
+    @staticmethod
+    def hooked(model: nn.Module) -> bool:
+        """Whether an active Recorder has hooks on any module of `model` (inside its compile / DataParallel
+        wrappers): a measurement that must not reach that Recorder's table then runs on a copy (resviz.measure)."""
+        return any(m in _ACTIVE for m in unwrap(model).modules())
 
     # ---- lifecycle
     def __enter__(self) -> Recorder:
@@ -501,8 +504,28 @@ class Recorder:
                     event.synchronize()
                 host = host.numpy().astype(np.float64)
             self._pending.pop(0)
+            self._report_silent_points(host, steps)
             values, valid = derive(host, self._plan, self._central)
             self._chunks.append(_Chunk(steps, epochs, values, valid))
+
+    def _report_silent_points(self, raw: np.ndarray, steps: np.ndarray) -> None:
+        """One warning line per branch or skip point that never ran in a recorded step while its block's other
+        points did (e.g. a registered skip submodule that the block's forward never calls), once per point."""
+        import warnings
+
+        level, frame = 1, sys._getframe(0)
+        while frame is not None and frame.f_globals.get("__name__", "").startswith("resviz."):
+            level, frame = level + 1, frame.f_back  # the warning names the user's line (rec.frame(), end_step)
+        for block, cls, role, point, slot, others in self._watched:
+            silent = (raw[:, slot] < 0) & (raw[:, others] >= 0).any(axis=1)  # (R,)
+            if silent.any() and (block, point) not in self._reported:
+                self._reported.add((block, point))
+                hint = ("name a point its forward passes through, e.g. skip=':in' where the skip is the block's "
+                        "input" if role == "skip" else "name the submodule whose output is the residual branch")
+                warnings.warn(
+                    f"Recorder: block '{block}' ({cls}) never ran its {role} point '{point}' in recorded step "
+                    f"{int(steps[silent.argmax()])} while its other points ran: no {role}_std or branch_ratio row "
+                    f"for it; {hint} (resviz.register_block, docs/blocks.md)", UserWarning, stacklevel=level)
 
     def _table(self, chunks: list[_Chunk]) -> pd.DataFrame:
         if not chunks:

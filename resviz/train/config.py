@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from resviz import schema
 from resviz.models import check_depth, cifar_resnet
 from resviz.train.recipe import PARAM_GROUPS
 
@@ -119,11 +120,9 @@ class TrainConfig:
         if any(m < 0 for m in self.milestones):
             raise ValueError(f"--milestones={list(self.milestones)} must be zero or positive iterations")
         if self.record_metrics is not None:
-            from resviz.probes.recorder import METRICS
-
-            bad = [m for m in self.record_metrics if m not in METRICS]
+            bad = [m for m in self.record_metrics if m not in schema.RECORDER_METRICS]
             if bad:
-                raise ValueError(f"--record-metrics: unknown metric(s) {bad}; valid: {', '.join(METRICS)}")
+                raise ValueError(f"--record-metrics: unknown metric(s) {bad}; valid: {', '.join(schema.RECORDER_METRICS)}")
 
     @property
     def scaled_milestones(self) -> tuple[int, ...]:

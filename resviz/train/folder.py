@@ -1,17 +1,30 @@
-"""One training run's folder: create it or check it holds the same config, the result of a finished run, and
-the checkpoint a resume starts from (with the metrics and statistics rows saved up to it)."""
+"""What is training-specific about a run folder (the folder itself is `resviz.runfolder`): create it or check
+it holds the same TrainConfig, the result of a finished run, and the progress a resume starts from (the
+checkpoint, with the metrics and statistics rows saved up to it)."""
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from resviz import runs, schema
+from resviz import schema
+from resviz.environment import versions
 from resviz.io import make_folder
+from resviz.runfolder import (
+    CHECKPOINT_FILE,
+    FINISHED,
+    METRICS_FILE,
+    STATS_FILE,
+    RunFolder,
+    is_run_folder,
+    load_checkpoint,
+    metrics_frame,
+    read_config,
+    read_status,
+    read_table,
+)
 from resviz.train.config import TrainConfig
 
 
@@ -28,12 +41,6 @@ class RunResult:
     extra: dict = field(default_factory=dict)
 
 
-def versions() -> dict:
-    from resviz import __version__
-
-    return {"resviz": __version__, "torch": torch.__version__, "python": platform.python_version()}
-
-
 def _config_diff(old: dict, new: dict) -> list[str]:
     keys = sorted((set(old) | set(new)) - set(TrainConfig.RESUME_SAFE) - {"run_id", "versions"})
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
@@ -44,8 +51,8 @@ def prepare_folder(config: TrainConfig, out: str | os.PathLike, run_id: str | No
     run_id = run_id or config.run_id
     folder = Path(out) / run_id
     new = {**config.to_dict(), "run_id": run_id}
-    if runs.is_run_folder(folder):
-        old = runs.read_config(folder)
+    if is_run_folder(folder):
+        old = read_config(folder)
         differ = _config_diff(old, new)
         if differ:
             raise ValueError(
@@ -55,7 +62,7 @@ def prepare_folder(config: TrainConfig, out: str | os.PathLike, run_id: str | No
         return folder
     try:
         make_folder(folder)
-        runs.atomic_write_json(folder / "config.json", {**new, "versions": versions()})
+        RunFolder(out, run_id).write_config({**new, "versions": versions()})
     except PermissionError:
         raise PermissionError(f"cannot write to {folder}: choose a writable --out folder") from None
     except OSError as err:
@@ -66,11 +73,11 @@ def prepare_folder(config: TrainConfig, out: str | os.PathLike, run_id: str | No
 def finished_result(config: TrainConfig, folder: Path) -> RunResult | None:
     """The result of the run in `folder` if it is finished (done or diverged, with its metrics), else None;
     a folder holding a different config is refused, naming the fields."""
-    if not runs.is_run_folder(folder):
+    if not is_run_folder(folder):
         return None
     prepare_folder(config, folder.parent, folder.name)
-    status = runs.read_status(folder)
-    if status.get("status") not in runs.FINISHED or not (folder / "metrics.parquet").is_file():
+    status = read_status(folder)
+    if status.get("status") not in FINISHED or not (folder / METRICS_FILE).is_file():
         return None
     final = status.get("final") or status.get("last_finite") or {}
     return RunResult(folder.name, folder, status["status"], int(status.get("step", 0)),
@@ -94,19 +101,19 @@ class Progress:
 def resume(folder: Path, config: TrainConfig, model, optimizer, device) -> Progress:
     """Load the folder's checkpoint (if any) into `model` and `optimizer`; the progress to go on from."""
     fresh = Progress(0, 0.0, config.warmup_steps if config.warmup_enabled else None, [], schema.empty())
-    path = folder / "checkpoint.pt"
+    path = folder / CHECKPOINT_FILE
     if not path.is_file():
         return fresh
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(path, map_location=device)  # weights_only: a crafted pickle cannot run code
     except Exception as err:  # noqa: BLE001 - a checkpoint that cannot be read is a failure we name
         raise ValueError(f"checkpoint {path} cannot be read ({err}); delete it to restart the run") from None
     _load_states(path, ckpt, config, model, optimizer)
     progress = Progress(ckpt["step"], ckpt["seconds"], ckpt["warmup_until"], [], schema.empty(),
                         ckpt.get("interval"))
     try:
-        m = runs.read_table(folder / "metrics.parquet", schema.empty_train)
-        s = runs.read_table(folder / "stats.parquet", schema.empty)
+        m = read_table(folder / METRICS_FILE, schema.empty_train)
+        s = read_table(folder / STATS_FILE, schema.empty)
     except ValueError as err:
         raise ValueError(f"{err}; the run cannot be resumed exactly: delete the folder {folder} to start again") \
             from None
@@ -152,19 +159,12 @@ def _load_states(path: Path, ckpt, config: TrainConfig, model, optimizer) -> Non
         ) from None
 
 
-def save(folder: Path, step: int, progress: Progress, model, optimizer, data, config: TrainConfig) -> None:
+def save(writer: RunFolder, step: int, progress: Progress, model, optimizer, data, config: TrainConfig) -> None:
     """Write the statistics, the metrics and the checkpoint at `step`, each atomically. The checkpoint holds
     no RNG state: batches are a pure function of (seed, step)."""
-    runs.atomic_write_parquet(folder / "stats.parquet", progress.stats)
-    runs.atomic_write_parquet(folder / "metrics.parquet", metrics_frame(progress.metrics))
-    runs.atomic_torch_save(folder / "checkpoint.pt", {
+    writer.write_tables(progress.stats, metrics_frame(progress.metrics))
+    writer.save_checkpoint({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
         "seconds": progress.seconds, "warmup_until": progress.warmup_until, "mean": tuple(data.mean),
         "std": tuple(data.std), "classes": list(data.classes), "config": config.to_dict(),
         "interval": progress.interval})
-
-
-def metrics_frame(rows: list[dict]) -> pd.DataFrame:
-    if not rows:
-        return schema.empty_train()
-    return schema.coerce_train(pd.DataFrame(rows, columns=[*schema.TRAIN_COLUMNS, *schema.TRAIN_OPTIONAL_COLUMNS]))

@@ -20,19 +20,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from resviz import datasets, runs, schema
+from resviz import datasets, schema
 from resviz.errors import Interrupted, UserError
-from resviz.io import make_folder
 from resviz.evaluate import evaluate
+from resviz.io import make_folder
 from resviz.loader import DeviceLoader
 from resviz.measure import CLEAN_TRAIN_IMAGES, HELDOUT_IMAGES, clean_train_error, fixed_subset, heldout_response_std
 from resviz.models import cifar_resnet
+from resviz.modes import train_mode
+from resviz.probes import Recorder
+from resviz.runfolder import RunFolder, run_lock
 from resviz.train import folder as run_folder
 from resviz.train.config import TrainConfig
 from resviz.train.folder import Progress, RunResult
+from resviz.train.interrupts import StopSignals, describe
 from resviz.train.recipe import groups_rule, mixup_batch, param_groups, soft_wrong
-from resviz.train.signals import StopSignals, describe
 from resviz.train.speed import SyncCheck, TrainStep, cudnn_benchmark, largest_batch
 
 
@@ -50,6 +54,7 @@ class _Run:
 
     config: TrainConfig
     folder: Path
+    writer: RunFolder  # writes `folder`
     data: datasets.Dataset
     device: torch.device
     model: torch.nn.Module
@@ -109,7 +114,7 @@ class _Interval:
 def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str | None = None) -> RunResult:
     """Train one run into `out/<run_id>/`, resuming it when it was cut; a finished run is returned as is.
 
-    The run folder is locked for the run's life (`runs.run_lock`: a second writer is refused by name).
+    The run folder is locked for the run's life (`runfolder.run_lock`: a second writer is refused by name).
     SIGINT and SIGTERM stop the run at the next step boundary: it is saved there, marked interrupted, and
     `resviz.errors.Interrupted` (a KeyboardInterrupt) is raised; running it again continues exactly."""
     config.validate()
@@ -123,7 +128,7 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str |
     images, labels = _training_split(config, data)
     make_folder(out)
     make_folder(folder)
-    with runs.run_lock(folder), StopSignals() as stop:
+    with run_lock(folder), StopSignals() as stop:
         folder = run_folder.prepare_folder(config, out, folder.name)
         finished = run_folder.finished_result(config, folder)  # another process may have finished it meanwhile
         if finished is not None:
@@ -139,18 +144,18 @@ def _train_locked(run: "_Run", sync_check: SyncCheck) -> RunResult:
     bar = _progress_bar(config, run.progress.step, folder.name)
     try:
         with cudnn_benchmark(run.device, config.cudnn_benchmark), bar, sync_check:
-            runs.write_status(folder, "running", step=run.progress.step, pid=os.getpid())
+            run.writer.write_status("running", step=run.progress.step, pid=os.getpid())
             return _run_steps(run, bar, sync_check)
     except Interrupted:
         raise  # saved at a step boundary already
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint is the consistent state
-        runs.write_status(folder, "interrupted", "stopped at once by a second signal; run again to resume from "
-                          f"step {run.saved_step}", step=run.saved_step)
+        run.writer.write_status("interrupted", "stopped at once by a second signal; run again to resume from "
+                                f"step {run.saved_step}", step=run.saved_step)
         raise
     except torch.cuda.OutOfMemoryError:
         pass  # handled below, once this handler has let go of the failed step's tensors
     except Exception as err:
-        runs.write_status(folder, "failed", f"{type(err).__name__}: {err}", step=run.step)
+        run.writer.write_status("failed", f"{type(err).__name__}: {err}", step=run.step)
         raise
     # only an out-of-GPU-memory error gets here: every other path through the loop returns or raises
     raise _out_of_memory(run)
@@ -163,8 +168,8 @@ def _interrupted(run: "_Run", signum: int) -> Interrupted:
     _checkpoint(run, run.step_done)
     run.stop.handled = True
     how = describe(signum)
-    runs.write_status(run.folder, "interrupted", f"interrupted by {how} at step {run.step_done}; run the same "
-                      "command again to resume", step=run.step_done, signal=signum)
+    run.writer.write_status("interrupted", f"interrupted by {how} at step {run.step_done}; run the same "
+                            "command again to resume", step=run.step_done, signal=signum)
     return Interrupted(signum, f"{run.folder.name}: interrupted by {how} at step {run.step_done}, saved")
 
 
@@ -182,8 +187,6 @@ def _training_split(config: TrainConfig, data) -> tuple[torch.Tensor, torch.Tens
 
 def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _Run:
     """The model (seeded), its optimiser, the loader and the Recorder, resumed from the folder's checkpoint."""
-    from resviz.probes import Recorder  # the recorder's module imports models; keep import order simple
-
     torch.manual_seed(config.seed)
     model = cifar_resnet(config.depth, plain=config.arch == "plain", shortcut=config.shortcut, norm=config.norm,
                          branch_init=config.branch_init, width=config.width, num_classes=len(data.classes))
@@ -196,8 +199,8 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
                           device=device, seed=config.seed, augment=config.augment,
                           channels_last=config.channels_last)
     progress = run_folder.resume(folder, config, model, optimizer, device)
-    run = _Run(config, folder, data, device, model, optimizer, loader, progress, step=progress.step,
-               step_done=progress.step,
+    run = _Run(config, folder, RunFolder(folder.parent, folder.name), data, device, model, optimizer, loader,
+               progress, step=progress.step, step_done=progress.step,
                last_finite=progress.metrics[-1] if progress.metrics else {}, interval=_Interval(device),
                saved_step=progress.step)
     tested = [r for r in progress.metrics if math.isfinite(r.get("test_error", math.nan))]
@@ -206,7 +209,6 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
     run.interval.restore(progress.interval)
     progress.interval = None
     run.step_fn = TrainStep(model, compile=config.compile, mode=config.compile_mode, amp=config.amp, device=device)
-    model.train()
     run.rec = Recorder(model, every=config.record_every, metrics=config.record_metrics,
                        run_info={"run_id": folder.name, "seed": config.seed})
     run.heldout = data.test_images[fixed_subset(len(data.test_images), HELDOUT_IMAGES)]
@@ -228,7 +230,7 @@ def _heldout_stats(run: _Run, done: int):
 def _run_steps(run: _Run, bar, sync_check: SyncCheck) -> RunResult:
     """Steps from the resumed one to the end, with a boundary every log_every steps; the run's result."""
     config, rec = run.config, run.rec
-    with rec, sync_check:  # sync_check leaves first: the Recorder's closing flush syncs
+    with train_mode(run.model), rec, sync_check:  # sync_check leaves first: the Recorder's closing flush syncs
         rec.begin_step(run.step)
         for step in range(run.step, config.steps):
             if run.stop is not None and run.stop.signum is not None:  # SIGINT/SIGTERM: stop at this boundary
@@ -246,7 +248,7 @@ def _run_steps(run: _Run, bar, sync_check: SyncCheck) -> RunResult:
                 return _diverged(run, done, row)
             _end_interval(run, done, row)
             sync_check.arm()  # end of the boundary
-    runs.write_status(run.folder, "done", step=config.steps, final=run.last_finite)
+    run.writer.write_status("done", step=config.steps, final=run.last_finite)
     return RunResult(run.folder.name, run.folder, "done", config.steps,
                      run.last_finite.get("train_error", float("nan")),
                      run.last_finite.get("test_error", float("nan")), run.progress.seconds)
@@ -306,8 +308,8 @@ def _diverged(run: _Run, done: int, row: dict) -> RunResult:
     """Save the run with its non-finite row and mark it diverged (a result, not an error)."""
     _checkpoint(run, done)
     first = done - run.interval.images // run.config.batch_size
-    runs.write_status(run.folder, "diverged", f"loss became {row['loss']} between steps {first} and {done}",
-                      step=done, last_finite=run.last_finite)
+    run.writer.write_status("diverged", f"loss became {row['loss']} between steps {first} and {done}",
+                            step=done, last_finite=run.last_finite)
     return RunResult(run.folder.name, run.folder, "diverged", done, row["train_error"], run.last_test[0],
                      run.progress.seconds, reason="non-finite loss", extra={"last_finite": run.last_finite})
 
@@ -321,7 +323,7 @@ def _end_interval(run: _Run, done: int, row: dict) -> None:
     run.interval.restart()
     if _due(config.checkpoint_every, done, config.steps):
         _checkpoint(run, done)
-        runs.write_status(run.folder, "running", step=done, pid=os.getpid())
+        run.writer.write_status("running", step=done, pid=os.getpid())
 
 
 def _checkpoint(run: _Run, step: int) -> None:
@@ -332,7 +334,7 @@ def _checkpoint(run: _Run, step: int) -> None:
     order = stats["step"].to_numpy() * 2 + (~stats["metric"].isin(schema.RECORDER_METRICS)).to_numpy()
     run.progress.stats = stats.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
     run.eval_stats = []
-    run_folder.save(run.folder, step, run.progress, run.model, run.optimizer, run.data, run.config)
+    run_folder.save(run.writer, step, run.progress, run.model, run.optimizer, run.data, run.config)
     run.saved_step = step
     run.progress.interval = None
 
@@ -351,14 +353,12 @@ def _out_of_memory(run: _Run) -> UserError:
                "not even batch_size=1 fits; use a smaller --depth or --width, or a larger GPU")
         reason = (f"out of GPU memory for depth={config.depth} at batch_size={config.batch_size} "
                   f"({torch.cuda.get_device_name(run.device)}): {fix}")
-    runs.write_status(run.folder, "failed", reason, step=run.step)
+    run.writer.write_status("failed", reason, step=run.step)
     return UserError(reason)
 
 
 def _progress_bar(config: TrainConfig, start: int, run_id: str):
     """A tqdm bar on a terminal; where stderr is a file or a pipe, no bar but one plain line per logged row."""
-    from tqdm.auto import tqdm
-
     tty = sys.stderr.isatty()
     bar = tqdm(total=config.steps, initial=start, desc=run_id, unit="step", disable=not (config.progress and tty),
                dynamic_ncols=True, file=sys.stderr, leave=True)

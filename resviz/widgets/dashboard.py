@@ -1,9 +1,9 @@
 """`explore(runs)`: a dashboard of one metric against depth, with sliders for depth and training step.
 
-The stats table is pivoted once per load (`series.pivot`). A control move picks each run's row and moves the
-traces and axes that `plots.profile_traces` / `plots.profile_axes` draw of it (the engine behind
+The stats table is pivoted once per load (`resviz.plots.series.pivot`). A control move picks each run's row and
+moves the traces and axes that `resviz.plots.depth.profile_traces` / `profile_axes` draw of it (the engine behind
 `plots.plot_profile`) into one `go.FigureWidget` inside `batch_update()`; the shared layout comes from
-`plots.base_layout`. Every error ends up in `dashboard.message`, never as a traceback in the notebook.
+`resviz.plots.style.base_layout`. Every error ends up in `dashboard.message`, never as a traceback in the notebook.
 """
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 
-from resviz import plots
+from resviz import export as export_mod
+from resviz.plots.depth import profile_axes, profile_traces
+from resviz.plots.selection import pick_step
+from resviz.plots.series import Series, pivot
+from resviz.plots.style import arch_name, arch_rank, base_layout, short_title
 from resviz.schema import METRICS
-from resviz.widgets.series import Series, pivot
 from resviz.widgets.source import load_source, status_summary
 from resviz.widgets.view import View
 
@@ -55,7 +58,7 @@ class Dashboard(View):
         self._busy = False
         self.last_export: list[Path] = []
 
-        self.figure = go.FigureWidget(layout=plots.base_layout(go.Figure(), "").layout)
+        self.figure = go.FigureWidget(layout=base_layout(go.Figure(), "").layout)
         self.depth_slider = widgets.SelectionSlider(options=[("–", -1)], description="depth", disabled=True)
         self.step_slider = widgets.SelectionSlider(options=[("–", -1)], description="step", disabled=True,
                                                    layout=widgets.Layout(width="45%"))
@@ -162,8 +165,8 @@ class Dashboard(View):
     def _set_group(self, keep: dict) -> None:
         """Arch, depth and step options for the chosen metric, keeping the current choices where possible."""
         series = self._data[self.metric_dropdown.value]
-        archs = sorted({s.run.arch for s in series}, key=plots.arch_rank)
-        self.arch_dropdown.options = [(ALL, ALL)] + [(plots.arch_name(a), a) for a in archs]
+        archs = sorted({s.run.arch for s in series}, key=arch_rank)
+        self.arch_dropdown.options = [(ALL, ALL)] + [(arch_name(a), a) for a in archs]
         self.arch_dropdown.value = keep["arch"] if keep["arch"] in archs else ALL
         arch = self.arch_dropdown.value
         chosen = [s for s in series if arch == ALL or s.run.arch == arch]
@@ -175,7 +178,7 @@ class Dashboard(View):
         self.depth_slider.disabled = len(depths) < 2
         self._group = [s for s in chosen if s.run.depth == depth]
         steps = np.unique(np.concatenate([s.steps for s in self._group]))
-        step = plots.pick_step(steps, keep["step"])
+        step = pick_step(steps, keep["step"])
         self.step_slider.options = [(str(s), int(s)) for s in steps]
         self.step_slider.value = step
         self.step_slider.disabled = len(steps) < 2
@@ -199,16 +202,16 @@ class Dashboard(View):
     def title(self) -> str:
         metric, step = self.metric_dropdown.value, self.step_slider.value
         arch = self.arch_dropdown.value
-        archs = dict.fromkeys(plots.arch_name(s.run.arch) for s in self._group)  # plain first
-        what = " and ".join(archs) if arch == ALL else plots.arch_name(arch)
+        archs = dict.fromkeys(arch_name(s.run.arch) for s in self._group)  # plain first
+        what = " and ".join(archs) if arch == ALL else arch_name(arch)
         sort = " (sorted)" if self.sort_toggle.value else ""
-        return f"{plots.short_title(metric)}{sort} — depth {self.depth_slider.value}, {what}, step {step}"
+        return f"{short_title(metric)}{sort} — depth {self.depth_slider.value}, {what}, step {step}"
 
     def _redraw(self) -> None:
-        """Move the current view's traces and axes, as `plots.profile_traces` / `profile_axes` draw them from the
+        """Move the current view's traces and axes, as `profile_traces` / `profile_axes` draw them from the
         cached arrays, into the FigureWidget; spare traces are hidden, not removed.
 
-        The same keywords make `plots.profile_figure`; building that figure first would cost more than the
+        The same keywords make `profile_figure`; building that figure first would cost more than the
         redraw itself (validation twice, the template copied), hence the keywords.
         """
         fig = self.figure
@@ -223,7 +226,7 @@ class Dashboard(View):
             return
         metric, step, sort = self.metric_dropdown.value, self.step_slider.value, self.sort_toggle.value
         profs = [s.profile(step) for s in self._group]
-        traces = plots.profile_traces(profs, metric, sort=sort, widget_hover=True)
+        traces = profile_traces(profs, metric, sort=sort, widget_hover=True)
         if len(fig.data) < len(traces):
             fig.add_traces([go.Scatter() for _ in range(len(traces) - len(fig.data))])
             self._shown += [{} for _ in range(len(fig.data) - len(self._shown))]
@@ -234,13 +237,11 @@ class Dashboard(View):
             for k, trace in enumerate(fig.data[len(traces):], start=len(traces)):
                 trace.update(x=[], y=[], visible=False)
                 self._shown[k] = {}
-            fig.layout.update(plots.profile_axes(profs, metric, sort=sort, step=step, title=self.title()))
+            fig.layout.update(profile_axes(profs, metric, sort=sort, step=step, title=self.title()))
 
     # ---- export -------------------------------------------------------------------------------------
     def export(self, folder: str | os.PathLike | None = None, formats=None) -> list[Path]:
         """Write the current figure to the chosen folder and formats; the paths are shown in `message`."""
-        from resviz import export as export_mod
-
         if not self._group:
             raise ValueError("nothing to export yet: no figure is drawn")
         folder = folder if folder is not None else self.export_folder.value

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from resviz import plots
+from resviz.analysis.invariance import summarise_batch_dependence
+from resviz.plots.invariance import default_batch_size, plot_batch_dependence
 from resviz.widgets.view import View
 
 
@@ -25,11 +26,11 @@ class BatchSizeExplorer(View):
     """
 
     def __init__(self, frame: pd.DataFrame, *, batch_size: int | None = None):
-        first = plots.plot_batch_dependence(frame, batch_size=batch_size)  # validates the frame
+        first = plot_batch_dependence(frame, batch_size=batch_size)  # validates the frame
         self.frame = frame
         self._labels = list(dict.fromkeys(frame["net" if "net" in frame.columns else "norm"].astype(str)))
         sizes = [int(b) for b in np.sort(pd.unique(frame["batch_size"]))]
-        chosen = int(batch_size) if batch_size is not None else plots.default_batch_size(frame)
+        chosen = int(batch_size) if batch_size is not None else default_batch_size(frame)
         self.figure = go.FigureWidget(first)
         self.slider = widgets.SelectionSlider(options=[(str(b), b) for b in sizes], value=chosen,
                                               description="batch size", continuous_update=True,
@@ -48,7 +49,7 @@ class BatchSizeExplorer(View):
 
     def show(self, batch_size: int) -> None:
         """Redraw the right panel, the marker and the summary for `batch_size`."""
-        new = plots.plot_batch_dependence(self.frame, batch_size=batch_size)
+        new = plot_batch_dependence(self.frame, batch_size=batch_size)
         n = len(self._labels)
         with self.figure.batch_update():
             for mine, fresh in zip(self.figure.data[2 * n : 3 * n], new.data[2 * n : 3 * n]):
@@ -59,9 +60,6 @@ class BatchSizeExplorer(View):
         self._describe(batch_size)
 
     def _describe(self, batch_size: int) -> None:
-        # the experiment's own summary; imported here so that `import resviz.widgets` needs no torch
-        from resviz.analysis.invariance import summarise_batch_dependence
-
         table = summarise_batch_dependence(self.frame)
         at = table[table["batch_size"] == batch_size]
         parts = [f"<b>{html.escape(str(r.net))}</b>: {r.mean_change_pct:.3g} % (max {r.max_change_pct:.3g} %)"

@@ -5,12 +5,12 @@ import os
 
 import pandas as pd
 
+from resviz import runs
+
 
 def load_source(source) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
     """(stats, training metrics or None, status or None) from a run folder / glob, a RunSet, or frames."""
     if isinstance(source, (str, os.PathLike)):
-        from resviz import runs  # lazy: run folders are only needed for this kind of source
-
         source = runs.load(source)
     if isinstance(source, pd.DataFrame):
         return source, None, None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipywidgets as widgets
+from IPython.display import display
 
 
 class View:
@@ -13,6 +14,4 @@ class View:
         return self.widget._repr_mimebundle_(**kwargs)
 
     def _ipython_display_(self):
-        from IPython.display import display
-
         display(self.widget)

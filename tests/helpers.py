@@ -1,12 +1,38 @@
-"""Independent reference for the Recorder tests: run a resviz net layer by layer (without its forward) and
-compute every statistic directly with torch in float64."""
+"""Helpers shared by the tests, in one place.
+
+- seconds-long training runs for the train, runs, sweep and cli tests: ResNet-8 at width 8 on the built-in
+  digits (`TINY`, `tiny`), and the command line run in a subprocess (`cli`);
+- an independent reference for the Recorder tests: a resviz net run layer by layer (without its forward), every
+  statistic computed directly with torch in float64 (`by_hand`, `std`, `norm`, ...);
+- `all_hooks_empty`: the one check that a Recorder left no hook behind.
+(Fixtures live in conftest.py.)
+"""
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from resviz.models import ShortcutA, iter_blocks
+from resviz.train import TrainConfig
+
+TINY = TrainConfig(dataset="digits", depth=8, width=8, steps=30, batch_size=32, log_every=10, eval_every=10,
+                   checkpoint_every=10, record_every=5, eval_batch_size=400, progress=False)
+
+
+def tiny(data_root, **changes) -> TrainConfig:
+    return dataclasses.replace(TINY, root=data_root, **changes)
+
+
+def cli(*args: str, cwd=None, timeout=120, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resviz.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def by_hand(model, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -74,7 +100,8 @@ def values(df, metric: str, step: int | None = None) -> dict[str, float]:
 
 
 def all_hooks_empty(model: nn.Module) -> list[str]:
-    """Names of modules that still hold any hook."""
+    """What still holds a hook: module names (any kind of module hook), parameter names (tensor hooks) and
+    "global" (a global forward hook). Empty when a Recorder cleaned up after itself."""
     attrs = (
         "_forward_hooks",
         "_forward_pre_hooks",
@@ -84,14 +111,14 @@ def all_hooks_empty(model: nn.Module) -> list[str]:
         "_forward_hooks_always_called",
         "_forward_pre_hooks_with_kwargs",
     )
-    return [n for n, m in model.named_modules() for a in attrs if getattr(m, a, None)]
+    left = [n for n, m in model.named_modules() for a in attrs if getattr(m, a, None)]
+    left += [n for n, p in model.named_parameters() if getattr(p, "_backward_hooks", None)]
+    return left + (["global"] if nn.modules.module._global_forward_hooks else [])
 
 
 def assert_adds_match(df, want: dict) -> None:
     """branch_std / skip_std / sum_std and branch_ratio of every residual add in `df` equal the by-hand values
     of `want` ({add name: (branch, skip, sum) tensors}), in order."""
-    import pytest
-
     tol = dict(rel=1e-4, abs=1e-7)
     for metric, i in (("branch_std", 0), ("skip_std", 1), ("sum_std", 2)):
         got = values(df, metric)

@@ -9,6 +9,7 @@ acted on (the run finished first) is delivered again when the block ends, to the
 """
 from __future__ import annotations
 
+import ctypes
 import signal
 import sys
 import threading
@@ -50,8 +51,6 @@ def signal_on_parent_death(signum: int = signal.SIGTERM) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
-
         return ctypes.CDLL(None, use_errno=True).prctl(1, int(signum), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return False

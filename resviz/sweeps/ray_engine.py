@@ -1,7 +1,7 @@
 """Sweeps on Ray (`resviz sweep --engine ray`): one Ray task per run, placed by Ray's resources.
 
 The run folders under `--out` stay the one source of truth: a task trains one config into `out/<run_id>/`
-exactly as the local engine does (`resviz.sweep`), so finished runs are skipped, cut ones resume from their
+exactly as the local engine does (`resviz.sweeps.local`), so finished runs are skipped, cut ones resume from their
 checkpoint, and `explore` / `report` read the folders while the grid runs. Ray is imported only here, and only
 when `--engine ray` is chosen.
 
@@ -12,13 +12,13 @@ never retried. Ctrl-C on the driver cancels the tasks (`ray.cancel`: the run che
 interrupted), so the same command resumes the grid.
 
 Clusters: without `--address` resviz starts a private Ray instance (no dashboard, Ray's token authentication
-left on) inside a network namespace that holds only the loopback interface (`resviz.ray_private`), so nothing of
-it is reachable from another machine, and stops it at the end; `--address auto|HOST:PORT` joins a running cluster, whose
-nodes must all see `--out` (checked by a write probe from every node before any run starts).
+left on) inside a network namespace that holds only the loopback interface (`resviz.sweeps.private_cluster`),
+so nothing of it is reachable from another machine, and stops it at the end; `--address auto|HOST:PORT` joins a
+running cluster, whose nodes must all see `--out` (checked by a write probe from every node before any run
+starts).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import shutil
@@ -27,54 +27,20 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-from resviz import ray_private, runs
+from resviz import runfolder
 from resviz.errors import UserError, first_line
 from resviz.io import make_folder
+from resviz.sweeps.common import run_one, steps_done, summary_row, summary_table
+from resviz.sweeps.private_cluster import confined, run_confined
 from resviz.train import TrainConfig
+from resviz.train.folder import finished_result
 
-ENGINES = ("local", "ray")
 HEAD_COMMAND = "ray start --head --port 6379 --node-ip-address 127.0.0.1"
 SHARED_CHECK = ("check it from a worker node with `touch OUT/x` and `ls OUT` on the head, or use a shared "
                 "filesystem (NFS, Lustre, a mounted bucket) mounted at the same path on every node")
 CANCEL_WAIT_S = 60.0  # how long Ctrl-C waits for cancelled runs to checkpoint and mark themselves interrupted
-
-
-# ------------------------------------------------------------------------------ command line
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """The sweep command's engine options: --engine, --address, --gpus-per-run, --cpus-per-run, --max-retries."""
-    g = parser.add_argument_group("engine", "where the runs execute (Ray: pip install 'resviz[ray]')")
-    g.add_argument("--engine", choices=ENGINES, default="local",
-                   help="local: processes on this machine (--workers); ray: one Ray task per run (default: local)")
-    g.add_argument("--address", default=None,
-                   help="Ray cluster to join: auto (the one `ray start` runs on this machine) or HOST:PORT; "
-                        "default: start a private one on 127.0.0.1 for this sweep")
-    g.add_argument("--gpus-per-run", type=float, default=None,
-                   help="GPUs per run, fractions allowed (0.25: four runs share a GPU); default: 1 when the "
-                        "cluster has GPUs, else 0")
-    g.add_argument("--cpus-per-run", type=float, default=None, help="CPUs per run (default 1)")
-    g.add_argument("--max-retries", type=int, default=None,
-                   help="retries of a run whose worker or node died; each resumes from its checkpoint (default 3)")
-
-
-def dispatch(args: argparse.Namespace, configs: list[TrainConfig], out: str | os.PathLike) -> pd.DataFrame:
-    """Run the grid on the engine the sweep command's options name; the summary table, one row per run."""
-    progress = configs[0].progress if configs else True
-    ray_flags = {"--address": args.address, "--gpus-per-run": args.gpus_per_run,
-                 "--cpus-per-run": args.cpus_per_run, "--max-retries": args.max_retries}
-    if args.engine == "local":
-        given = [flag for flag, value in ray_flags.items() if value is not None]
-        if given:
-            raise UserError(f"{', '.join(given)} only apply to --engine ray; add --engine ray or drop them")
-        from resviz.sweep import run_sweep
-
-        return run_sweep(configs, out, workers=getattr(args, "workers", None) or 1, progress=progress)
-    if getattr(args, "workers", None) is not None:
-        raise UserError("--workers is for --engine local; with --engine ray, Ray places the runs "
-                        "(use --cpus-per-run and --gpus-per-run)")
-    return run_grid_on_ray(configs, out, address=args.address, gpus_per_run=args.gpus_per_run,
-                           cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run,
-                           max_retries=3 if args.max_retries is None else args.max_retries, progress=progress)
 
 
 # ------------------------------------------------------------------------------ the grid
@@ -82,7 +48,7 @@ def run_grid_on_ray(configs: list[TrainConfig], out: str | os.PathLike = "runs",
                     gpus_per_run: float | None = None, cpus_per_run: float = 1.0, max_retries: int = 3,
                     progress: bool = True) -> pd.DataFrame:
     """Run every config as a Ray task (finished runs are skipped) and return the summary table in the grid's
-    order, with the columns of `resviz.sweep.run_sweep`'s; `table.attrs["placement"]` maps each run that ran
+    order, with the columns of `resviz.sweeps.run_sweep`'s; `table.attrs["placement"]` maps each run that ran
     to what Ray gave it (node, GPU ids, CUDA_VISIBLE_DEVICES, worker pid)."""
     _check_options(cpus_per_run, gpus_per_run, max_retries)
     ray = _import_ray()
@@ -91,13 +57,13 @@ def run_grid_on_ray(configs: list[TrainConfig], out: str | os.PathLike = "runs",
     if not todo:
         return _table(rows, configs)  # all finished: no cluster needed
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None and not ray.is_initialized() and not ray_private.confined():
-        return ray_private.run_confined(configs, out, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
-                                        max_retries=max_retries, progress=progress)
+    if address is None and not ray.is_initialized() and not confined():
+        return run_confined(configs, out, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
+                            max_retries=max_retries, progress=progress)
     started = _connect(ray, address)
     try:
-        gpus = _gpus_per_run(ray, gpus_per_run, todo)
-        nodes = _nodes_that_fit(ray, cpus_per_run, gpus)
+        gpus = gpus_for_each_run(ray, gpus_per_run, todo)
+        nodes = nodes_that_fit(ray, cpus_per_run, gpus)
         check_storage(ray, out, nodes)
         rows += _run_tasks(ray, todo, out, cpus_per_run=cpus_per_run, gpus_per_run=gpus,
                            max_retries=max_retries, progress=progress)
@@ -128,22 +94,17 @@ def _import_ray():
 def _finished_rows(configs: list[TrainConfig], out: Path) -> tuple[list[dict], list[TrainConfig]]:
     """Summary rows of the runs already finished (no task for them), and the configs still to run. A folder
     holding a different config is refused here, before any task starts."""
-    from resviz.sweep import _row
-    from resviz.train.folder import finished_result
-
     rows, todo = [], []
     for config in configs:
         result = finished_result(config, out / config.run_id)
         if result is None:
             todo.append(config)
         else:
-            rows.append(_row(result))
+            rows.append(summary_row(result))
     return rows, todo
 
 
 def _table(rows: list[dict], configs: list[TrainConfig]) -> pd.DataFrame:
-    from resviz.sweep import summary_table
-
     table = summary_table(rows, configs)
     table.attrs["placement"] = {r["run"]: r["placement"] for r in rows if r.get("placement")}
     return table
@@ -151,9 +112,9 @@ def _table(rows: list[dict], configs: list[TrainConfig]) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------ the cluster
 def _connect(ray, address: str | None) -> bool:
-    """Join the cluster at `address`, or start a private one on 127.0.0.1 (in the confined child of
-    `resviz.ray_private`); True when this call started it. A process already connected (a notebook, the tests)
-    keeps its connection."""
+    """Join the cluster at `address`, or start a private one on 127.0.0.1 (in the confined child that
+    `resviz.sweeps.private_cluster` starts); True when this call started it. A process already connected (a
+    notebook, the tests) keeps its connection."""
     if address is not None:
         _check_address(address)
     if ray.is_initialized():
@@ -192,7 +153,7 @@ def _check_address(address: str) -> None:
                         f"`{HEAD_COMMAND}` or fix the address") from None
 
 
-def _gpus_per_run(ray, gpus_per_run: float | None, configs: list[TrainConfig]) -> float:
+def gpus_for_each_run(ray, gpus_per_run: float | None, configs: list[TrainConfig]) -> float:
     """The GPUs each run asks for: as given, else 1 when the cluster has GPUs and a run may use one."""
     if gpus_per_run is not None:
         return float(gpus_per_run)
@@ -200,7 +161,7 @@ def _gpus_per_run(ray, gpus_per_run: float | None, configs: list[TrainConfig]) -
     return 1.0 if wants_gpu and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def _nodes_that_fit(ray, cpus: float, gpus: float) -> list[dict]:
+def nodes_that_fit(ray, cpus: float, gpus: float) -> list[dict]:
     """The alive nodes that can hold one run; refuses resources that fit no node (the tasks would wait forever)."""
     alive = [n for n in ray.nodes() if n.get("Alive")]
     fit = [n for n in alive if n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus]
@@ -252,8 +213,6 @@ def _train_task(config_dict: dict, out: str, threads: int, gpus: float) -> dict:
     Ray run this again."""
     import ray
 
-    from resviz.sweep import run_one
-
     config = TrainConfig.from_dict(config_dict)
     if gpus == 0 and config.device == "auto":
         config = dataclasses.replace(config, device="cpu")  # a run given no GPU must not take one
@@ -263,15 +222,13 @@ def _train_task(config_dict: dict, out: str, threads: int, gpus: float) -> dict:
     context = ray.get_runtime_context()
     row["placement"] = {"node": context.get_node_id(), "gpu_ids": list(context.get_accelerator_ids().get("GPU", [])),
                         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid(),
-                        "device": config.device, "interfaces": ray_private.interfaces()}
+                        "device": config.device, "interfaces": _interfaces()}
     return row
 
 
 def _run_tasks(ray, configs: list[TrainConfig], out: Path, *, cpus_per_run: float, gpus_per_run: float,
                max_retries: int, progress: bool) -> list[dict]:
     """One task per config; a progress bar for the grid and a line per finished run. Ctrl-C cancels them."""
-    from tqdm.auto import tqdm
-
     if gpus_per_run == 0 and any(c.device.startswith("cuda") for c in configs):
         raise UserError("--device cuda needs a GPU per run: pass --gpus-per-run (e.g. 0.25 or 1) with --engine ray")
     task = ray.remote(_train_task).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries,
@@ -290,7 +247,7 @@ def _run_tasks(ray, configs: list[TrainConfig], out: Path, *, cpus_per_run: floa
                 if progress:
                     bar.write(_line(row))
                 bar.update(1)
-            bar.set_postfix_str(f"{_steps_done(configs, out)}/{sum(c.steps for c in configs)} steps")
+            bar.set_postfix_str(f"{sum(steps_done(c, out) for c in configs)}/{sum(c.steps for c in configs)} steps")
     except KeyboardInterrupt:
         _cancel(ray, pending)
         raise
@@ -299,10 +256,9 @@ def _run_tasks(ray, configs: list[TrainConfig], out: Path, *, cpus_per_run: floa
     return rows
 
 
-def _steps_done(configs: list[TrainConfig], out: Path) -> int:
-    from resviz.sweep import _steps_done as steps_of
-
-    return sum(steps_of(c, str(out)) for c in configs)
+def _interfaces() -> list[str]:
+    """The network interfaces this process sees (in a task of the confined private cluster: ["lo"])."""
+    return sorted(name for _, name in socket.if_nameindex())
 
 
 def _outcome(ray, ref, config: TrainConfig, out: Path, max_retries: int) -> dict:
@@ -316,9 +272,9 @@ def _outcome(ray, ref, config: TrainConfig, out: Path, max_retries: int) -> dict
         reason = (f"Ray worker or node died {max_retries + 1} times ({first_line(err, with_type=True)}); "
                   "run the sweep again to resume from its checkpoint")
     folder = out / config.run_id
-    step = int(runs.read_status(folder).get("step", 0) or 0)
-    if runs.is_run_folder(folder):
-        runs.write_status(folder, "interrupted", reason, step=step)
+    step = int(runfolder.read_status(folder).get("step", 0) or 0)
+    if runfolder.is_run_folder(folder):
+        runfolder.write_status(folder, "interrupted", reason, step=step)
     nan = float("nan")
     return {"run": config.run_id, "status": "interrupted", "step": step, "train_error": nan, "test_error": nan,
             "seconds": nan, "reason": reason}
@@ -350,4 +306,4 @@ def _cancel(ray, pending: list) -> None:
     print(f"sweep: cancelled {len(pending)} runs; run the same command again to resume them")
 
 
-__all__ = ["ENGINES", "add_engine_options", "check_storage", "dispatch", "run_grid_on_ray"]
+__all__ = ["check_storage", "gpus_for_each_run", "nodes_that_fit", "run_grid_on_ray"]

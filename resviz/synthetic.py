@@ -1,4 +1,5 @@
-"""Synthetic stats and training tables with the real shapes, for tests, benchmarks and demos without training.
+"""Stand-in stats and training tables with the real shapes: for trying figures, benchmarks and tests without
+training.
 
 The layer names, indices, stages and blocks follow a resviz model of depth 6n+2 exactly (as the Recorder
 writes them); the values are smooth deterministic curves plus seeded noise, shaped like the papers' trends
@@ -15,7 +16,7 @@ import pandas as pd
 
 from resviz import schema
 from resviz.models import check_depth, cifar_resnet
-from resviz.probes import build_plan
+from resviz.probes.plan import build_plan
 
 DEFAULT_METRICS = ("response_std", "grad_norm", *schema.metrics_at("block"))  # what these nets record
 STAND_INS = ("branch_scale", "response_channel_std")  # not recorded here: one row per block at the block's name

@@ -1,9 +1,11 @@
-"""Train/eval switching for the experiments: a net in the mode an experiment needs, put back exactly on exit.
+"""The one train/eval switcher: a net in the mode a loop, an evaluation or an experiment needs, put back
+exactly on exit.
 
 Every switch here is built on `restored(model)`, which saves each module's `training` flag (and, for the
 switches that run train-mode passes, every buffer and every BatchNorm's momentum) and puts them back in
 `finally`, so a `with` that raises leaves the net as it was:
 
+    train_mode(model)               training (batch statistics, dropout on), for a training loop
     eval_mode(model)                running statistics (each module's own flag restored on exit)
     batch_stats_mode(model)         batch statistics, running statistics left untouched
     calibrated_eval(model, inputs)  running statistics set to `inputs`' batch statistics, then eval mode
@@ -45,6 +47,15 @@ def restored(model: nn.Module, *, buffers: bool = False) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
+def train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module in train mode inside the `with` (a training loop; running statistics are updated as
+    training does); each module's own flag restored on exit."""
+    with restored(model):
+        model.train()
+        yield model
+
+
+@contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Every module in eval mode inside the `with`; each module's own flag restored on exit."""
     with restored(model):
@@ -76,4 +87,4 @@ def calibrated_eval(model: nn.Module, inputs: torch.Tensor) -> Iterator[nn.Modul
         yield model
 
 
-__all__ = ["batch_stats_mode", "calibrated_eval", "eval_mode", "restored"]
+__all__ = ["batch_stats_mode", "calibrated_eval", "eval_mode", "restored", "train_mode"]
