@@ -51,17 +51,20 @@ def net_name(arch: str, norm: str, bn_mode: str) -> str:
     return f"{arch_name(arch)}, BN ({bn_mode})" if norm == "batch" else f"{arch_name(arch)}, no norm"
 
 
-def _panel_traces(fig, curves: pd.DataFrame, gradients: pd.DataFrame, arch: str, depth: int, col: int) -> None:
+def _panel_traces(fig, curves: pd.DataFrame, gradients: pd.DataFrame, arch: str, depth: int, col: int,
+                  shown: set) -> None:
     """One panel column: d out / d x against x (row 1, the first seed) and the autocorrelation against lag with
-    its interval band (row 2), one line per BN mode."""
+    its interval band (row 2), one line per BN mode; each net's name enters the legend once (`shown`)."""
     for row, frame in ((1, gradients), (2, curves)):
         mine = frame[((frame["arch"] == arch) & (frame["depth"] == depth) & (frame["norm"] == "batch")).to_numpy()]
         for mode, g in mine.groupby("bn_mode", sort=True):
             name = net_name(arch, "batch", mode)
             color, _ = arch_norm_style(arch, "batch", name)
             dash = "dot" if "train" in mode else "solid"
-            style = dict(name=name, legendgroup=mode, showlegend=col == 1 and row == 2,
+            style = dict(name=name, legendgroup=name, showlegend=row == 2 and name not in shown,
                          line=dict(color=color, dash=dash))
+            if row == 2:
+                shown.add(name)
             if row == 1:
                 g = g[g["seed"] == g["seed"].min()]
                 fig.add_trace(go.Scatter(x=g["x"], y=g["gradient"], mode="lines", **style,
@@ -70,7 +73,7 @@ def _panel_traces(fig, curves: pd.DataFrame, gradients: pd.DataFrame, arch: str,
                 continue
             g = g.sort_values("lag")
             fig.add_trace(go.Scatter(x=np.r_[g["lag"], g["lag"][::-1]], y=np.r_[g["hi"], g["lo"][::-1]],
-                                     fill="toself", line=dict(width=0), fillcolor=color, opacity=0.2, legendgroup=mode,
+                                     fill="toself", line=dict(width=0), fillcolor=color, opacity=0.2, legendgroup=name,
                                      showlegend=False, hoverinfo="skip"), row=2, col=col)
             fig.add_trace(go.Scatter(x=g["lag"], y=g["mean"], mode="lines", customdata=g["n"], **style,
                                      hovertemplate="lag %{x}: %{y:.3f} (mean of %{customdata} seeds)"
@@ -89,10 +92,13 @@ def plot_shattering_panels(curves: pd.DataFrame, gradients: pd.DataFrame, panels
                  "resviz.analysis.shattered.gradients_1d_frame(..., bn_modes=...)")
     fig = make_subplots(rows=2, cols=len(panels), subplot_titles=[t for t, _, _ in panels] + [""] * len(panels),
                         vertical_spacing=0.14, horizontal_spacing=0.07)
+    shown: set = set()
     for col, (_, arch, depth) in enumerate(panels, start=1):
-        _panel_traces(fig, curves, gradients, arch, depth, col)
+        _panel_traces(fig, curves, gradients, arch, depth, col, shown)
+    points = int(gradients.groupby(["arch", "depth", "bn_mode", "seed"]).size().max())
+    low, high = float(gradients["x"].min()), float(gradients["x"].max())
     fig.update_xaxes(title_text="input x", row=1)
-    fig.update_xaxes(title_text="lag (points apart, of 256 on [−2, 2])", row=2)
+    fig.update_xaxes(title_text=f"lag (points apart, of {points} on [{low:g}, {high:g}])", row=2)
     fig.update_yaxes(title_text="∂out/∂x", row=1, col=1)
     fig.update_yaxes(title_text="autocorrelation", row=2, col=1)
     seeds = int(curves["n"].max())
