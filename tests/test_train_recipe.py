@@ -3,6 +3,7 @@ Fixup runs with its official trainer's rules (parameter groups, stem init, mixup
 code does."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -120,3 +121,27 @@ def test_mixup_run_trains_and_is_named(tmp_path, data_root):
     assert result.status == "done" and metrics["loss"].notna().all() and (metrics["train_error"] <= 1).all()
     with pytest.raises(ValueError, match="--mixup-alpha=-1.0 must be zero"):
         tiny(data_root, mixup_alpha=-1.0).validate()
+
+
+def test_runs_from_before_the_recipe_keys_resume_unless_they_are_fixup(tmp_path, data_root):
+    """A config.json without param_groups / mixup_alpha (written before them) trained with one group and no mixup:
+    a plain or BN run resumes under the new defaults; a Fixup run, which "auto" now gives three groups, is refused
+    by name."""
+    import json
+
+    for branch_init, norm in ((None, "batch"), ("fixup", "none")):
+        config = tiny(data_root, norm=norm, branch_init=branch_init, steps=4, log_every=2, eval_every=4,
+                      checkpoint_every=2, record_every=4, lr=0.02, param_groups="single",
+                      record_metrics=("grad_norm",))
+        folder = train(dataclasses.replace(config, steps=2), out=tmp_path).folder
+        saved = json.loads((folder / "config.json").read_text())
+        for key in ("param_groups", "mixup_alpha"):
+            saved.pop(key)
+        saved["steps"] = 4
+        (folder / "config.json").write_text(json.dumps(saved))
+        resumed = dataclasses.replace(config, param_groups="auto")
+        if branch_init is None:
+            assert train(resumed, out=tmp_path).status == "done"
+            continue
+        with pytest.raises(ValueError, match=r"different config \(param_groups: 'single' -> 'auto'\)"):
+            train(resumed, out=tmp_path)
