@@ -300,8 +300,9 @@ def test_panels_figure_matches_the_paper_and_names_the_bn_modes():
     titles = [a.text for a in fig.layout.annotations]
     assert titles[:2] == ["feedforward, depth 1", "ResNet, depth 3"]
     assert "95 % interval over 2 seeds" in fig.layout.title.text
-    assert [t.name for t in fig.data if t.showlegend] == ["plain, BN (calibrated eval)", "plain, BN (train, per point)",
-                                                          "ResNet, BN (calibrated eval)", "ResNet, BN (train, per point)"]
+    assert [t.name for t in fig.data if t.showlegend] == [
+        "plain, BN (calibrated eval)", "plain, BN (train, per point)", "ResNet, BN (calibrated eval)",
+        "ResNet, BN (train, per point)"]
     assert "of 12 on [-2, 2]" in fig.layout.xaxis4.title.text
     means = [t for t in fig.data if t.name == "ResNet, BN (train, per point)" and t.customdata is not None]
     want = curves[(curves["arch"] == "resnet") & (curves["bn_mode"] == BN_TRAIN) & (curves["depth"] == 3)]
