@@ -192,9 +192,12 @@ class CifarResNet(nn.Module):
         """Zhang et al. 2019, rules 1-3, as their official CIFAR code (hongyi-zhang/Fixup) does them: the classifier
         and each branch's last conv at zero; each branch's first conv He-initialised (normal, fan-out, gain √2)
         then scaled by L^(-1/(2m-2)), L = residual branches, m = 2 layers per branch, i.e. L^(-1/2); the scalar
-        biases at 0 and the branch multipliers at 1 (set where they are made)."""
+        biases at 0 and the branch multipliers at 1 (set where they are made). The stem conv keeps PyTorch's
+        default init (kaiming_uniform_ with a = √5: U(±1/√fan_in), std 0.111 for 3×3×3), as in the official
+        code, which never re-initialises it; only the branches are rescaled."""
         num_branches, layers_per_branch = 3 * check_depth(self.spec.depth), FIXUP_LAYERS_PER_BRANCH
         scale = num_branches ** (-1.0 / (2 * layers_per_branch - 2))
+        self.conv1.reset_parameters()  # PyTorch's default Conv2d init (the official stem), not He normal
         with torch.no_grad():
             for _, _, _, block in iter_blocks(self):
                 w = block.conv1.weight  # (out, in, 3, 3)

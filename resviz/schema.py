@@ -121,12 +121,14 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
            "the skip carries (its zero-padded channels left out of branch and skip alike)", log_scale=True),
     Metric("grad_norm", "param", "loss per weight unit", "‖∂L/∂W‖₂ (loss per weight unit)",
            "Gradient norm per parameter tensor", "Gradient norm per parameter",
-           "L2 norm of a parameter's gradient after backward(); column param_kind says what the parameter is "
+           "L2 norm of a parameter's gradient after backward(): the loss gradient alone, weight decay excluded (SGD "
+           "adds it inside its step, after the recording); column param_kind says what the parameter is "
            "(conv/linear weight, norm scale or shift, bias: their scales differ several-fold)", log_scale=True,
            measured=AFTER_BACKWARD),
     Metric("grad_rel_norm", "param", "ratio", "‖∂L/∂W‖₂ / ‖W‖₂ (ratio)",
            "Relative gradient norm per weight tensor", "‖g‖/‖W‖ per weight tensor",
-           "||dL/dW|| / ||W|| per conv/linear weight tensor (param_kind 'weight'), after backward(): the relative "
+           "||dL/dW|| / ||W|| per conv/linear weight tensor (param_kind 'weight'), after backward(), weight decay "
+           "excluded: the relative "
            "update size an SGD step of lr 1 would make (inf where W is all zero, e.g. Fixup's zero-initialised "
            "layers)", log_scale=True, measured=AFTER_BACKWARD),
     Metric("act_grad_norm", "block", "loss per a.u.", "‖∂L/∂x‖₂ at block output (loss per a.u.)",

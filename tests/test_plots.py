@@ -397,11 +397,15 @@ def test_bn_check_scatter_against_the_diagonal():
 
 def test_error_vs_depth_overlays_the_published_cifar10_errors(train):
     fig = plots.plot_error_vs_depth(train)
-    he = trace(fig, "He et al. 2015, Table 6 (CIFAR-10) ResNet test")
+    he = trace(fig, "He et al. 2015, Table 6: ResNet test error, CIFAR-10 test set")
     assert list(he.x) == [20, 32, 44, 56, 110, 1202] and list(he.y) == [8.75, 7.51, 7.17, 6.97, 6.43, 7.93]
-    aka = trace(fig, "akamaster/pytorch_resnet_cifar10 (CIFAR-10) ResNet test")
-    assert list(aka.x) == [20, 32, 44, 56, 110] and list(aka.y) == [8.27, 7.37, 6.90, 6.61, 6.32]
-    assert "not these runs' data" in fig.layout.annotations[0].text  # a digits run is never read as CIFAR-10
+    assert he.customdata[4] == "ResNet-110: 6.43 % (best of 5 runs; mean 6.61 ± 0.16)"
+    mean110 = trace(fig, "He et al. 2015, Table 6: ResNet-110 mean ± std of 5 runs")
+    assert list(mean110.y) == [6.61] and mean110.error_y.value == 0.16
+    aka = trace(fig, "akamaster/pytorch_resnet_cifar10 README: ResNet test error, CIFAR-10 test set")
+    assert list(aka.x) == [20, 32, 44, 56, 110, 1202] and list(aka.y) == [8.27, 7.37, 6.90, 6.61, 6.32, 6.18]
+    note = fig.layout.annotations[0].text
+    assert "not these runs' data" in note and "best of 5 runs" in note  # a digits run is never read as CIFAR-10
     assert fig.layout.xaxis.type == "log" and 1202 in fig.layout.xaxis.tickvals
 
 

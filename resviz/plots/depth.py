@@ -151,7 +151,7 @@ def fig7_metric(stats: pd.DataFrame, metric: str | None) -> tuple[str, str]:
 
 def plot_response_std(stats: pd.DataFrame, *, step: int | None = None, sort: bool = False,
                       metric: str | None = None, prediction: dict[str, pd.DataFrame] | None = None,
-                      **filters) -> go.Figure:
+                      data: str | None = None, **filters) -> go.Figure:
     """The std of every norm layer's output against its index along depth (or sorted), one trace per run: He et
     al. Fig. 7 for BatchNorm CIFAR nets.
 
@@ -159,10 +159,13 @@ def plot_response_std(stats: pd.DataFrame, *, step: int | None = None, sort: boo
     `response_std`; the caption (`words.caption`) says which, over which seeds, and what the dotted reference
     line is where the metric has one. `prediction`: {run label as in the legend: the frame of
     `resviz.analysis.bn_check.predicted_response_std(model)`} overlays sqrt(mean γ² + var β) per BN layer, dashed
-    in the run's colour: what a BN output's std equals exactly in train mode, from the weights alone."""
+    in the run's colour: what a BN output's std equals exactly in train mode, from the weights alone.
+    `data`: how and on which images the table was measured, in words (e.g. `bn_check.measurement_text(...)` for
+    `bn_check.measure` tables); the caption says it in place of the recorded metric's default mode."""
     metric, note = fig7_metric(stats, metric)
     check_filters(filters)
-    extra = tuple(t for t in (note, "Dashed: the γ/β prediction sqrt(mean γ² + var β) from the weights."
+    extra = tuple(t for t in (f"Data: {data}." if data else "", note,
+                              "Dashed: the γ/β prediction sqrt(mean γ² + var β) from the weights."
                               if prediction else "") if t)
     fig = plot_profile(stats, metric, step=step, sort=sort, log_y=False, extra=extra, **filters)
     if prediction:
@@ -187,10 +190,23 @@ def _overlay_prediction(fig: go.Figure, prediction: dict[str, pd.DataFrame], sor
 
 
 def plot_gradient_flow(stats: pd.DataFrame, metric: str = "grad_norm", *, step: int | None = None, **filters) -> go.Figure:
-    """`grad_norm` (per parameter) or `act_grad_norm` (per block output) against depth, log scale."""
+    """`grad_norm` (per parameter) or `act_grad_norm` (per block output) against depth, log scale; the caption
+    says that a parameter's gradient is the loss's alone (the Recorder reads it before SGD adds weight decay)."""
     if metric not in ("grad_norm", "act_grad_norm"):
         raise ValueError(f"metric={metric!r} is not a gradient metric; use 'grad_norm' or 'act_grad_norm'")
-    return plot_profile(stats, metric, step=step, log_y=True, **filters)
+    fig = plot_profile(stats, metric, step=step, log_y=True, **filters)
+    text = GRADIENT_CAPTIONS[metric]
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left", yanchor="top",
+                       showarrow=False, font=dict(size=11, color="#555"), align="left")
+    return fig.update_layout(margin=dict(b=110))
+
+
+GRADIENT_CAPTIONS = {
+    "grad_norm": "‖∂L/∂W‖ of the training loss after backward(), weight decay excluded (SGD adds it inside its "
+                 "step, after the recording)",
+    "act_grad_norm": "‖∂L/∂x‖ at each block's output on the training batch (the loss is a mean: scales with "
+                     "1/batch size)",
+}
 
 
 def _paired(stats, metrics, panels, step, filters, title, log_rows) -> go.Figure:

@@ -11,18 +11,16 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from resviz import reference
 from resviz.plots.selection import by_run, training_rows
 from resviz.plots.style import STEP_AXIS, arch_name, arch_rank, base_layout, run_color
 from resviz.plots.words import add_caption, count_text, facts
 
 METRICS_HINT = "pass RunSet.metrics (metrics.parquet rows)"
-# Published CIFAR-10 test errors (%) of ResNets by depth, drawn on the error-vs-depth figure for reference.
-PAPER_ERRORS = {
-    "He et al. 2015, Table 6 (CIFAR-10)": {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93},
-    "akamaster/pytorch_resnet_cifar10 (CIFAR-10)": {20: 8.27, 32: 7.37, 44: 6.90, 56: 6.61, 110: 6.32},
-}
-PAPER_STYLE = {"He et al. 2015, Table 6 (CIFAR-10)": ("#555555", "x"),
-               "akamaster/pytorch_resnet_cifar10 (CIFAR-10)": ("#999999", "cross")}
+# Published CIFAR-10 test errors (%) of ResNets by depth (resviz.reference: each labelled as its source states
+# it), drawn on the error-vs-depth figure for reference.
+PAPER_ERRORS = {f"{source} ({reference.DATA})": reference.published_errors(source) for source in reference.PUBLISHED}
+PAPER_STYLE = {reference.HE_2015: ("#555555", "x"), reference.AKAMASTER: ("#999999", "cross")}
 CURVES = (  # column, legend suffix, dash, width: what Fig. 6 draws per net
     ("train_error", "train", "dash", 1.5),
     ("clean_train_error", "clean train", "dot", 2.0),
@@ -129,12 +127,24 @@ def plot_training_curves(
 
 
 def _paper_traces(fig: go.Figure) -> None:
-    for name, errors in PAPER_ERRORS.items():
-        color, symbol = PAPER_STYLE[name]
+    """Each source's ResNet test errors as printed, every point's hover saying what kind of number it is; He et
+    al.'s ResNet-110 also as the mean ± std of its 5 runs (the printed 6.43 % is the best of them)."""
+    for source, points in reference.PUBLISHED.items():
+        color, symbol = PAPER_STYLE[source]
         fig.add_trace(go.Scatter(
-            x=list(errors), y=list(errors.values()), mode="lines+markers", name=f"{name} ResNet test",
-            legendgroup="paper", line=dict(color=color, width=1, dash="dot"), marker=dict(symbol=symbol, size=8),
-            hovertemplate="ResNet-%{x}: %{y:.2f} % test error<extra>" + name + "</extra>"))
+            x=[p.depth for p in points], y=[p.error for p in points], mode="lines+markers",
+            name=f"{source}: ResNet test error, {reference.DATA}", legendgroup="paper",
+            line=dict(color=color, width=1, dash="dot"), marker=dict(symbol=symbol, size=8),
+            customdata=[p.label for p in points], hovertemplate="%{customdata}<extra>" + source + "</extra>"))
+        for p in points:
+            if p.mean is not None:
+                fig.add_trace(go.Scatter(
+                    x=[p.depth], y=[p.mean], mode="markers", legendgroup="paper",
+                    name=f"{source}: ResNet-{p.depth} mean ± std of {p.runs} runs",
+                    marker=dict(symbol="circle-open", size=9, color=color),
+                    error_y=dict(type="constant", value=p.std, thickness=1, color=color),
+                    hovertemplate=f"ResNet-{p.depth}: mean {p.mean:.2f} ± {p.std:.2f} % over {p.runs} runs "
+                                  f"(best {p.error:.2f} %)<extra>{source}</extra>"))
 
 
 def plot_error_vs_depth(metrics: pd.DataFrame, *, runs=None, arch=None, depth=None,
@@ -173,7 +183,7 @@ def plot_error_vs_depth(metrics: pd.DataFrame, *, runs=None, arch=None, depth=No
     depths = sorted(set(map(int, pd.unique(table["depth"]))))
     if paper:
         _paper_traces(fig)
-        depths = sorted(set(depths) | {d for e in PAPER_ERRORS.values() for d in e})
+        depths = sorted(set(depths) | {p.depth for ps in reference.PUBLISHED.values() for p in ps})
     fig.update_xaxes(type="log", tickvals=depths, ticktext=[str(d) for d in depths])
     fig = base_layout(fig, "Final training (dashed) and test (bold) error against depth", "depth (layers)",
                       "error (%)", False)
@@ -181,5 +191,6 @@ def plot_error_vs_depth(metrics: pd.DataFrame, *, runs=None, arch=None, depth=No
     runs_line = (f"Each point: the mean over {count_text(seeds, 'seed')}, a dot per seed." if seeds > 1
                  else "One seed per net.")
     note = (f"{runs_line} Train = running mini-batch error, test = eval mode on the test split."
-            + ("<br>Grey: published ResNet test errors on CIFAR-10, not these runs' data." if paper else ""))
+            + ("<br>Grey: published ResNet test errors on the CIFAR-10 test set, not these runs' data; He et al.'s "
+               "ResNet-110 point is the best of 5 runs (open circle: their mean ± std)." if paper else ""))
     return add_caption(fig.update_layout(legend=dict(title=dict(text="architecture"))), note)

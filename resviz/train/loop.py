@@ -43,6 +43,7 @@ from resviz.train import folder as run_folder
 from resviz.train.config import TrainConfig
 from resviz.train.folder import Progress, RunResult
 from resviz.train.interrupts import StopSignals, describe
+from resviz.train.recipe import groups_rule, mixup_batch, param_groups, soft_wrong
 from resviz.train.speed import SyncCheck, TrainStep, cudnn_benchmark, largest_batch
 
 
@@ -92,7 +93,7 @@ class _Interval:
 
     def add(self, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
         self.loss += loss.detach() * len(y)
-        self.wrong += (logits.detach().argmax(1) != y).sum()
+        self.wrong += soft_wrong(logits, y) if y.ndim == 2 else (logits.detach().argmax(1) != y).sum()
         self.images += len(y)
 
     def restart(self) -> None:
@@ -199,8 +200,8 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    groups = param_groups(model, groups_rule(config.param_groups, config.branch_init))  # train/recipe.py
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     loader = DeviceLoader(images, labels, batch_size=config.batch_size, train=True, mean=data.mean, std=data.std,
                           device=device, seed=config.seed, augment=config.augment,
                           channels_last=config.channels_last)
@@ -270,8 +271,10 @@ def _train_step(run: _Run, step: int) -> float:
     """One optimiser step at the scheduled learning rate, recorded; no host sync. Returns the learning rate."""
     lr = learning_rate(run.config, step, run.progress.warmup_until)  # a Python float: no device tensor involved
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_factor", 1.0)  # Fixup's biases and scales: lr / 10 (train/recipe.py)
     x, y = run.loader.batch(step)
+    if run.config.mixup_alpha:  # soft targets (B, K): cross-entropy is then mixup's loss
+        x, y = mixup_batch(x, y, run.config.mixup_alpha, len(run.data.classes), seed=run.config.seed, step=step)
     logits, loss = run.step_fn(run.rec, step, x, y)
     run.rec.end_step(step, epoch=run.loader.epoch_of(step))
     run.optimizer.step()
