@@ -16,6 +16,7 @@ the notebook needs, so the notebook itself holds no logic:
     formats, progress       export formats; tqdm bars on or off
     workers        runs trained side by side by `sweeps.run_sweep` (1 in smoke mode; else as `make demo`)
     checkpoints, checkpoint_dirs, images   (03, 06) akamaster names, local folders holding them, test images
+    test_set, test_set_note   (03, 06) the CIFAR-10 test split for the akamaster nets (`lesion_test_set`), named
 The lab notebooks (05-08, `LAB_NOTEBOOKS`) add their own keys (see `_lab_sizes`): 05 `norms`, `batch_sizes`,
 `draws`; 06 `test_set`, `test_set_note`, `ks`, `draws`; 07 the shattering grid (`depths`, `width`, `n_inputs`,
 `image_size`, `seeds`, `heatmap_depth`); 08 the nets at init (`init_depth`, `variants`, ...) and `branch_inits`.
@@ -87,6 +88,7 @@ LESION_SMOKE = ("resnet20",)
 # by step 200 and 140; SkipInit trained) and lr 0.05 left Fixup at chance, while at 0.02 all three train.
 BRANCH_INITS = ("skipinit", "rezero", "fixup")
 BRANCH_INIT_LR = 0.02
+FAST_LR = 0.1  # 08 also trains the branch inits at He et al.'s peak lr, to show which of them diverge there
 
 
 def smoke() -> bool:
@@ -286,6 +288,8 @@ def sizes(notebook: str) -> dict:
         s["checkpoints"] = AKAMASTER_SMOKE if is_smoke else AKAMASTER_FULL
         s["checkpoint_dirs"] = checkpoint_dirs()
         s["images"] = 32 if is_smoke else 1_000
+        # the akamaster nets were trained on CIFAR-10: their Fig. 7 is measured on a CIFAR-10 test split, named
+        s["test_set"], s["test_set_note"] = lesion_test_set(root)
     return s
 
 
@@ -298,10 +302,11 @@ def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
         s.update(dataset="", dataset_note="no data set: Gaussian images on a line, nets at initialisation")
         if is_smoke:
             s.update(depths=(8, 20, 44), width=8, n_inputs=64, image_size=16, seeds=1, heatmap_depth=20,
-                     line_depths=(1, 4, 16), line_width=32, line_seeds=1)
-        else:
+                     line_depths=(1, 4, 16), line_width=32, line_seeds=2, line_n=64, panel_seeds=2)
+        else:  # the panels' train-mode derivatives take a 256 x 256 Jacobian per net: minutes for 3 seeds
             s.update(depths=(8, 14, 20, 32, 56), width=16, n_inputs=256, image_size=32, seeds=2, heatmap_depth=56,
-                     line_depths=(1, 2, 4, 8, 16, 24, 50), line_width=200, line_seeds=4)
+                     line_depths=(1, 2, 4, 8, 16, 24, 50), line_width=200, line_seeds=10, line_n=256,
+                     panel_seeds=3)
         return s
     spec, note = choose_dataset(prefer_cifar=True, is_smoke=is_smoke, root=root)
     if is_smoke:
@@ -333,7 +338,10 @@ def _lab_sizes(name: str, is_smoke: bool, out: Path, root: Path) -> dict:
                  seeds=1 if is_smoke else 4, branch_inits=BRANCH_INITS, norms=("none",), archs=("resnet",),
                  depths=(8,) if is_smoke else ((20,) if spec == "digits" else (56,)),
                  base=dataclasses.replace(base, lr=BRANCH_INIT_LR),
-                 runs=out / f"{'smoke-' if is_smoke else ''}branch-init-{slug}")
+                 runs=out / f"{'smoke-' if is_smoke else ''}branch-init-{slug}",
+                 # the same nets at He et al.'s lr 0.1 (Fixup with its official recipe): train or diverge?
+                 base_fast=dataclasses.replace(base, lr=FAST_LR),
+                 runs_fast=out / f"{'smoke-' if is_smoke else ''}branch-init-lr{FAST_LR:g}-{slug}")
     return s
 
 

@@ -8,7 +8,6 @@ error of plain-110 on CIFAR-10. The full CIFAR-10 version is `resviz sweep` on a
 from __future__ import annotations
 
 import dataclasses
-import shlex
 from pathlib import Path
 
 from resviz import runs
@@ -49,13 +48,10 @@ def trained_only(runset, ids):
                                status=keep(runset.status))
 
 
-def png_note(note: str, out: Path, report: Path) -> str:
-    """The report's "PNGs not written" line, ending in the exact command that writes them once a browser is
-    installed (from the finished runs: nothing is trained again)."""
-    if not note:
-        return note
-    command = f"resviz report {shlex.quote(str(out))} --out {shlex.quote(str(report))} --formats html,png"
-    return f"{note.partition('then rerun')[0].rstrip(', ')}, then `{command}` (nothing is trained again)"
+def png_note(note: str) -> str:
+    """The report's "PNGs not written" line (it ends in the exact `resviz report` command that writes them once a
+    browser is installed), saying that the command trains nothing again."""
+    return f"{note} (nothing is trained again)" if note else note
 
 
 def run_demo(out: str | Path | None = None, *, smoke: bool = False, root: str = "data",
@@ -74,8 +70,8 @@ def run_demo(out: str | Path | None = None, *, smoke: bool = False, root: str = 
         raise ValueError(f"no demo run finished in {out}; see the table above for each run's reason")
     # PNG only unless asked: each static format costs a browser render per figure, and `make demo` has 5 minutes
     report_dir = Path(report) if report else out / "report"
-    rep = write_report(runset, report_dir, static=formats, auto_static=("png",))
+    rep = write_report(runset, report_dir, static=formats, auto_static=("png",), runs_named=str(out))
     text = format_summary(table)
-    note = png_note(rep.static_note, out, report_dir)
+    note = png_note(rep.static_note)
     return {"summary": table, "report": rep.index, "figures": rep.files, "note": note, "text": text,
             "next": NEXT_STEPS.format(index=rep.index)}

@@ -2,7 +2,9 @@
 
     fixed_subset(total, n, seed)   the same n indices of a split for every run and every evaluation
     heldout_response_std(...)      He et al. Fig. 7 as the paper measures it: `response_std_eval` rows, the model
-                                   in eval mode (running statistics) on a fixed held-out batch of test images
+                                   in eval mode (running statistics) on a fixed held-out batch of test images;
+                                   at step 0 (`calibrate=`) the running statistics are first estimated from
+                                   training batches, on a copy of the net
     clean_train_error(...)         training error in eval mode on un-augmented training images (a fixed subset)
 
 The Recorder's `response_std` is taken in train mode on the augmented batch, where a BatchNorm output's std is
@@ -13,6 +15,7 @@ Both reductions are the Recorder's (`heldout_response_std` records through a `Re
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -24,11 +27,12 @@ from resviz import schema
 from resviz.evaluate import evaluate
 from resviz.loader import DeviceLoader
 from resviz.models import unwrap
-from resviz.modes import eval_mode
+from resviz.modes import calibrated_eval, eval_mode
 from resviz.probes import Recorder
 
 HELDOUT_IMAGES = 256  # test images per held-out batch (one forward pass)
 CLEAN_TRAIN_IMAGES = 1_000  # training images per clean-error measurement
+CALIBRATION_BATCHES = 4  # training batches that estimate the running statistics of the step-0 measurement
 SUBSET_SEED = 0  # the same images for every run, whatever its seed, so runs and seeds compare on equal data
 
 
@@ -62,6 +66,17 @@ def _unhooked(model: nn.Module) -> nn.Module:
     return twin
 
 
+def _unhooked_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` with no hooks (always a copy: a calibration pass changes its running statistics)."""
+    twin = _unhooked(model)
+    return copy.deepcopy(twin) if twin is unwrap(model) else twin
+
+
+def _cuda_devices(model: nn.Module) -> list[int]:
+    device = _model_device(model)
+    return [device.index or 0] if device.type == "cuda" else []
+
+
 def _normalised(images_u8: torch.Tensor, mean, std, device: torch.device) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float (N, 3, H, W) on `device`, normalised as the training loader does."""
     labels = torch.zeros(len(images_u8), dtype=torch.int64)
@@ -80,19 +95,31 @@ def heldout_response_std(
     run_info: dict | None = None,
     step: int = 0,
     epoch: float = math.nan,
+    calibrate: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """`response_std_eval` rows (one per norm layer) of `model` on `images_u8` (uint8 (N, 3, H, W), N >= 2,
     one forward pass), in eval mode with running statistics; each module's train/eval flag restored after.
 
     The rows are the Recorder's `response_std` (the same reduction: pooled std over N, C, H, W of each norm
     layer's output) renamed, stamped with `step` / `epoch` and `run_info` (Recorder keys: run_id, seed, ...).
+
+    `calibrate` (normalised training inputs (B, 3, H, W), e.g. the first training batches): for a net whose
+    running statistics were never estimated (at initialisation they are mean 0, variance 1, so eval mode would
+    be the unnormalised net), measure a copy whose BatchNorm running statistics are first set to these inputs'
+    batch statistics (`calibrated_eval`); the model, its buffers and the RNG are left as they were.
     """
     if images_u8.ndim != 4 or len(images_u8) < 2:
         raise ValueError(f"images_u8 must be a batch (N >= 2, 3, H, W), got shape {tuple(images_u8.shape)}; "
                          f"pass e.g. test_images[fixed_subset(len(test_images), {HELDOUT_IMAGES})]")
-    target = _unhooked(model)
+    target = _unhooked(model) if calibrate is None else _unhooked_copy(model)
     x = _normalised(images_u8, mean, std, _model_device(target))
-    with eval_mode(target), Recorder(target, every=1, metrics=["response_std"], run_info=run_info) as rec:
+    with contextlib.ExitStack() as stack:
+        if calibrate is None:
+            stack.enter_context(eval_mode(target))
+        else:  # the calibration pass is a train-mode forward: no RNG it draws may reach training
+            stack.enter_context(torch.random.fork_rng(devices=_cuda_devices(target)))
+            stack.enter_context(calibrated_eval(target, calibrate.to(x.device)))
+        rec = stack.enter_context(Recorder(target, every=1, metrics=["response_std"], run_info=run_info))
         with torch.no_grad():
             rec.begin_step(step)
             target(x)
@@ -119,5 +146,6 @@ def clean_train_error(
     return 1.0 - result["accuracy"]
 
 
-__all__ = ["CLEAN_TRAIN_IMAGES", "HELDOUT_IMAGES", "SUBSET_SEED", "clean_train_error", "fixed_subset",
+__all__ = ["CALIBRATION_BATCHES", "CLEAN_TRAIN_IMAGES", "HELDOUT_IMAGES", "SUBSET_SEED", "clean_train_error",
+           "fixed_subset",
            "heldout_response_std"]

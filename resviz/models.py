@@ -13,6 +13,7 @@ Each block carries identity probe points for the Recorder:
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 
@@ -191,9 +192,12 @@ class CifarResNet(nn.Module):
         """Zhang et al. 2019, rules 1-3, as their official CIFAR code (hongyi-zhang/Fixup) does them: the classifier
         and each branch's last conv at zero; each branch's first conv He-initialised (normal, fan-out, gain √2)
         then scaled by L^(-1/(2m-2)), L = residual branches, m = 2 layers per branch, i.e. L^(-1/2); the scalar
-        biases at 0 and the branch multipliers at 1 (set where they are made)."""
+        biases at 0 and the branch multipliers at 1 (set where they are made). The stem conv keeps PyTorch's
+        default init (kaiming_uniform_ with a = √5: U(±1/√fan_in), std 0.111 for 3×3×3), as in the official
+        code, which never re-initialises it; only the branches are rescaled."""
         num_branches, layers_per_branch = 3 * check_depth(self.spec.depth), FIXUP_LAYERS_PER_BRANCH
         scale = num_branches ** (-1.0 / (2 * layers_per_branch - 2))
+        self.conv1.reset_parameters()  # PyTorch's default Conv2d init (the official stem), not He normal
         with torch.no_grad():
             for _, _, _, block in iter_blocks(self):
                 w = block.conv1.weight  # (out, in, 3, 3)
@@ -310,10 +314,33 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+NORM_NAME = re.compile(r"layer_?norm|rms_?norm", re.IGNORECASE)  # HF LlamaRMSNorm, T5LayerNorm, timm RmsNorm
+_NORM_KINDS = ((nn.modules.batchnorm._BatchNorm, "batch"), (nn.GroupNorm, "group"),
+               (nn.modules.instancenorm._InstanceNorm, "instance"), (nn.LayerNorm, "layer"), (nn.RMSNorm, "rms"))
+
+
+def norm_kind(module: nn.Module) -> str | None:
+    """A norm layer's kind as the stats table's `norm` column names it: "batch", "layer", "group", "instance",
+    "rms"; None for a module that is not a norm layer (classes named *LayerNorm* / *RMSNorm*, such as Hugging
+    Face's, count by their name)."""
+    found = next((kind for cls, kind in _NORM_KINDS if isinstance(module, cls)), None)
+    if found is None and NORM_NAME.search(type(module).__name__):
+        found = "rms" if "rms" in type(module).__name__.lower() else "layer"
+    return found
+
+
+def model_norm(model: nn.Module) -> str:
+    """The norm kind of a model: its norm layers' one kind ("batch", "layer", ...), several joined by "+" in order
+    of appearance ("batch+layer"), "none" when it has none."""
+    kinds = [k for k in (norm_kind(m) for m in model.modules()) if k is not None]
+    return "+".join(dict.fromkeys(kinds)) or "none"
+
+
 def model_identity(model: nn.Module) -> dict:
     """What a model is, for the run metadata of its rows and its run folder's config.json:
 
-    arch, depth, norm, shortcut   a resviz model's spec; other models: the class name, -1, "unknown", "unknown"
+    arch, depth, norm, shortcut   a resviz model's spec; other models: the class name, -1, the kind of its norm
+                                  layers (`model_norm`: "batch", "layer", ...), "unknown"
     model, family                 resviz's spec ("resnet20", "resviz"), timm's pretrained_cfg architecture
                                   ("convnext_atto", "timm convnext"), a Hugging Face config's name or model_type
                                   ("gpt2", "hf gpt2"), torchvision's module ("torchvision resnet"), else the class
@@ -323,7 +350,7 @@ def model_identity(model: nn.Module) -> dict:
     if isinstance(spec, ModelSpec):
         return {"arch": str(spec.arch), "depth": int(spec.depth), "norm": str(spec.norm),
                 "shortcut": str(spec.shortcut), "model": f"{spec.arch}{spec.depth}", "family": "resviz"}
-    info = {"arch": type(model).__name__, "depth": -1, "norm": "unknown", "shortcut": "unknown"}
+    info = {"arch": type(model).__name__, "depth": -1, "norm": model_norm(model), "shortcut": "unknown"}
     module, leaf = type(model).__module__, type(model).__module__.rpartition(".")[2]
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
@@ -358,6 +385,8 @@ __all__ = [
     "iter_blocks",
     "make_norm",
     "model_identity",
+    "model_norm",
+    "norm_kind",
     "unwrap",
 ]
 

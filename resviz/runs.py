@@ -93,7 +93,8 @@ def load_run(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, dic
     run_id = config.get("run_id", folder.name)
     meta = _meta(config)
     metrics = read_table(folder / METRICS_FILE, schema.empty_train)
-    metrics = metrics.assign(**{k: v for k, v in meta.items()})
+    identity = {k: str(config[k]) for k in schema.MODEL_COLUMNS if k in config}  # the model, where the config names it
+    metrics = metrics.assign(**meta, **identity)
     stats = read_table(folder / STATS_FILE, schema.empty)
     status = read_status(folder)
     missing = [n for n in (METRICS_FILE, STATS_FILE) if not (folder / n).is_file()]

@@ -53,16 +53,30 @@ OPTIONAL_COLUMNS: dict[str, str] = {
     "channel": "int",  # channel index for per-channel rows, -1 for pooled rows
 }
 
+# The unit of depth a metric's rows count along a figure's x axis (`layer_index`), by level.
+LEVELS: dict[str, str] = {
+    "layer": "norm layer",  # one row per normalisation layer, in model order
+    "block": "residual add",  # one row per residual addition (a transformer layer has two: attn, mlp)
+    "param": "parameter tensor",  # one row per parameter tensor, in model order
+}
+# The measurement modes a metric is taken in (the caption's "Measured: ..." line).
+TRAIN_BATCH = "train mode, on the training batch of that step"
+AFTER_BACKWARD = "after backward() on the training batch of that step"
+HELDOUT_EVAL = "eval mode (running statistics), on a fixed held-out batch of test images"
+
+
 @dataclass(frozen=True)
 class Metric:
     """One row of the metric table: everything any module needs to know about a metric.
 
-    Adding a metric means adding one `Metric` to `METRIC_TABLE`; the Recorder, the figures and the test
-    helpers read their names, levels, axis titles and scales from here.
+    Adding a metric means adding one `Metric` to `METRIC_TABLE`; the Recorder, the figures, the report and the
+    test helpers read their names, levels, words, reference values and scales from here. The words are true of
+    every model; what depends on the model (its norm kind, its residual adds, the literature that applies) the
+    figures add from the recorded run metadata (`resviz.plots.words`).
     """
 
     name: str
-    level: str  # "layer" (one row per norm layer), "block" (per residual add), "param" (per weight tensor)
+    level: str  # "layer" (one row per norm layer), "block" (per residual add), "param" (per parameter tensor)
     unit: str  # unit shown in brackets on an axis: "a.u.", "a.u.²", "ratio", ...
     axis_title: str  # y-axis (or colour-bar) title
     title: str  # figure title
@@ -71,53 +85,77 @@ class Metric:
     log_scale: bool = False  # drawn on a log axis by default
     default: bool = True  # recorded when a Recorder is not told which metrics to take
     recorded_by: str = "recorder"  # "recorder": a Recorder hook; "evaluation": resviz.measure at each evaluation
+    measured: str = TRAIN_BATCH  # the mode and the data it is measured on, for a caption
+    reference: float | None = None  # the value a dotted line marks, where `reference_meaning` holds
+    reference_meaning: str = ""  # what the reference value is, and when it holds
+    literature: str = ""  # a published result on BatchNorm CIFAR nets (said only of such runs)
+    first_step: str = ""  # how the value at step 0 was measured, where it differs from the later steps
 
+    @property
+    def depth_unit(self) -> str:
+        """What one step along a figure's x axis is: "norm layer", "residual add" or "parameter tensor"."""
+        return LEVELS[self.level]
+
+
+_UNIT_STD = "a norm layer's output std when its scale γ is 1 and its shift β 0, as at initialisation"
+_HE_FIG7 = ("He et al. 2015 Fig. 7 (CIFAR-10, eval mode): ResNet responses are smaller than plain-net "
+            "responses, and smaller the deeper the ResNet")
 
 METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
-    Metric("response_std", "layer", "a.u.", "response std (a.u.)",
-           "Response std of each 3×3 layer (after norm, before ReLU/addition)", "Response std per 3×3 layer",
-           "std of a norm layer's output (after BN, before ReLU/addition), He et al. Fig. 7"),
-    Metric("branch_std", "block", "a.u.", "branch std (a.u.)", "Residual branch std per block",
-           "Branch std per block", "std of the residual branch F(x) at its end, before the addition"),
-    Metric("skip_std", "block", "a.u.", "skip std (a.u.)", "Skip path std per block", "Skip std per block",
-           "std of the skip path (identity or projection), before the addition; at an option-A downsampling "
-           "block over the channels that carry signal (the zero-padded ones left out)"),
-    Metric("sum_std", "block", "a.u.", "branch + skip std (a.u.)", "Std of branch + skip per block",
-           "Branch + skip std per block", "std of branch + skip, before the block's ReLU"),
-    Metric("branch_ratio", "block", "ratio", "‖F(x)‖ / ‖skip‖ (ratio)", "Branch-to-skip ratio per block",
-           "Branch/skip ratio per block",
-           "||F(x)|| / ||skip||, per block; at an option-A downsampling block both norms over the channels the "
-           "skip carries (its zero-padded channels left out of branch and skip alike)", log_scale=True),
+    Metric("response_std", "layer", "a.u.", "response std (a.u.)", "Response std of each norm layer",
+           "Response std per norm layer",
+           "std of a norm layer's output over the batch (all positions and channels), before what follows it",
+           reference=1.0, reference_meaning=_UNIT_STD, literature=_HE_FIG7),
+    Metric("branch_std", "block", "a.u.", "branch std (a.u.)", "Residual branch std per residual add",
+           "Branch std per add", "std of the residual branch F(x) at its end, before the addition"),
+    Metric("skip_std", "block", "a.u.", "skip std (a.u.)", "Skip path std per residual add", "Skip std per add",
+           "std of the skip path (identity or projection: the residual stream entering the add), before the "
+           "addition; at an option-A downsampling block over the channels that carry signal (the zero-padded "
+           "ones left out)"),
+    Metric("sum_std", "block", "a.u.", "branch + skip std (a.u.)", "Std of branch + skip per residual add",
+           "Branch + skip std per add", "std of branch + skip (the residual stream leaving the add), before any "
+           "activation that follows"),
+    Metric("branch_ratio", "block", "ratio", "‖F(x)‖ / ‖skip‖ (ratio)", "Branch-to-skip ratio per residual add",
+           "Branch/skip ratio per add",
+           "||F(x)|| / ||skip|| per residual add; at an option-A downsampling block both norms over the channels "
+           "the skip carries (its zero-padded channels left out of branch and skip alike)", log_scale=True),
     Metric("grad_norm", "param", "loss per weight unit", "‖∂L/∂W‖₂ (loss per weight unit)",
-           "Gradient norm per parameter", "Gradient norm per parameter",
-           "L2 norm of a parameter's gradient after backward(); column param_kind says what the parameter is "
-           "(conv/linear weight, norm scale or shift, bias: their scales differ several-fold)", log_scale=True),
+           "Gradient norm per parameter tensor", "Gradient norm per parameter",
+           "L2 norm of a parameter's gradient after backward(): the loss gradient alone, weight decay excluded (SGD "
+           "adds it inside its step, after the recording); column param_kind says what the parameter is "
+           "(conv/linear weight, norm scale or shift, bias: their scales differ several-fold)", log_scale=True,
+           measured=AFTER_BACKWARD),
     Metric("grad_rel_norm", "param", "ratio", "‖∂L/∂W‖₂ / ‖W‖₂ (ratio)",
            "Relative gradient norm per weight tensor", "‖g‖/‖W‖ per weight tensor",
-           "||dL/dW|| / ||W|| per conv/linear weight tensor (param_kind 'weight'), after backward(): the relative "
+           "||dL/dW|| / ||W|| per conv/linear weight tensor (param_kind 'weight'), after backward(), weight decay "
+           "excluded: the relative "
            "update size an SGD step of lr 1 would make (inf where W is all zero, e.g. Fixup's zero-initialised "
-           "layers)", log_scale=True),
+           "layers)", log_scale=True, measured=AFTER_BACKWARD),
     Metric("act_grad_norm", "block", "loss per a.u.", "‖∂L/∂x‖₂ at block output (loss per a.u.)",
            "Gradient norm w.r.t. each block's output", "Output-gradient norm per block",
            "L2 norm of the loss gradient w.r.t. a block's output (scales with 1/batch size: the loss is a mean)",
-           log_scale=True),
+           log_scale=True, measured=AFTER_BACKWARD),
     Metric("channel_sq_mean", "block", "a.u.²", "mean over channels of (channel mean)² (a.u.²)",
-           "Squared channel mean per block (signal propagation)", "Squared channel mean per block",
-           "mean over channels of (mean over N,H,W)^2, Brock et al. 2021", log_scale=True),
+           "Squared channel mean per residual add (signal propagation)", "Squared channel mean per add",
+           "mean over channels (features) of (mean over batch and positions)², Brock et al. 2021", log_scale=True),
     Metric("channel_var", "block", "a.u.²", "mean channel variance (a.u.²)",
-           "Channel variance per block (signal propagation)", "Channel variance per block",
-           "mean over channels of the variance over N,H,W, Brock et al. 2021", log_scale=True),
+           "Channel variance per residual add (signal propagation)", "Channel variance per add",
+           "mean over channels (features) of the variance over batch and positions, Brock et al. 2021",
+           log_scale=True),
     Metric("branch_scale", "param", "ratio", "branch scale α (ratio)", "Branch scale per block",
            "Branch scale per block", "learnable scalar multiplying the residual branch (SkipInit / ReZero / Fixup)"),
     Metric("response_channel_std", "layer", "a.u.", "per-channel response std (a.u.)", "Per-channel response std",
-           "Per-channel response std", "std over N,H,W of one channel of a norm layer's output (per_channel=True)",
-           default=False),
+           "Per-channel response std", "std over batch and positions of one channel of a norm layer's output "
+           "(per_channel=True)", default=False),
     Metric("response_std_eval", "layer", "a.u.", "response std, eval mode on held-out images (a.u.)",
-           "Response std of each 3×3 layer, eval mode on held-out test images (He et al. Fig. 7)",
-           "Response std per 3×3 layer (eval, held out)",
+           "Response std of each norm layer, eval mode on held-out images",
+           "Response std per norm layer (eval, held out)",
            "std of a norm layer's output with the model in eval mode (running statistics) on a fixed held-out "
-           "batch of test images, at each evaluation: Fig. 7 as the paper measures it", default=False,
-           recorded_by="evaluation"),
+           "batch of test images, at each evaluation", default=False, recorded_by="evaluation",
+           measured=HELDOUT_EVAL, literature=_HE_FIG7,
+           first_step="at step 0 the running statistics are first estimated from the first training batches, "
+                      "on a copy of the net (untrained, they are mean 0 and variance 1: eval mode would be the "
+                      "unnormalised net)"),
 )}
 
 # name -> one-line meaning (the contract view of the table)

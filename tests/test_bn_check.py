@@ -203,3 +203,50 @@ def test_akamaster_running_statistics_on_cifar10_agree(akamaster, cifar_jpeg_arc
     assert summary["median_ratio"].between(0.85, 1.05).all()
     assert summary["min_ratio"].min() > 0.7 and summary["max_ratio"].max() < 1.2
     assert summary["log_r"].min() > 0.95
+
+
+# ---- Fig. 7 evidence: which test images, named --------------------------------------------------------------
+def test_fig7_on_cifar10s_own_test_set_from_the_pickle_batches(tmp_path):
+    """With torchvision's cifar-10-batches-py in the data folder (files written in its exact pickle format), the
+    evidence is measured on CIFAR-10's own test images and says so; the images are test_batch's, in order."""
+    from test_datasets import _write_cifar_batches
+
+    written = _write_cifar_batches(tmp_path, per_batch=8)
+    jpeg = tmp_path / "jpeg-copy"
+    jpeg.mkdir()  # present but second: the pickled batches win
+    data, test = bn_check.cifar10_test_images(tmp_path, jpeg_copy=jpeg)
+    assert data == bn_check.CIFAR10_OWN and "own test set" in data
+    assert torch.equal(test.images, torch.from_numpy(written["test_batch"][0]).reshape(-1, 3, 32, 32))
+    assert test.labels.tolist() == written["test_batch"][1]
+    torch.manual_seed(0)
+    model = random_affine(cifar_resnet(8, width=4))
+    frame = bn_check.fig7_summary([net(model, "resnet8")], test.images, test.labels, data)
+    stats = bn_check.measure([net(model, "resnet8")], test.images)
+    assert frame["data"].tolist() == [data] and frame["images"].tolist() == [8]
+    assert frame["mean_response_std"].iloc[0] == pytest.approx(stats["value"].mean())
+    with torch.no_grad():
+        logits = model.eval()(bn_check.normalise_images(test.images, (0.5,) * 3, (0.25,) * 3, "cpu"))
+    assert frame["accuracy"].iloc[0] == pytest.approx((logits.argmax(1) == test.labels).double().mean().item())
+
+
+def test_fig7_without_cifar10_names_the_jpeg_copy_or_refuses(tmp_path):
+    from PIL import Image
+
+    tree = tmp_path / "copy"
+    for split in ("train", "test"):
+        for cls in ("airplane", "automobile"):
+            (tree / split / cls).mkdir(parents=True)
+            for i in range(2):
+                pixels = np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tree / split / cls / f"{i}.png")
+    data, test = bn_check.cifar10_test_images(tmp_path / "empty", jpeg_copy=tree)
+    assert data == bn_check.CIFAR10_JPEG and "not CIFAR-10's own test set" in data and len(test.labels) == 4
+    with pytest.raises(FileNotFoundError, match="no CIFAR-10 test images: .* neither cifar-10-python.tar.gz"):
+        bn_check.cifar10_test_images(tmp_path / "empty")
+
+
+def test_measurement_text_names_mode_and_images():
+    assert bn_check.measurement_text("running", 1000, bn_check.CIFAR10_OWN) == (
+        "eval mode (BN running statistics), one batch of 1,000 images of " + bn_check.CIFAR10_OWN)
+    with pytest.raises(ValueError, match="bn='train' is unknown"):
+        bn_check.measurement_text("train", 10, "x")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -62,15 +63,9 @@ def test_heldout_response_std_is_the_eval_mode_std_of_each_bn_output():
     assert set(frame["metric"].astype(str)) == {"response_std_eval"}
     assert model.training and all(m.training for m in model.modules())  # train mode restored
     # by hand: every BN output's std (unbiased, pooled over N, C, H, W) with running statistics
-    seen = {}
     bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: seen.__setitem__(n, o.double().std().item()))
-             for n, m in bns.items()]
     model.eval()
-    with torch.no_grad():
-        model(_by_hand(images))
-    for h in hooks:
-        h.remove()
+    seen = _bn_output_stds(model, _by_hand(images))
     got = dict(zip(frame["layer"].astype(str), frame["value"]))
     assert set(got) == set(bns) and len(frame) == len(bns)
     for name, value in seen.items():
@@ -82,17 +77,24 @@ def test_heldout_response_std_is_the_eval_mode_std_of_each_bn_output():
     assert set(frame["arch"].astype(str)) == {"resnet"} and set(frame["depth"]) == {8}
 
 
-def _train_mode_std(model, images):
+def _bn_output_stds(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Every BatchNorm2d output's std (unbiased, pooled over N, C, H, W) in one forward pass of `x`, as the model's
+    modes are."""
     seen = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: seen.__setitem__(n, o.double().std().item()))
              for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    model.train()
     with torch.no_grad():
-        model(_by_hand(images))
-    model.load_state_dict(state)
+        model(x)
     for h in hooks:
         h.remove()
+    return seen
+
+
+def _train_mode_std(model, images):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    seen = _bn_output_stds(model, _by_hand(images))
+    model.load_state_dict(state)
     return seen
 
 
@@ -141,3 +143,45 @@ def test_clean_train_error_matches_a_hand_loop_in_eval_mode():
     model.train()
     assert got == pytest.approx(wrong / 40, abs=1e-12)
     assert 0 < got < 1 and not math.isnan(got)
+
+
+def test_first_step_is_measured_with_running_statistics_calibrated_on_a_copy():
+    torch.manual_seed(2)
+    model = cifar_resnet(8, width=8)  # untrained: running mean 0, var 1, so plain eval mode is the unnormalised net
+    images, calibration = _images(32, seed=3), _by_hand(_images(24, seed=4))
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    frame = heldout_response_std(model, images, MEAN, STD, step=0, calibrate=calibration)
+    assert torch.equal(torch.get_rng_state(), rng) and model.training
+    assert all(torch.equal(buffers[k], v) for k, v in model.state_dict().items())  # the model is left alone
+    # by hand: a copy whose BN running statistics are the calibration batch's statistics, then eval mode
+    twin = cifar_resnet(8, width=8)
+    twin.load_state_dict(buffers)
+    for m in twin.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: one pass sets the batch's statistics
+            m.reset_running_stats()
+    twin.train()
+    with torch.no_grad():
+        twin(calibration)
+    twin.eval()
+    got = dict(zip(frame["layer"].astype(str), frame["value"]))
+    for name, value in _bn_output_stds(twin, _by_hand(images)).items():
+        assert got[name] == pytest.approx(value, rel=1e-4), name
+    plain = heldout_response_std(model, images, MEAN, STD, step=0)  # uncalibrated: grows along depth
+    assert max(plain["value"]) > 2 * max(frame["value"])
+
+
+@pytest.mark.slow
+def test_resnet44_step_zero_eval_point_lies_within_its_later_points(tmp_path, one_thread):
+    from resviz.train import TrainConfig, train
+
+    config = TrainConfig(dataset="digits", depth=44, width=4, steps=40, batch_size=32, log_every=20, eval_every=20,
+                         checkpoint_every=40, record_every=20, eval_batch_size=360, progress=False,
+                         root=str(tmp_path / "data"))
+    result = train(config, out=tmp_path / "runs")
+    stats = pd.read_parquet(result.folder / "stats.parquet")
+    ev = stats[stats["metric"].astype(str) == "response_std_eval"]
+    first, later = ev[ev["step"] == 0]["value"], ev[ev["step"] > 0]["value"]
+    assert len(first) == 43 and len(later) == 2 * 43
+    assert later.min() <= first.min() and first.max() <= later.max(), (first.describe(), later.describe())

@@ -8,7 +8,7 @@ from plotly.colors import unlabel_rgb
 
 from resviz import synthetic
 from resviz import plots
-from resviz.plots.depth import profile_axes, profile_traces
+from resviz.plots.depth import heatmap_range, profile_axes, profile_traces
 from resviz.plots.selection import RUN_COLUMNS, profiles, run_key, run_meta
 from resviz.plots.style import run_color
 from resviz.schema import METRIC_TABLE
@@ -61,7 +61,7 @@ def test_response_std_one_trace_per_run_with_the_tables_values(stats):
         assert [c[0] for c in t.customdata] == list(names)  # hover names the layer
         assert "%{customdata[0]}" in t.hovertemplate
     assert len(trace(fig, "ResNet-56").x) == 55  # depth - 1 norm layers
-    assert fig.layout.xaxis.title.text == "layer index (0 = stem conv)"
+    assert fig.layout.xaxis.title.text == "norm layer (BatchNorm) index along depth (0 = first)"
     assert fig.layout.yaxis.title.text == "response std (a.u.)"
     assert "step 200" in fig.layout.title.text
     (note,) = fig.layout.annotations
@@ -153,7 +153,7 @@ def test_gradient_flow_is_log_scale(stats):
     assert t.customdata[0][0] == "conv1.weight" and t.customdata[-1][0] == "linear.bias"
     act = plots.plot_gradient_flow(stats, "act_grad_norm", step=0)
     assert act.layout.yaxis.type == "log" and len(trace(act, "ResNet-56").y) == 27
-    assert act.layout.xaxis.title.text.startswith("block index")
+    assert act.layout.xaxis.title.text.startswith("residual add index")
     with pytest.raises(ValueError, match="not a gradient metric; use 'grad_norm' or 'act_grad_norm'"):
         plots.plot_gradient_flow(stats, "response_std")
 
@@ -397,11 +397,15 @@ def test_bn_check_scatter_against_the_diagonal():
 
 def test_error_vs_depth_overlays_the_published_cifar10_errors(train):
     fig = plots.plot_error_vs_depth(train)
-    he = trace(fig, "He et al. 2015, Table 6 (CIFAR-10) ResNet test")
+    he = trace(fig, "He et al. 2015, Table 6: ResNet test error, CIFAR-10 test set")
     assert list(he.x) == [20, 32, 44, 56, 110, 1202] and list(he.y) == [8.75, 7.51, 7.17, 6.97, 6.43, 7.93]
-    aka = trace(fig, "akamaster/pytorch_resnet_cifar10 (CIFAR-10) ResNet test")
-    assert list(aka.x) == [20, 32, 44, 56, 110] and list(aka.y) == [8.27, 7.37, 6.90, 6.61, 6.32]
-    assert "not these runs' data" in fig.layout.annotations[0].text  # a digits run is never read as CIFAR-10
+    assert he.customdata[4] == "ResNet-110: 6.43 % (best of 5 runs; mean 6.61 ± 0.16)"
+    mean110 = trace(fig, "He et al. 2015, Table 6: ResNet-110 mean ± std of 5 runs")
+    assert list(mean110.y) == [6.61] and mean110.error_y.value == 0.16
+    aka = trace(fig, "akamaster/pytorch_resnet_cifar10 README: ResNet test error, CIFAR-10 test set")
+    assert list(aka.x) == [20, 32, 44, 56, 110, 1202] and list(aka.y) == [8.27, 7.37, 6.90, 6.61, 6.32, 6.18]
+    note = fig.layout.annotations[0].text
+    assert "not these runs' data" in note and "best of 5 runs" in note  # a digits run is never read as CIFAR-10
     assert fig.layout.xaxis.type == "log" and 1202 in fig.layout.xaxis.tickvals
 
 
@@ -419,7 +423,8 @@ def test_seeds_are_aggregated_mean_and_band():
     bands = [t for t in fig.data if t.fill == "tonexty"]
     assert len(bands) == 3  # train, clean train and test of the ResNet (one seed of plain: no band)
     assert trace(fig, "ResNet-20 clean train").line.dash == "dot"
-    assert "clean training (dotted)" in fig.layout.title.text and "band min–max" in fig.layout.annotations[0].text
+    assert "clean training (dotted)" in fig.layout.title.text
+    assert "the mean over three seeds, band from min to max" in fig.layout.annotations[0].text
     depth = plots.plot_error_vs_depth(train, paper=False)
     per_seed = [t for t in depth.data if t.name == "ResNet test per seed"]
     assert len(per_seed) == 1 and len(per_seed[0].y) == 3
@@ -441,11 +446,15 @@ def test_axes_read_cleanly(stats):
     assert "step" not in at_init.layout.title.text
 
 
-def test_heatmaps_that_are_compared_share_one_labelled_scale(stats):
+def test_heatmaps_of_the_report_each_show_their_own_run_and_say_so(stats):
     figs, _ = plots.standard_figures(stats)
-    maps = [f.data[0] for k, f in figs.items() if k.startswith("heatmap_")]
-    assert len(maps) == 3 and len({(m.zmin, m.zmax) for m in maps}) == 1 and maps[0].zmin is not None
-    assert all(m.colorbar.title.text for m in maps)
+    maps = {k: f for k, f in figs.items() if k.startswith("heatmap_")}
+    assert len(maps) == 3 and len({f.data[0].zmin for f in maps.values()}) == 3
+    assert all(f.data[0].colorbar.title.text for f in maps.values())
+    assert all("this run's own range" in f.layout.annotations[-1].text for f in maps.values())
+    shared = plots.plot_heatmap(stats, "response_std", run="resnet20-batch-s0",
+                                zrange=heatmap_range(stats, "response_std"))  # compared on purpose: one scale
+    assert shared.data[0].zmin is not None and "shared by the runs compared" in shared.layout.annotations[-1].text
 
 
 def test_variants_the_metadata_cannot_tell_apart_get_short_names_and_own_colours():
@@ -467,7 +476,7 @@ def test_fig7_defaults_to_the_eval_mode_metric_and_says_which(stats):
     fig = plots.plot_response_std(both)
     assert fig.layout.yaxis.title.text == METRIC_TABLE["response_std_eval"].axis_title
     np.testing.assert_allclose(trace(fig, "ResNet-20").y, 0.5 * trace(plots.plot_response_std(stats), "ResNet-20").y)
-    assert "eval mode" in fig.layout.annotations[0].text and "Seeds 0" in fig.layout.annotations[0].text
+    assert "eval mode" in fig.layout.annotations[0].text and "one seed (0)" in fig.layout.annotations[0].text
     old = plots.plot_response_std(stats)  # a table without the eval rows: train mode, and the caption says so
     assert "train mode" in old.layout.annotations[0].text and "no eval-mode rows" in old.layout.annotations[0].text
 

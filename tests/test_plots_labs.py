@@ -178,10 +178,12 @@ def test_shattering_and_correlation_heatmaps():
     assert names == ["plain, BN", "plain, no norm", "ResNet, BN", "ResNet, no norm"]
     top = [t for t in fig.data if t.name == "ResNet, BN"]  # row 1, row 2
     mine = frame[(frame["arch"] == "resnet") & (frame["norm"] == "batch")]
-    np.testing.assert_allclose(top[0].y, mine.groupby("depth")["autocorrelation"].mean())
-    np.testing.assert_allclose(top[1].y, mine.groupby("depth")["mean_correlation"].mean())
-    np.testing.assert_allclose(top[0].error_y.array, mine.groupby("depth")["autocorrelation"].max()
-                               - mine.groupby("depth")["autocorrelation"].mean())
+    np.testing.assert_allclose(top[0].y, mine.groupby("depth")["cosine_lag1"].mean())
+    np.testing.assert_allclose(top[1].y, mine.groupby("depth")["mean_cosine"].mean())
+    np.testing.assert_allclose(top[0].error_y.array, mine.groupby("depth")["cosine_lag1"].max()
+                               - mine.groupby("depth")["cosine_lag1"].mean())
+    words = " ".join([fig.layout.title.text] + [a.text for a in fig.layout.annotations]).lower()
+    assert "uncentred mean cosine similarity" in words and "autocorrelation" not in words
 
     mats = shattered.correlation_matrices(8, width=4, n_inputs=10, image_size=8)
     heat = plots.plot_gradient_correlation(mats)
@@ -190,6 +192,8 @@ def test_shattering_and_correlation_heatmaps():
     for t in heat.data:
         np.testing.assert_allclose(np.asarray(t.z), mats[t.name].correlation)
     assert heat.layout.coloraxis.cmin == -1 and heat.layout.coloraxis.cmax == 1
+    heat_words = " ".join([heat.layout.title.text] + [a.text for a in heat.layout.annotations]).lower()
+    assert "cosine similarity" in heat_words and "covariance" not in heat_words and "lag-1 r" not in heat_words
     lags = plots.plot_autocorrelation(mats)
     np.testing.assert_allclose(by_name(lags, "ResNet-8, BN").y, mats["ResNet-8, BN"].autocorrelation)
     with pytest.raises(ValueError, match=r"no results to draw"):

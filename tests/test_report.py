@@ -67,9 +67,15 @@ def test_report_writes_one_offline_page_and_one_plotlyjs(run_dir, tmp_path):
     data = _data(page)
     assert data["groups"] == ["8", "14"]
     assert {m["name"] for m in data["metrics"]} >= {"response_std", "grad_norm", "branch_ratio"}
-    rs = [s for s in data["series"] if s["metric"] == "response_std"]
-    assert all(len(s["y"]) == len(s["steps"]) == 4 and len(s["y"][0]) == len(s["layer"]) for s in rs)
-    assert any(name.startswith("layer1.0.") for s in rs for name in s["layer"])  # hover names the layer
+    view = data["views"]["response_std"]["8"]
+    assert view["steps"] == [0, 100, 200, 300] and len(view["frames"]) == 4
+    unsorted, ranked = view["frames"][-1]
+    (trace,) = unsorted["data"]
+    names, ys = data["pool"][trace["text"]["$"]], data["pool"][trace["y"]["$"]]
+    assert len(names) == len(ys) == 7 and any(n.startswith("layer1.0.") for n in names)  # hover names the layer
+    assert data["pool"][ranked["data"][0]["y"]["$"]] == sorted(ys, reverse=True)  # the sorted view, drawn in Python
+    assert unsorted["layout"]["xaxis"]["title"]["text"].startswith("norm layer")
+    assert page.count(unsorted["caption"].split("\n")[0]) >= 1
     assert str(out / "index.html") in r.stdout
 
 
@@ -116,11 +122,14 @@ def test_both_sliders_work_in_chromium_without_jupyter(run_dir, tmp_path):
             page.goto(rep.index.as_uri())
             page.wait_for_function("() => document.getElementById('rv-explorer').data !== undefined")
             title0 = page.evaluate("() => document.getElementById('rv-explorer').layout.title.text")
-            assert "depth 8" in title0 and "step 300" in title0
+            assert page.text_content("#rv-depth-label") == "depth 8" and "step 300" in title0
             before, after, title = _slider_moves(page, "rv-depth")
-            assert "depth 14" in title and before != after
+            assert page.text_content("#rv-depth-label") == "depth 14" and before != after
             before, after, title = _slider_moves(page, "rv-step")
             assert "step 200" in title and before != after
+            page.check("#rv-sort")
+            ranked = page.evaluate("() => document.getElementById('rv-explorer').data[0].y")
+            assert ranked == sorted(ranked, reverse=True)
             page.select_option("#rv-metric", "grad_norm")
             assert page.evaluate("() => document.getElementById('rv-explorer').layout.yaxis.type") == "log"
             assert page.evaluate("() => document.querySelectorAll('.fig .js-plotly-plot').length") >= 5
@@ -140,8 +149,8 @@ def test_models_that_are_not_cifar_nets_get_their_own_depth_stops():
                       vit.assign(model="vit_tiny_patch16_224", family="timm vision_transformer")], ignore_index=True)
     data = report.explorer_data(both)
     assert data["groups"] == ["8", "14", "vit_tiny_patch16_224"]
-    vit_series = [s for s in data["series"] if s["group"] == "vit_tiny_patch16_224"]
-    assert len(vit_series) == 1 and vit_series[0]["layer"][1] == "blocks.1.norm1"
+    (trace,) = data["views"]["response_std"]["vit_tiny_patch16_224"]["frames"][-1][0]["data"]
+    assert data["pool"][trace["text"]["$"]][1] == "blocks.1.norm1" and trace["name"] == "vit_tiny_patch16_224 (timm)"
 
 
 def test_long_runs_are_thinned_to_a_page_of_a_few_megabytes():
@@ -149,5 +158,5 @@ def test_long_runs_are_thinned_to_a_page_of_a_few_megabytes():
     idx = report.thinned(3_201)
     assert len(idx) == report.MAX_STEPS and idx[0] == 0 and idx[-1] == 3_200 and (pd.Series(idx).diff()[1:] > 0).all()
     stats = synthetic.stats_frame([("resnet", 8)], steps=tuple(range(0, 3_000, 10)), metrics=("response_std",))
-    (series,) = report.explorer_data(stats)["series"]
-    assert len(series["steps"]) == len(series["y"]) == report.MAX_STEPS and series["steps"][-1] == 2_990
+    view = report.explorer_data(stats)["views"]["response_std"]["8"]
+    assert len(view["steps"]) == len(view["frames"]) == report.MAX_STEPS and view["steps"][-1] == 2_990

@@ -105,7 +105,8 @@ def test_concat_fills_param_kind_unknown_on_param_rows_of_older_tables_and_empty
 def test_every_metric_has_every_field():
     fields = [f.name for f in dataclasses.fields(schema.Metric)]
     assert fields == ["name", "level", "unit", "axis_title", "title", "short_title", "meaning", "log_scale",
-                      "default", "recorded_by"]
+                      "default", "recorded_by", "measured", "reference", "reference_meaning", "literature",
+                      "first_step"]
     for name, m in schema.METRIC_TABLE.items():
         assert m.name == name
         for f in ("unit", "axis_title", "title", "short_title", "meaning"):
@@ -113,6 +114,9 @@ def test_every_metric_has_every_field():
         assert isinstance(m.log_scale, bool) and isinstance(m.default, bool), name
         assert m.level in ("layer", "block", "param"), name
         assert m.recorded_by in ("recorder", "evaluation"), name
+        assert m.measured.strip() and m.depth_unit == schema.LEVELS[m.level], name
+        assert (m.reference is None) == (not m.reference_meaning), name  # a reference line says what it is
+        assert "He et al" not in m.meaning + m.title + m.short_title, name  # the literature only in `literature`
 
 
 def test_derived_views_follow_the_table():

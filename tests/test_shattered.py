@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -81,7 +82,7 @@ def test_correlation_matrix_and_lags():
 def test_plain_gradients_shatter_with_depth_residual_ones_do_not():
     frame = shattering_vs_depth(depths=(8, 56), norms=("batch", "none"), seeds=2, width=8, n_inputs=64, image_size=16)
     assert len(frame) == 2 * 2 * 2 * 2
-    lag1 = frame.groupby(["arch", "norm", "depth"])["autocorrelation"].mean()
+    lag1 = frame.groupby(["arch", "norm", "depth"])["cosine_lag1"].mean()
     # shallow nets: neighbouring inputs have nearly the same gradient
     assert all(lag1[arch, norm, 8] > 0.8 for arch in ("plain", "resnet") for norm in ("batch", "none"))
     # plain + BN at depth 56: white noise; its residual twin keeps most of the correlation
@@ -111,10 +112,10 @@ def test_correlation_matrices_one_per_net_and_the_table():
     table = shattering_table(frame)
     assert list(table.columns) == [8, 14] and len(table) == 4
     sub = frame[(frame["arch"] == "plain") & (frame["norm"] == "none") & (frame["depth"] == 14)]
-    assert table.loc[("plain", "none"), 14] == pytest.approx(sub["autocorrelation"].mean())
-    assert shattering_table(frame, "mean_correlation").loc[("resnet", "batch"), 8] == pytest.approx(
+    assert table.loc[("plain", "none"), 14] == pytest.approx(sub["cosine_lag1"].mean())
+    assert shattering_table(frame, "mean_cosine").loc[("resnet", "batch"), 8] == pytest.approx(
         frame[(frame["arch"] == "resnet") & (frame["norm"] == "batch") & (frame["depth"] == 8)][
-            "mean_correlation"].mean())
+            "mean_cosine"].mean())
     with pytest.raises(ValueError, match=r"value='lag2' is not a column"):
         shattering_table(frame, "lag2")
 
@@ -122,6 +123,9 @@ def test_correlation_matrices_one_per_net_and_the_table():
 # ---- Balduzzi et al.'s 1-D experiment ----------------------------------------------------------------------
 
 from resviz.analysis.shattered import (  # noqa: E402
+    BN_CALIBRATED,
+    BN_TRAIN,
+    NO_BN,
     SETTING_1D,
     SETTING_IMAGE,
     autocorrelation_1d,
@@ -163,7 +167,8 @@ def test_autocorrelation_1d_against_numpy():
 def test_1d_frames_are_tidy_and_labelled():
     frame = shattering_1d_vs_depth(depths=(1, 3), archs=("plain", "resnet"), norms=("none",), seeds=2, width=8,
                                    n_inputs=20, max_lag=4)
-    assert list(frame.columns) == ["setting", "arch", "norm", "depth", "seed", "lag", "autocorrelation"]
+    assert list(frame.columns) == ["setting", "arch", "norm", "bn_mode", "depth", "seed", "lag", "autocorrelation"]
+    assert set(frame["bn_mode"]) == {NO_BN}
     assert len(frame) == 2 * 2 * 2 * 5 and set(frame["setting"]) == {SETTING_1D}
     np.testing.assert_allclose(frame[frame["lag"] == 0]["autocorrelation"], 1.0)
     one = frame[(frame["arch"] == "resnet") & (frame["depth"] == 3) & (frame["seed"] == 1)]
@@ -181,7 +186,8 @@ def test_1d_frames_are_tidy_and_labelled():
 
 def test_1d_covariance_over_initialisations():
     frame = gradients_1d_frame(depths=(2,), archs=("plain",), norms=("batch",), seeds=3, width=8, n_inputs=12)
-    assert list(frame.columns) == ["setting", "arch", "norm", "depth", "seed", "x", "gradient"] and len(frame) == 36
+    assert list(frame.columns) == ["setting", "arch", "norm", "bn_mode", "depth", "seed", "x", "gradient"]
+    assert len(frame) == 36
     cov = covariance_1d(frame)
     assert list(cov) == ["plain-2, BN"] and cov["plain-2, BN"].shape == (12, 12)
     grads = np.stack([gradients_1d(fc_net(2, arch="plain", norm="batch", width=8, seed=s), line_1d(12))
@@ -213,3 +219,92 @@ def test_1d_figure_draws_the_seed_mean_and_says_the_setting():
     assert SETTING_1D in fig.layout.title.text and "2 seed(s)" in fig.layout.title.text
     with pytest.raises(ValueError, match=r"lag=5 is not in the frame"):
         plot_shattering_1d(frame, lag=5)
+
+
+# ---- the two BN modes, curves with intervals, the paper's rates, kinks ---------------------------------------
+from resviz.analysis import shattered_1d  # noqa: E402
+from resviz.modes import batch_stats_mode  # noqa: E402
+
+
+def test_train_mode_derivative_is_each_points_own_derivative_in_train_mode():
+    """BN_TRAIN: d out_i / d x_i with the batch statistics moving with x_i — checked by central differences of
+    the train-mode forward pass, point by point; BN_CALIBRATED differs from it (statistics held fixed); for a net
+    without BN the two are one derivative. The net's running statistics are untouched."""
+    net, x = fc_net(3, arch="plain", norm="batch", width=16, seed=1), line_1d(24)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    train = gradients_1d(net, x, BN_TRAIN)
+    with batch_stats_mode(net), torch.no_grad():
+        for i in (0, 7, 23):
+            e = torch.zeros_like(x)
+            e[i] = 1e-6
+            fd = float((net(x + e)[i, 0] - net(x - e)[i, 0]) / 2e-6)
+            assert train[i] == pytest.approx(fd, rel=1e-5, abs=1e-8)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert not np.allclose(train, gradients_1d(net, x, BN_CALIBRATED), rtol=1e-3)
+    plain = fc_net(3, arch="resnet", norm="none", width=16, seed=1)
+    np.testing.assert_array_equal(gradients_1d(plain, x, BN_TRAIN), gradients_1d(plain, x, BN_CALIBRATED))
+    with pytest.raises(ValueError, match="bn_mode='eval' is unknown"):
+        gradients_1d(net, x, "eval")
+
+
+def test_curves_carry_t_intervals_over_seeds():
+    from scipy import stats
+
+    frame = shattering_1d_vs_depth(depths=(2,), archs=("plain",), norms=("batch",), seeds=3, width=8, n_inputs=16,
+                                   max_lag=3, bn_modes=(BN_CALIBRATED, BN_TRAIN))
+    curves = shattered_1d.acf_curves(frame)
+    assert len(curves) == 2 * 4 and set(curves["bn_mode"]) == {BN_CALIBRATED, BN_TRAIN}
+    row = curves[(curves["bn_mode"] == BN_TRAIN) & (curves["lag"] == 2)].iloc[0]
+    v = frame[(frame["bn_mode"] == BN_TRAIN) & (frame["lag"] == 2)]["autocorrelation"].to_numpy()
+    lo, hi = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+    assert (row["mean"], row["lo"], row["hi"], row["n"]) == (pytest.approx(v.mean()), pytest.approx(lo),
+                                                             pytest.approx(hi), 3)
+
+
+def test_decay_rates_recover_the_papers_forms():
+    """A frame whose lag-1 follows 2^-L (plain) and L^-1/2 (ResNet) exactly gives the paper's rates back."""
+    rows = []
+    for depth in (1, 2, 3, 4, 16, 50):
+        for arch, value in (("plain", 2.0 ** -depth), ("resnet", depth ** -0.5)):
+            rows += [dict(arch=arch, norm="batch", bn_mode=BN_CALIBRATED, depth=depth, seed=s, lag=1,
+                          autocorrelation=value) for s in (0, 1)]
+    rates = shattered_1d.decay_rates(pd.DataFrame(rows)).set_index("arch")
+    assert rates.loc["plain", "measured_rate"] == pytest.approx(-1.0)  # fitted on 2^-L > 0.1: depths 1..3
+    assert rates.loc["plain", "fitted_depths"] == [1, 2, 3]
+    assert rates.loc["resnet", "measured_rate"] == pytest.approx(-0.5)
+    assert (rates.loc["plain", "paper_rate"], rates.loc["resnet", "paper_rate"]) == (-1.0, -0.5)
+
+
+def test_kinks_count_the_units_that_switch_along_the_line():
+    """Depth 1: a unit relu(w x + b) switches once on the line iff −b/w falls between two of its points — counted
+    by hand. And the explanation of the unnormalised plain net: BN puts far more switches in the later layers."""
+    net, x = fc_net(1, arch="plain", norm="none", width=32, seed=0), line_1d(64)
+    w, b = net.layers[0].weight.detach()[:, 0], net.layers[0].bias.detach()
+    cut = -b / w
+    assert shattered_1d.kinks_1d(net, x).tolist() == [int(((cut > x.min()) & (cut < x.max())).sum())]
+    table = shattered_1d.kinks_table({norm: fc_net(8, arch="plain", norm=norm, width=32, seed=0)
+                                      for norm in ("none", "batch")}, line_1d(64)).set_index("net")
+    assert table.loc["batch", "later_layers"] > 3 * table.loc["none", "later_layers"]
+
+
+def test_panels_figure_matches_the_paper_and_names_the_bn_modes():
+    from resviz.plots.shattered_1d import plot_shattering_panels
+
+    panels = shattered_1d.PANELS
+    assert [(a, d) for _, a, d in panels] == [("plain", 1), ("plain", 24), ("resnet", 50)]
+    small = (("feedforward, depth 1", "plain", 1), ("ResNet, depth 3", "resnet", 3))
+    kw = dict(norms=("batch",), seeds=2, width=8, n_inputs=12, bn_modes=(BN_CALIBRATED, BN_TRAIN))
+    curves = shattered_1d.acf_curves(shattering_1d_vs_depth(depths=(1, 3), max_lag=3, **kw))
+    grads = gradients_1d_frame(depths=(1, 3), **kw)
+    fig = plot_shattering_panels(curves, grads, small)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[:2] == ["feedforward, depth 1", "ResNet, depth 3"]
+    assert "95 % interval over 2 seeds" in fig.layout.title.text
+    assert [t.name for t in fig.data if t.showlegend] == [
+        "plain, BN (calibrated eval)", "plain, BN (train, per point)", "ResNet, BN (calibrated eval)",
+        "ResNet, BN (train, per point)"]
+    assert "of 12 on [-2, 2]" in fig.layout.xaxis4.title.text
+    means = [t for t in fig.data if t.name == "ResNet, BN (train, per point)" and t.customdata is not None]
+    want = curves[(curves["arch"] == "resnet") & (curves["bn_mode"] == BN_TRAIN) & (curves["depth"] == 3)]
+    want = want.sort_values("lag")
+    np.testing.assert_allclose(means[0].y, want["mean"])

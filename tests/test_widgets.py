@@ -73,7 +73,7 @@ def test_sort_metric_and_arch_controls(stats):
     assert ", plain, step 300" in d.figure.layout.title.text
     d.metric_dropdown.value = "skip_std"  # plain nets have none: arch falls back to all
     assert d.arch_dropdown.value == "all" and list(shown(d)) == ["ResNet-32"]
-    assert d.figure.layout.xaxis.title.text.startswith("block index")
+    assert d.figure.layout.xaxis.title.text.startswith("residual add index")
 
     d.metric_dropdown.value = "channel_var"  # two rows per block (branch, output): two lines per run
     assert list(shown(d)) == ["plain-32 · branch", "plain-32 · out", "ResNet-32 · branch", "ResNet-32 · out"]

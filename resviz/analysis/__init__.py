@@ -4,6 +4,7 @@ bn_check    He et al. Fig. 7 on trained nets, and the BatchNorm γ/β cross-chec
 invariance  Ba et al. 2016 Table 1, measured; batch dependence of BN vs LN nets
 lesion      Veit et al. 2016: remove blocks at test time
 shattered   Balduzzi et al. 2017: gradient correlation across inputs vs depth
+shattered_1d  Balduzzi et al.'s 1-D experiment read as the paper does: curves with intervals, rates, kinks
 signal      Brock et al. 2021 signal-propagation plots; De & Smith 2020 / Fixup / ReZero at init
 
 and what they share:

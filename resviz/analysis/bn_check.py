@@ -18,16 +18,19 @@ training, where the identity holds up to BN's eps); `cross_check` puts the two s
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from resviz import schema
-from resviz.modes import batch_stats_mode, eval_mode
+from resviz import datasets, schema
+from resviz.analysis.lesion import TestSet, load_test_set
 from resviz.analysis.nets import Net, akamaster_nets, describe, normalise_images, run_nets  # noqa: F401 (re-exported)
+from resviz.modes import batch_stats_mode, eval_mode
 from resviz.probes import Recorder
 from resviz.probes.blocks import NORM_TYPES, SKIP_PATH_NAMES
 
@@ -141,5 +144,51 @@ def agreement(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run_id", "layers", "median_ratio", "min_ratio", "max_ratio", "log_r"])
 
 
-__all__ = ["BN_MODES", "Net", "agreement", "akamaster_nets", "cross_check", "describe", "measure",
-           "predicted_response_std", "run_nets"]
+# ---- Fig. 7 on trained CIFAR-10 nets: which test images, named ----------------------------------------------
+CIFAR10_OWN = "CIFAR-10's own test set (torchvision's cifar-10-batches-py)"
+CIFAR10_JPEG = "the CIFAR-10 JPEG copy's test split (lossy, quality 75; not CIFAR-10's own test set)"
+
+
+def cifar10_test_images(root: str | os.PathLike = "data", *, jpeg_copy: str | os.PathLike | None = None,
+                        n: int | None = None, seed: int = 0) -> tuple[str, TestSet]:
+    """(what the images are, in words; the test images) for nets trained on CIFAR-10: CIFAR-10's own test set
+    when `root` holds torchvision's archive or its extracted `cifar-10-batches-py` (never downloaded here), else
+    the JPEG copy at `jpeg_copy` (a folder tree or its .tar.gz), named as such. n: a fixed random subset."""
+    root = Path(root)
+    if (root / datasets.CIFAR10_FOLDER).is_dir() or (root / datasets.CIFAR10_ARCHIVE).is_file():
+        return CIFAR10_OWN, load_test_set("cifar10", root=root, n=n, seed=seed)
+    if jpeg_copy is not None and Path(jpeg_copy).exists():
+        path = Path(jpeg_copy)
+        spec = str(path) if path.is_file() else f"imagefolder:{path}"
+        return CIFAR10_JPEG, load_test_set(spec, root=root, n=n, seed=seed)
+    raise FileNotFoundError(f"no CIFAR-10 test images: {root} has neither {datasets.CIFAR10_ARCHIVE} nor "
+                            f"{datasets.CIFAR10_FOLDER}/, and no JPEG copy was given (jpeg_copy=...)")
+
+
+def measurement_text(bn: str, n_images: int, data: str) -> str:
+    """What `measure(..., bn=bn)` on `n_images` images of `data` measured, in words, for a figure caption."""
+    if bn not in BN_MODES:
+        raise ValueError(f"bn={bn!r} is unknown; use 'running' (eval mode) or 'batch' (batch statistics)")
+    mode = "eval mode (BN running statistics)" if bn == "running" else "BN on the batch's own statistics"
+    return f"{mode}, one batch of {n_images:,} images of {data}"
+
+
+def fig7_summary(nets: Sequence[Net], images: torch.Tensor, labels: torch.Tensor, data: str) -> pd.DataFrame:
+    """Per net, He et al. Fig. 7's quantity on these test images: the mean over its 3×3 layers of the response
+    std (eval mode, running statistics, one batch), the net's accuracy on the same images, and `data`, which
+    says what the images are. Columns: net, layers, mean_response_std, accuracy, images, data."""
+    stats = measure(nets, images)
+    rows = []
+    for net in nets:
+        mine = stats[(stats["run_id"].astype(str) == net.name).to_numpy()]
+        with eval_mode(net.model), torch.no_grad():
+            logits = net.model(normalise_images(images, net.mean, net.std, "cpu"))  # (N, classes)
+        accuracy = float((logits.argmax(1) == labels).double().mean())
+        rows.append(dict(net=net.name, layers=len(mine), mean_response_std=float(mine["value"].mean()),
+                         accuracy=accuracy, images=len(labels), data=data))
+    return pd.DataFrame(rows)
+
+
+__all__ = ["BN_MODES", "CIFAR10_JPEG", "CIFAR10_OWN", "Net", "agreement", "akamaster_nets", "cifar10_test_images",
+           "cross_check", "describe", "fig7_summary", "measure", "measurement_text", "predicted_response_std",
+           "run_nets"]

@@ -11,15 +11,18 @@ with and without BN, against depth (`fc_net`, `gradients_1d`, `autocorrelation_1
 SETTING_IMAGE, resviz's adaptation to the CIFAR conv nets (below): inputs lie on a line segment in image space,
 x_j = a + t_j (b - a), t_j = j / (n - 1), with a, b standard Gaussian images by default. The scalar output is
 a fixed random unit projection of the logits (or one logit). For each input the gradient g_j = d out / d x_j
-(a whole image) is taken; the correlation between inputs i, j is the cosine similarity of g_i and g_j, and the
-lag-k autocorrelation is its mean over pairs k steps apart.
+(a whole image) is taken; inputs i, j are compared by the cosine similarity of g_i and g_j (uncentred: no mean
+is subtracted, so this is not a correlation coefficient nor a covariance), and `cosine_lag1` is its mean over
+pairs one step apart (the "uncentred mean cosine similarity" at lag 1).
 Balduzzi et al.: in deep feed-forward nets the gradients decorrelate ("white noise"), with skips they do not.
 
-BatchNorm: each input's gradient must be the gradient of one fixed function, so BN runs in eval mode with its
-statistics *calibrated* on the line batch itself (one train-mode pass with cumulative averaging sets the
-running mean/var to the batch's statistics; the default init stats 0/1 would make a BN net an unnormalised
-one). The forward values equal train mode's; the gradient leaves out the coupling through the batch
-statistics. Everything is restored on exit.
+BatchNorm, two ways (the 1-D frames' `bn_mode` column): BN_CALIBRATED, eval mode with the statistics
+*calibrated* on the line batch itself (one train-mode pass with cumulative averaging sets the running mean/var
+to the batch's statistics; the default init stats 0/1 would make a BN net an unnormalised one): each input's
+gradient is that of one fixed function, forward values equal train mode's, and the coupling through the batch
+statistics is left out. BN_TRAIN (1-D only): train mode, d out_i / d x_i with the statistics functions of all
+inputs, the diagonal of the batch's Jacobian. The image-space functions use BN_CALIBRATED. Everything is
+restored on exit.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from resviz.modes import calibrated_eval  # also re-exported from here (its old home)
+from resviz.modes import batch_stats_mode, calibrated_eval  # calibrated_eval also re-exported here (its old home)
 from resviz.models import cifar_resnet
 
 SETTING_1D = "1-D input on [-2, 2], fully connected nets (Balduzzi et al. 2017's experiment)"
@@ -63,9 +66,9 @@ class GradientCorrelation:
     """Input gradients along a line and their correlations."""
 
     gradients: np.ndarray  # (n, D) d out / d x_j, flattened
-    correlation: np.ndarray  # (n, n) cosine similarity of g_i and g_j
+    correlation: np.ndarray  # (n, n) cosine similarity of g_i and g_j (uncentred, not a covariance)
     lags: np.ndarray  # (L,) 1..max_lag
-    autocorrelation: np.ndarray  # (L,) mean correlation of pairs `lag` apart
+    autocorrelation: np.ndarray  # (L,) mean cosine similarity of pairs `lag` apart (uncentred)
 
     @property
     def lag1(self) -> float:
@@ -122,8 +125,8 @@ def shattering_vs_depth(
 ) -> pd.DataFrame:
     """Gradient correlation at initialisation for every (arch, norm, depth), averaged over `seeds` nets.
 
-    Rows: setting (SETTING_IMAGE), arch, norm, depth, seed, autocorrelation (lag 1), autocorrelation_lag8,
-    mean_correlation (mean over all pairs i != j on the line).
+    Rows: setting (SETTING_IMAGE), arch, norm, depth, seed, cosine_lag1 and cosine_lag8 (the mean cosine
+    similarity of input gradients 1 and 8 steps apart on the line; uncentred), mean_cosine (over all pairs i != j).
     """
     bad = [a for a in archs if a not in ("plain", "resnet")]
     if bad:
@@ -146,19 +149,19 @@ def shattering_vs_depth(
                             norm=norm,
                             depth=depth,
                             seed=s,
-                            autocorrelation=gc.lag1,
-                            autocorrelation_lag8=float(gc.autocorrelation[-1]),
-                            mean_correlation=float(off),
+                            cosine_lag1=gc.lag1,
+                            cosine_lag8=float(gc.autocorrelation[-1]),
+                            mean_cosine=float(off),
                         )
                     )
     return pd.DataFrame(rows)
 
 
-def shattering_table(frame: pd.DataFrame, value: str = "autocorrelation") -> pd.DataFrame:
+def shattering_table(frame: pd.DataFrame, value: str = "cosine_lag1") -> pd.DataFrame:
     """(arch, norm) rows x depth columns of `value` (a column of `shattering_vs_depth`), averaged over seeds."""
     if value not in frame.columns:
         raise ValueError(
-            f"value={value!r} is not a column; use autocorrelation, autocorrelation_lag8 or mean_correlation")
+            f"value={value!r} is not a column; use cosine_lag1, cosine_lag8 or mean_cosine")
     return frame.pivot_table(index=["arch", "norm"], columns="depth", values=value, aggfunc="mean")
 
 
@@ -173,9 +176,9 @@ def correlation_matrices(
     image_size: int = 32,
     device: str | torch.device = "cpu",
 ) -> dict[str, GradientCorrelation]:
-    """Gradient correlations along one line for each (arch, norm) net of one depth at initialisation,
-    keyed by a label such as "plain-56, BN" or "ResNet-56, no norm" (in archs x norms order): Balduzzi et al.'s
-    covariance view."""
+    """Cosine similarities of the input gradients along one line for each (arch, norm) net of one depth at
+    initialisation, keyed by a label such as "plain-56, BN" or "ResNet-56, no norm" (in archs x norms order): the
+    image-space counterpart of Balduzzi et al.'s covariance matrices (uncentred cosines, not covariances)."""
     bad = [a for a in archs if a not in ("plain", "resnet")]
     if bad:
         raise ValueError(f"arch={bad[0]!r} is unknown; use 'plain' or 'resnet'")
@@ -249,11 +252,26 @@ def line_1d(n: int = 256, low: float = -2.0, high: float = 2.0) -> torch.Tensor:
     return torch.linspace(low, high, n, dtype=torch.float64)[:, None]
 
 
-def gradients_1d(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """d out / d x at every point of x (n, 1) -> (n,). BatchNorm in eval mode with its statistics calibrated on
-    x itself (`calibrated_eval`: each point's gradient is that of one fixed function, forward values equal train
-    mode's); the net is restored on exit."""
-    x = x.detach().to(torch.float64).requires_grad_(True)
+# How a BN net's per-point derivative d out_i / d x_i is taken (the `bn_mode` column of the 1-D frames):
+BN_CALIBRATED = "calibrated eval"  # eval mode, running statistics set to the line's own batch statistics: the
+#   derivative with the statistics held fixed (one fixed function of x; forward values equal train mode's)
+BN_TRAIN = "train, per point"  # train mode: the statistics are functions of all 256 inputs, so d out_i / d x_i
+#   is the diagonal of the batch's Jacobian (what a point's own derivative is while the net trains)
+NO_BN = "no BN"  # nets without BatchNorm: one derivative, both ways the same
+BN_MODES_1D = (BN_CALIBRATED, BN_TRAIN)
+
+
+def gradients_1d(model: nn.Module, x: torch.Tensor, bn_mode: str = BN_CALIBRATED) -> np.ndarray:
+    """d out_i / d x_i at every point of x (n, 1) -> (n,), with BatchNorm as `bn_mode` says (BN_CALIBRATED or
+    BN_TRAIN, see above; the same for nets without BN). The net, its running statistics included, is restored."""
+    if bn_mode not in BN_MODES_1D:
+        raise ValueError(f"bn_mode={bn_mode!r} is unknown; use {BN_CALIBRATED!r} or {BN_TRAIN!r}")
+    x = x.detach().to(torch.float64)
+    if bn_mode == BN_TRAIN and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        with batch_stats_mode(model):
+            jac = torch.autograd.functional.jacobian(lambda inp: model(inp)[:, 0], x, vectorize=True)  # (n, n, 1)
+        return torch.diagonal(jac[:, :, 0]).numpy()
+    x.requires_grad_(True)
     with calibrated_eval(model, x.detach()):
         (grad,) = torch.autograd.grad(model(x).sum(), x)  # rows independent in eval mode
     return grad[:, 0].numpy()
@@ -270,12 +288,19 @@ def autocorrelation_1d(g: np.ndarray, max_lag: int = 16) -> np.ndarray:
     return np.array([float(d[: len(d) - k] @ d[k:]) / denom for k in range(max_lag + 1)])
 
 
-def _nets_1d(depths, archs, norms, seeds: int, seed: int, width: int):
+def _nets_1d(depths, archs, norms, seeds: int, seed: int, width: int, bn_modes=(BN_CALIBRATED,)):
+    """(arch, norm, depth, seed, bn_mode, net): BN nets once per bn_mode, the others once (bn_mode NO_BN)."""
     for arch in archs:
         for norm in norms:
             for depth in depths:
                 for s in range(seed, seed + seeds):
-                    yield arch, norm, depth, s, fc_net(depth, arch=arch, norm=norm, width=width, seed=s)
+                    net = fc_net(depth, arch=arch, norm=norm, width=width, seed=s)
+                    for mode in (bn_modes if norm == "batch" else (NO_BN,)):
+                        yield arch, norm, depth, s, mode, net
+
+
+def _derivative(net, x, mode: str) -> np.ndarray:
+    return gradients_1d(net, x, BN_CALIBRATED if mode == NO_BN else mode)
 
 
 def shattering_1d_vs_depth(
@@ -288,15 +313,17 @@ def shattering_1d_vs_depth(
     width: int = 200,
     n_inputs: int = 256,
     max_lag: int = 16,
+    bn_modes: Sequence[str] = (BN_CALIBRATED,),
 ) -> pd.DataFrame:
-    """The autocorrelation function of d out / d x along [-2, 2] for every (arch, norm, depth, seed) at init.
-    Tidy rows: setting (SETTING_1D), arch, norm, depth, seed, lag (0..max_lag), autocorrelation."""
+    """The autocorrelation function of d out / d x along [-2, 2] for every (arch, norm, depth, seed) at init, BN
+    nets once per `bn_modes` entry (BN_CALIBRATED, BN_TRAIN). Tidy rows: setting (SETTING_1D), arch, norm, bn_mode,
+    depth, seed, lag (0..max_lag), autocorrelation."""
     x = line_1d(n_inputs)
     rows = []
-    for arch, norm, depth, s, net in _nets_1d(depths, archs, norms, seeds, seed, width):
-        acf = autocorrelation_1d(gradients_1d(net, x), max_lag)
-        rows += [dict(setting=SETTING_1D, arch=arch, norm=norm, depth=depth, seed=s, lag=k, autocorrelation=a)
-                 for k, a in enumerate(acf)]
+    for arch, norm, depth, s, mode, net in _nets_1d(depths, archs, norms, seeds, seed, width, bn_modes):
+        acf = autocorrelation_1d(_derivative(net, x, mode), max_lag)
+        rows += [dict(setting=SETTING_1D, arch=arch, norm=norm, bn_mode=mode, depth=depth, seed=s, lag=k,
+                      autocorrelation=a) for k, a in enumerate(acf)]
     return pd.DataFrame(rows)
 
 
@@ -309,14 +336,15 @@ def gradients_1d_frame(
     *,
     width: int = 200,
     n_inputs: int = 256,
+    bn_modes: Sequence[str] = (BN_CALIBRATED,),
 ) -> pd.DataFrame:
     """The gradients themselves (Balduzzi et al.'s Fig. 1: d out / d x against x): tidy rows setting, arch, norm,
-    depth, seed, x, gradient."""
+    bn_mode, depth, seed, x, gradient."""
     x = line_1d(n_inputs)
     frames = []
-    for arch, norm, depth, s, net in _nets_1d(depths, archs, norms, seeds, seed, width):
-        frames.append(pd.DataFrame(dict(setting=SETTING_1D, arch=arch, norm=norm, depth=depth, seed=s,
-                                        x=x[:, 0].numpy(), gradient=gradients_1d(net, x))))
+    for arch, norm, depth, s, mode, net in _nets_1d(depths, archs, norms, seeds, seed, width, bn_modes):
+        frames.append(pd.DataFrame(dict(setting=SETTING_1D, arch=arch, norm=norm, bn_mode=mode, depth=depth, seed=s,
+                                        x=x[:, 0].numpy(), gradient=_derivative(net, x, mode))))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -324,6 +352,8 @@ def covariance_1d(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """Per (arch, norm, depth) of a `gradients_1d_frame` with >= 2 seeds: the (n, n) covariance of the gradients
     at every pair of points over the random initialisations (seeds), keyed by e.g. "plain-24, BN"."""
     out = {}
+    if "bn_mode" in frame.columns and frame["bn_mode"].nunique() > 1:
+        raise ValueError(f"the frame mixes bn_mode {sorted(pd.unique(frame['bn_mode']))}; pass one of them")
     for (arch, norm, depth), g in frame.groupby(["arch", "norm", "depth"], sort=False):
         grads = g.pivot(index="seed", columns="x", values="gradient").to_numpy()  # (seeds, n)
         if len(grads) < 2:
@@ -335,6 +365,10 @@ def covariance_1d(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 __all__ = [
+    "BN_CALIBRATED",
+    "BN_MODES_1D",
+    "BN_TRAIN",
+    "NO_BN",
     "SETTING_1D",
     "SETTING_IMAGE",
     "FCNet",

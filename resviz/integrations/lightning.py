@@ -6,7 +6,9 @@
 
 When things happen (Lightning 2.x hooks):
   on_fit_start              the Recorder is entered (hooks registered, before a compiled forward first runs),
-                            config.json and status "running" written; rank 0 only (`trainer.is_global_zero`)
+                            config.json and status "running" written. Under DDP / FSDP every rank records (the
+                            flush sums the ranks' partial sums: global-batch statistics, docs/distributed.md)
+                            and only rank 0 (`trainer.is_global_zero`) writes the run folder
   on_train_batch_start      `begin_step(trainer.global_step)`: the forward passes of this batch record when
                             global_step % every == 0, and whatever an evaluation wrote since is forgotten
   on_validation_start/end   the Recorder is paused (sanity check and validation never reach the table)
@@ -16,6 +18,7 @@ When things happen (Lightning 2.x hooks):
                             the first backward.
   on_fit_end / on_exception the Recorder is left (hooks removed), the tables saved, status done / failed /
                             interrupted (KeyboardInterrupt). `teardown` leaves it too, should neither run.
+Under DDP the loss in `metrics.parquet` is rank 0's (its part of the batch), as Lightning logs it without sync_dist.
 Rows of `stats.parquet` have step = trainer.global_step (optimiser steps before this one). `metrics.parquet` has
 one row every `log_every` optimiser steps: the mean training loss of the batches since (the `loss` that
 training_step returned, times the accumulation factor Lightning divided it by), the learning rate of the first
@@ -37,8 +40,9 @@ from torch import nn
 from resviz.environment import versions
 from resviz.models import model_identity, unwrap
 from resviz.probes import Recorder
+from resviz.probes.distributed import agree
 from resviz.runfolder import RunFolder, default_run_id
-from resviz.schema import META_COLUMNS
+from resviz.schema import META_COLUMNS, MODEL_COLUMNS
 
 
 def loss_of(value) -> torch.Tensor | None:
@@ -165,7 +169,8 @@ class RecorderCallback(pl.Callback):
 
     @property
     def folder(self):
-        """The run folder being written (None before fit starts, and on ranks other than 0)."""
+        """The run folder being written (None before fit starts, and on ranks other than 0, which record but do not
+        write)."""
         return None if self.writer is None else self.writer.folder
 
     # ---- what to record
@@ -188,12 +193,10 @@ class RecorderCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()  # a second fit with the same callback starts afresh
         self._reset()
-        if not trainer.is_global_zero:
-            return
         net = self.target(pl_module)
         identity = model_identity(net)
-        info = {**{k: identity[k] for k in META_COLUMNS if k in identity}, "seed": _seed()}
-        run_id = self.run_id or default_run_id("lightning", info["arch"])
+        info = {**{k: identity[k] for k in (*META_COLUMNS, *MODEL_COLUMNS) if k in identity}, "seed": _seed()}
+        run_id = self.run_id or agree(default_run_id("lightning", info["arch"]))  # one name on every rank
         config = {
             **info,
             "run_id": run_id,
@@ -208,8 +211,9 @@ class RecorderCallback(pl.Callback):
         }
         rec = Recorder(net, every=self.every, metrics=self.metrics, per_channel=self.per_channel,
                        run_info={"run_id": run_id, **info}, flush_every=self.flush_every)
-        self.writer = RunFolder(self.out, run_id, sinks=self.sinks)
-        self.writer.open(config, first_step=trainer.global_step)
+        if trainer.is_global_zero:  # the other ranks record (the flushes are collective) and write nothing
+            self.writer = RunFolder(self.out, run_id, sinks=self.sinks)
+            self.writer.open(config, first_step=trainer.global_step)
         rec.__enter__()
         self.recorder = rec
         rec.begin_step(trainer.global_step)
@@ -283,9 +287,11 @@ class RecorderCallback(pl.Callback):
 
     # ---- internals
     def _save(self) -> None:
-        self.writer.add_stats(self.recorder.drain())
-        self.writer.add_metrics(self._losses.take())
-        self.writer.save()
+        stats, rows = self.recorder.drain(), self._losses.take()  # drain: on every rank (a collective under DDP)
+        if self.writer is not None:
+            self.writer.add_stats(stats)
+            self.writer.add_metrics(rows)
+            self.writer.save()
 
     def _close(self, status: str | None = None, reason: str = "", step: int = 0) -> None:
         """Leave the Recorder (hooks removed, always first), then save and write the status; idempotent."""

@@ -6,7 +6,9 @@
 
 When things happen (TrainerCallback events):
   on_train_begin        the Recorder is entered on `model` (hooks registered), config.json + status "running";
-                        only the main process (`state.is_world_process_zero`) records
+                        under torchrun every process records (the flushes sum the ranks' partial sums:
+                        global-batch statistics, docs/distributed.md) and only the main process
+                        (`state.is_world_process_zero`) writes the run folder
   on_step_begin         `begin_step(state.global_step)`: called once per optimiser step, before the first
                         micro-batch of a gradient accumulation; forgets what an evaluation's forwards wrote
   on_pre_optimizer_step after every micro-batch's backward and after gradient clipping, before optimizer.step():
@@ -36,8 +38,9 @@ from transformers import TrainerCallback
 from resviz.environment import versions
 from resviz.models import model_identity, unwrap
 from resviz.probes import Recorder
+from resviz.probes.distributed import agree
 from resviz.runfolder import RunFolder, default_run_id
-from resviz.schema import META_COLUMNS
+from resviz.schema import META_COLUMNS, MODEL_COLUMNS
 
 _LOG_KEYS = {"loss": "loss", "learning_rate": "lr", "eval_loss": "test_loss"}
 
@@ -82,12 +85,12 @@ class RecorderCallback(TrainerCallback):
     # ---- events
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._close()
-        if not state.is_world_process_zero or model is None:
+        if model is None:
             return
         net = unwrap(model)
         identity = model_identity(net)
-        info = {**{k: identity[k] for k in META_COLUMNS if k in identity}, "seed": int(args.seed)}
-        run_id = self.run_id or default_run_id("hf", info["arch"])
+        info = {**{k: identity[k] for k in (*META_COLUMNS, *MODEL_COLUMNS) if k in identity}, "seed": int(args.seed)}
+        run_id = self.run_id or agree(default_run_id("hf", info["arch"]))  # one name on every rank
         config = {
             **info,
             "run_id": run_id,
@@ -104,8 +107,9 @@ class RecorderCallback(TrainerCallback):
         }
         rec = Recorder(net, every=self.every, metrics=self.metrics, per_channel=self.per_channel,
                        run_info={"run_id": run_id, **info}, flush_every=self.flush_every)
-        self.writer = RunFolder(self.out, run_id, sinks=self.sinks)
-        self.writer.open(config, first_step=state.global_step)
+        if state.is_world_process_zero:  # the other ranks record (the flushes are collective) and write nothing
+            self.writer = RunFolder(self.out, run_id, sinks=self.sinks)
+            self.writer.open(config, first_step=state.global_step)
         rec.__enter__()
         self.recorder = rec
         rec.begin_step(state.global_step)
@@ -151,9 +155,11 @@ class RecorderCallback(TrainerCallback):
 
     # ---- internals
     def _save(self) -> None:
-        self.writer.add_stats(self.recorder.drain())
-        self.writer.add_metrics(self._merged_rows())
-        self.writer.save()
+        stats, rows = self.recorder.drain(), self._merged_rows()  # drain: on every rank (a collective under torchrun)
+        if self.writer is not None:
+            self.writer.add_stats(stats)
+            self.writer.add_metrics(rows)
+            self.writer.save()
 
     def _merged_rows(self) -> list[dict]:
         """The Trainer logs train and eval at one step in separate calls: one row per step."""

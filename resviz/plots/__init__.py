@@ -4,7 +4,8 @@ Every figure colours a run the same way (`style.run_color`: plain nets warm, Res
 names the layer in its hover text, and picks a training step (default: each run's last). A selection
 with no rows raises ValueError naming what is present, which the dashboard shows as its message.
 
-    style       colours, labels, per-metric titles (from schema.METRIC_TABLE), hover, the shared layout
+    words       every title, axis title and caption, from the metric table and the recorded run metadata
+    style       colours readable on white, marker symbols, legend labels, hover, the shared layout
     selection   runs and their metadata (`run_meta`), a metric's rows, steps, per-run depth profiles
     depth       figures against depth: profiles, Fig. 7, gradient flow, branch vs skip, heatmap, per channel
     training    figures of the training log: error curves (Fig. 6), final error against depth

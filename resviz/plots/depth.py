@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from resviz.plots import words
 from resviz.plots.selection import (
     Profile,
     by_run,
@@ -29,23 +30,21 @@ from resviz.plots.selection import (
 )
 from resviz.plots.style import (
     DASHES,
-    FIG7_CAPTION,
+    HEATMAP_HALF_SPAN,
     HEIGHT,
     STEP_AXIS,
     WIDGET_HOVER,
     axis_title,
     base_layout,
     customdata,
-    figure_title,
-    REFERENCE,
     hover,
     index_axis,
     is_log,
     step_text,
     value_axis,
     widened,
-    x_title,
 )
+from resviz.schema import METRIC_TABLE
 
 
 def profile_traces(profs: list[Profile], metric: str, *, sort: bool = False, widget_hover: bool = False) -> list[dict]:
@@ -68,88 +67,109 @@ def profile_traces(profs: list[Profile], metric: str, *, sort: bool = False, wid
         else:
             where = dict(customdata=customdata(names, li, p.step), hovertemplate=hover(metric))
         out.append(dict(
-            x=x, y=y, mode="lines+markers", marker=dict(size=4),
+            x=x, y=y, mode="lines+markers", marker=dict(size=5, symbol=p.run.symbol),
             line=dict(color=p.run.color, width=2, dash=DASHES[p.part_no % len(DASHES)]),
             name=p.name + (f" @ {p.step}" if multi else ""), legendgroup=p.run.label, **where,
         ))
     return out
 
 
+def profile_facts(profs: list[Profile], metric: str) -> words.Facts:
+    """The model facts of the runs drawn (`words.run_facts`), the add names from the block-level layers drawn."""
+    level = METRIC_TABLE[metric].level if metric in METRIC_TABLE else ""
+    layers = [name for p in profs for name in p.layer] if level == "block" else ()
+    return words.run_facts({p.run.key: p.run for p in profs}.values(), layers)
+
+
 def profile_axes(profs: list[Profile], metric: str, *, sort: bool = False, log_y: bool | None = None,
                  step: int | None = None, title: str | None = None) -> dict:
-    """The title and axes of a depth-profile figure as layout keywords. `step` is the step asked for (it words
-    the default title); `log_y` defaults to the metric table's log scale."""
+    """The title, axes and reference line of a depth-profile figure as layout keywords, in the words of
+    `resviz.plots.words`. `step` is the step asked for (it words the default title); `log_y` defaults to the
+    metric table's log scale."""
     log_y = is_log(metric) if log_y is None else log_y
+    f = profile_facts(profs, metric)
     when = step_text([p.step for p in profs], step)
     when = "" if when == "step 0" else when  # a net at initialisation or a pretrained checkpoint: no step
-    text = title or " — ".join(t for t in (figure_title(metric), ("sorted, " if sort else "") + when) if t.strip())
+    text = title or " — ".join(t for t in (words.title(metric, f), ("sorted, " if sort else "") + when) if t.strip())
     text = text.rstrip(", ")
-    xt = f"rank (sorted by {metric}, descending)" if sort else x_title(metric)
+    xt = f"rank along depth, sorted by value (1 = largest {words.depth_unit(metric)})" if sort else \
+        words.depth_title(metric, f)
     n = max((len(p.value) if sort else int(p.layer_index.max(initial=0))) for p in profs) if profs else 0
-    yaxis = value_axis([p.value for p in profs] if profs else [], log_y, REFERENCE.get(metric))
+    ref = words.reference(metric)
+    yaxis = value_axis([p.value for p in profs] if profs else [], log_y, ref[0] if ref else None)
     return dict(title=dict(text=text), xaxis=dict(title=dict(text=xt), **index_axis(n)),
-                yaxis=dict(title=dict(text=axis_title(metric)), **yaxis))
+                yaxis=dict(title=dict(text=axis_title(metric)), **yaxis), shapes=words.reference_shape(metric))
+
+
+def _rows_of(profs: list[Profile]) -> pd.DataFrame:
+    """The values drawn, as rows (run_id = the run's label, layer, step, value), for `words.oddities`."""
+    return pd.DataFrame({
+        "run_id": np.concatenate([np.full(len(p.value), p.run.label, dtype=object) for p in profs] or [[]]),
+        "layer": np.concatenate([p.layer.astype(object) for p in profs] or [[]]),
+        "step": np.concatenate([np.full(len(p.value), p.step) for p in profs] or [[]]),
+        "value": np.concatenate([p.value for p in profs] or [[]]).astype(np.float64),
+    })
+
+
+def profile_caption(profs: list[Profile], metric: str, extra: tuple[str, ...] = (), notes: tuple[str, ...] = ()) -> str:
+    """The caption of a depth-profile figure (`words.caption` of the values drawn)."""
+    return words.caption(metric, _rows_of(profs), profile_facts(profs, metric), steps=[p.step for p in profs],
+                         reference_drawn=words.reference(metric) is not None, extra=extra, notes=notes)
 
 
 def profile_figure(
     profs: list[Profile], metric: str, *, sort: bool = False, log_y: bool | None = None, step: int | None = None,
-    title: str | None = None,
+    title: str | None = None, extra: tuple[str, ...] = (),
 ) -> go.Figure:
-    """Depth profiles already selected (`selection.profiles`) as a figure: `profile_traces` on `profile_axes`."""
+    """Depth profiles already selected (`selection.profiles`) as a figure: `profile_traces` on `profile_axes`,
+    with `profile_caption` (plus the `extra` lines) under it."""
     fig = go.Figure([go.Scatter(**t) for t in profile_traces(profs, metric, sort=sort)])
     fig = base_layout(fig, "")
-    return fig.update_layout(profile_axes(profs, metric, sort=sort, log_y=log_y, step=step, title=title))
+    fig.update_layout(profile_axes(profs, metric, sort=sort, log_y=log_y, step=step, title=title))
+    return words.add_caption(fig, profile_caption(profs, metric, extra))
 
 
 def plot_profile(
     stats: pd.DataFrame, metric: str, *, step: int | None = None, sort: bool = False, log_y: bool | None = None,
-    runs=None, arch=None, depth=None, title: str | None = None,
+    runs=None, arch=None, depth=None, title: str | None = None, extra: tuple[str, ...] = (),
 ) -> go.Figure:
     """Any metric against depth, one trace per run; `sort=True` draws values in descending order (Fig. 7, bottom)."""
     profs = profiles(stats, metric, step=step, runs=runs, arch=arch, depth=depth)
-    return profile_figure(profs, metric, sort=sort, log_y=log_y, step=step, title=title)
-
-
-FIG7_MODES = {
-    "response_std_eval": "eval mode (running statistics), a fixed held-out batch of test images",
-    "response_std": "train mode, the current augmented training batch (BN batch statistics: close to BN's γ)",
-}
+    return profile_figure(profs, metric, sort=sort, log_y=log_y, step=step, title=title, extra=extra)
 
 
 def fig7_metric(stats: pd.DataFrame, metric: str | None) -> tuple[str, str]:
-    """(metric drawn, note): `response_std_eval` (He et al.'s measurement) when the table has it, else
-    `response_std` with a note saying so."""
+    """(metric drawn, note): `response_std_eval` (eval mode, held out) when the table has it, else `response_std`
+    with a note saying so."""
     if metric is not None:
         return metric, ""
     present = set(pd.unique(stats["metric"].astype(str))) if "metric" in stats.columns else set()
     if "response_std_eval" in present:
         return "response_std_eval", ""
-    return "response_std", " — these runs have no eval-mode rows (response_std_eval)"
+    return "response_std", "These runs have no eval-mode rows (response_std_eval): train mode is drawn."
 
 
 def plot_response_std(stats: pd.DataFrame, *, step: int | None = None, sort: bool = False,
                       metric: str | None = None, prediction: dict[str, pd.DataFrame] | None = None,
-                      **filters) -> go.Figure:
-    """He et al. Fig. 7: std of every 3×3 layer's response against layer index (or sorted), one trace per run.
+                      data: str | None = None, **filters) -> go.Figure:
+    """The std of every norm layer's output against its index along depth (or sorted), one trace per run: He et
+    al. Fig. 7 for BatchNorm CIFAR nets.
 
-    Draws `response_std_eval` (eval mode, held-out test images, as the paper measures it) when recorded, else
-    the train-mode `response_std`; the caption says which, over which seeds, and the dotted line is the value
-    at initialisation (1.0 for BN). `prediction`: {run label as in the legend: the frame of
+    Draws `response_std_eval` (eval mode, held-out test images) when recorded, else the train-mode
+    `response_std`; the caption (`words.caption`) says which, over which seeds, and what the dotted reference
+    line is where the metric has one. `prediction`: {run label as in the legend: the frame of
     `resviz.analysis.bn_check.predicted_response_std(model)`} overlays sqrt(mean γ² + var β) per BN layer, dashed
-    in the run's colour: what a BN output's std equals exactly in train mode, from the weights alone."""
+    in the run's colour: what a BN output's std equals exactly in train mode, from the weights alone.
+    `data`: how and on which images the table was measured, in words (e.g. `bn_check.measurement_text(...)` for
+    `bn_check.measure` tables); the caption says it in place of the recorded metric's default mode."""
     metric, note = fig7_metric(stats, metric)
-    fig = plot_profile(stats, metric, step=step, sort=sort, log_y=False, **filters)
+    check_filters(filters)
+    extra = tuple(t for t in (f"Data: {data}." if data else "", note,
+                              "Dashed: the γ/β prediction sqrt(mean γ² + var β) from the weights."
+                              if prediction else "") if t)
+    fig = plot_profile(stats, metric, step=step, sort=sort, log_y=False, extra=extra, **filters)
     if prediction:
         _overlay_prediction(fig, prediction, sort)
-    seeds = sorted({int(s) for s in pd.unique(metric_rows(stats, metric, **check_filters(filters))["seed"])}) \
-        if "seed" in stats.columns else []
-    fig.add_hline(y=REFERENCE.get(metric, 1.0), line=dict(color="#888", dash="dot", width=1))
-    overlay = "; dashed: γ/β prediction sqrt(mean γ² + var β) from the weights" if prediction else ""
-    text = (f"Measured: {FIG7_MODES.get(metric, metric)}{note}.<br>Seeds {', '.join(map(str, seeds)) or 'unknown'}; "
-            f"dotted: BN at initialisation (1.0){overlay}.<br>{FIG7_CAPTION.replace(': ', ':<br>', 1)}")
-    fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left",
-                       yanchor="top", showarrow=False, font=dict(size=11, color="#555"), align="left")
-    fig.update_layout(margin=dict(b=150), height=560)
     return fig
 
 
@@ -170,10 +190,23 @@ def _overlay_prediction(fig: go.Figure, prediction: dict[str, pd.DataFrame], sor
 
 
 def plot_gradient_flow(stats: pd.DataFrame, metric: str = "grad_norm", *, step: int | None = None, **filters) -> go.Figure:
-    """`grad_norm` (per parameter) or `act_grad_norm` (per block output) against depth, log scale."""
+    """`grad_norm` (per parameter) or `act_grad_norm` (per block output) against depth, log scale; the caption
+    says that a parameter's gradient is the loss's alone (the Recorder reads it before SGD adds weight decay)."""
     if metric not in ("grad_norm", "act_grad_norm"):
         raise ValueError(f"metric={metric!r} is not a gradient metric; use 'grad_norm' or 'act_grad_norm'")
-    return plot_profile(stats, metric, step=step, log_y=True, **filters)
+    fig = plot_profile(stats, metric, step=step, log_y=True, **filters)
+    text = GRADIENT_CAPTIONS[metric]
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left", yanchor="top",
+                       showarrow=False, font=dict(size=11, color="#555"), align="left")
+    return fig.update_layout(margin=dict(b=110))
+
+
+GRADIENT_CAPTIONS = {
+    "grad_norm": "‖∂L/∂W‖ of the training loss after backward(), weight decay excluded (SGD adds it inside its "
+                 "step, after the recording)",
+    "act_grad_norm": "‖∂L/∂x‖ at each block's output on the training batch (the loss is a mean: scales with "
+                     "1/batch size)",
+}
 
 
 def _paired(stats, metrics, panels, step, filters, title, log_rows) -> go.Figure:
@@ -196,7 +229,7 @@ def _paired(stats, metrics, panels, step, filters, title, log_rows) -> go.Figure
             for p in found.get(metric, []):
                 chosen.append(p.step)
                 fig.add_trace(go.Scatter(
-                    x=p.layer_index, y=p.value, mode="lines+markers", marker=dict(size=3),
+                    x=p.layer_index, y=p.value, mode="lines+markers", marker=dict(size=4, symbol=p.run.symbol),
                     line=dict(color=p.run.color, dash=dash if p.part_no == 0 else DASHES[p.part_no % len(DASHES)],
                               width=2),
                     name=p.name, legendgroup=p.run.label, showlegend=p.name not in in_legend,
@@ -209,9 +242,17 @@ def _paired(stats, metrics, panels, step, filters, title, log_rows) -> go.Figure
     fig = base_layout(fig, title + ("" if when == "step 0" else f" — {when}"))
     top = max((int(p.layer_index.max(initial=0)) for ps in found.values() for p in ps), default=0)
     fig.update_xaxes(**index_axis(top))
-    fig.update_xaxes(title_text=x_title(next(iter(found))), row=len(panels), col=1)
+    first = next(iter(found))
+    fig.update_xaxes(title_text=words.depth_title(first, profile_facts(found[first], first)), row=len(panels), col=1)
     fig.update_layout(height=HEIGHT + 150)
-    return fig
+    return words.add_caption(fig, _paired_caption(found))
+
+
+def _paired_caption(found: dict[str, list[Profile]]) -> str:
+    """One caption for the metrics of a paired figure: the first one's, with every metric's oddities."""
+    first, *others = found
+    notes = tuple(line for m in others for line in words.oddities(m, _rows_of(found[m]), profile_facts(found[m], m)))
+    return profile_caption(found[first], first, notes=notes)
 
 
 def plot_branch_skip(stats: pd.DataFrame, *, step: int | None = None, **filters) -> go.Figure:
@@ -312,6 +353,8 @@ def plot_heatmap(
     zmin = zmax = None
     if zrange is not None:
         zmin, zmax = (math.log10(v) for v in zrange) if log_z else zrange
+    elif not log_z and np.isfinite(shown).any():  # this run's range, never zoomed into noise (style.widened)
+        zmin, zmax = widened(float(np.nanmin(shown)), float(np.nanmax(shown)), HEATMAP_HALF_SPAN)
     if log_z and np.isfinite(shown).any():
         lo = math.floor(zmin if zmin is not None else np.nanmin(shown))
         hi = math.ceil(zmax if zmax is not None else np.nanmax(shown))
@@ -326,10 +369,14 @@ def plot_heatmap(
     _stage_ticks(fig, idx, stage, block)
     if step is not None:
         fig.add_vline(x=pick_step(steps, step), line=dict(color="white", dash="dash", width=1))
-    title = f"{figure_title(metric)} over training — {info.label}" + (f" ({part})" if part else "")
-    fig = base_layout(fig, title, STEP_AXIS, x_title(metric), False)
+    f = words.run_facts([info], names if METRIC_TABLE.get(metric) and METRIC_TABLE[metric].level == "block" else ())
+    title = f"{words.title(metric, f)} over training — {info.label}" + (f" ({part})" if part else "")
+    fig = base_layout(fig, title, STEP_AXIS, words.depth_title(metric, f), False)
     fig.update_layout(height=HEIGHT + 100, legend=dict(title=None))
-    return fig
+    scale = "colour scale: the range given (shared by the runs compared)" if zrange is not None else \
+        "colour scale: this run's own range" + (", log" if log_z else "")
+    text = words.caption(metric, rows, f, steps=steps, extra=(f"{scale[0].upper()}{scale[1:]}.",), literature=False)
+    return words.add_caption(fig, text)
 
 
 def heatmap_range(stats: pd.DataFrame, metric: str) -> tuple[float, float]:
@@ -380,4 +427,5 @@ def plot_channel_std(stats: pd.DataFrame, *, step: int | None = None, runs=None,
                 hovertemplate=hover("response_std"),
             ))
     title = f"Per-channel response std (dots) and pooled std (line) — {step_text(chosen, step)}"
-    return base_layout(fig, title, x_title("response_std"), axis_title("response_channel_std"), False)
+    f = words.run_facts([run for run, _ in groups])
+    return base_layout(fig, title, words.depth_title("response_std", f), axis_title("response_channel_std"), False)

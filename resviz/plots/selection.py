@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from resviz.plots.style import arch_rank, label_color, run_color, run_label, short_run_names
+from resviz.plots.style import arch_rank, label_color, run_color, run_label, run_symbol, short_run_names
 
 RUN_COLUMNS = ("run_id", "arch", "depth", "norm", "shortcut", "seed")
+MODEL_COLUMNS = ("model", "family")  # optional: the Recorder writes them
 _RUN_DEFAULTS = {"run_id": "", "arch": "unknown", "depth": -1, "norm": "unknown", "shortcut": "unknown", "seed": 0}
 STATS_NEEDED = ("metric", "value", "step", "layer", "layer_index")
 FILTERS = ("runs", "arch", "depth")
@@ -33,6 +34,9 @@ class Run:
     seed: int
     label: str
     color: str
+    model: str = ""  # the Recorder's model column ("resnet20", "gpt2", "vit_tiny_patch16_224"), "" when absent
+    family: str = ""  # the Recorder's family column ("resviz", "timm resnet", "hf gpt2"), "" when absent
+    symbol: str = "circle"  # marker symbol (style.run_symbol): plain / residual / each model source apart
 
     @property
     def key(self) -> tuple:
@@ -54,7 +58,13 @@ def run_meta(frame: pd.DataFrame) -> pd.DataFrame:
         if c not in uniq.columns:
             uniq[c] = _RUN_DEFAULTS[c]
     uniq = uniq[list(RUN_COLUMNS)].astype({"run_id": str, "arch": str, "norm": str, "shortcut": str})
-    return uniq.astype({"depth": np.int64, "seed": np.int64}).reset_index(drop=True)
+    uniq = uniq.astype({"depth": np.int64, "seed": np.int64}).reset_index(drop=True)
+    model_cols = [c for c in MODEL_COLUMNS if c in frame.columns]
+    if model_cols:  # the model a run measured (the Recorder's columns): the first value of each run
+        first = frame[cols + model_cols].drop_duplicates(cols)
+        for c in model_cols:
+            uniq[c] = first[c].astype(str).to_numpy()[:len(uniq)] if len(first) == len(uniq) else ""
+    return uniq
 
 
 def run_key(meta_row) -> tuple:
@@ -68,17 +78,25 @@ def runs_of(frame: pd.DataFrame) -> list[Run]:
     (variants the metadata does not tell apart: SkipInit / ReZero / Fixup) add the part of their run ids that
     differs ("ResNet-8 (norm=none) fixup") and get that variant's colour (`style.label_color`)."""
     meta = run_meta(frame)
+    for c in MODEL_COLUMNS:
+        if c not in meta.columns:
+            meta[c] = ""
     meta = meta.assign(_o=meta["arch"].map(arch_rank))
-    meta = meta.sort_values(["_o", "depth", "norm", "shortcut", "seed", "run_id"], kind="stable")
-    meta["label"] = [run_label(r.arch, r.depth, r.norm, r.shortcut, r.seed) for r in meta.itertuples(index=False)]
-    meta["color"] = [run_color(r.arch, r.depth, r.norm, r.shortcut, r.seed) for r in meta.itertuples(index=False)]
+    meta = meta.sort_values(["_o", "depth", "norm", "shortcut", "seed", "model", "run_id"], kind="stable")
+    rows = list(meta.itertuples(index=False))
+    meta["label"] = [run_label(r.arch, r.depth, r.norm, r.shortcut, r.seed, model=r.model, family=r.family)
+                     for r in rows]
+    meta["color"] = [run_color(r.arch, r.depth, r.norm, r.shortcut, r.seed, model=r.model, family=r.family)
+                     for r in rows]
+    meta["symbol"] = [run_symbol(r.arch, r.family) for r in rows]
     dup = meta["label"].duplicated(keep=False) & (meta["run_id"] != "")
     for label, ids in meta.loc[dup].groupby("label", sort=False)["run_id"]:
         short = short_run_names(ids)  # the parts of the ids that differ: "fixup", not the whole id
         meta.loc[ids.index, "label"] = [f"{label} {short[i]}" for i in ids]
         meta.loc[ids.index, "color"] = [label_color(short[i]) for i in ids]
     return [
-        Run(r.run_id, r.arch, int(r.depth), r.norm, r.shortcut, int(r.seed), r.label, r.color)
+        Run(r.run_id, r.arch, int(r.depth), r.norm, r.shortcut, int(r.seed), r.label, r.color, r.model, r.family,
+            r.symbol)
         for r in meta.itertuples(index=False)
     ]
 

@@ -20,8 +20,8 @@ from resviz.plots.style import (
     label_color,
     short_run_names,
     step_text,
-    x_title,
 )
+from resviz.plots.words import depth_title, facts
 
 _PANELS = ["E[x²] at each block's output (squared mean + variance)", "squared channel mean at each block's output",
            "channel variance at the end of the residual branch"]
@@ -84,7 +84,7 @@ def plot_signal_propagation_init(frame: pd.DataFrame, *, step: int | None = None
         _net_traces(fig, g, names[run_id])
     for r, title in enumerate(_Y_TITLES, start=1):
         fig.update_yaxes(type="log", title_text=title, row=r, col=1)
-    fig.update_xaxes(title_text=x_title("channel_var"), row=3, col=1)
+    fig.update_xaxes(title_text=depth_title("channel_var", facts(rows)), row=3, col=1)
     chosen = [int(g["step"].iloc[0]) for g in by_run.values()]
     fig = base_layout(fig, f"Signal propagation — {step_text(chosen, step)}")
     return fig.update_layout(height=HEIGHT + 350, legend=dict(title=dict(text="net")))
@@ -108,7 +108,7 @@ def plot_branch_scales(stats: pd.DataFrame, *, runs=None) -> go.Figure:
             block = name.removesuffix(".branch_scale")
             fig.add_trace(go.Scatter(
                 x=b["step"], y=b["value"], mode="lines", name=block, legendgroup=block, showlegend=c == 1,
-                line=dict(color=sample_colorscale("Viridis", [0.9 * (1 - k / n)])[0], width=1.5),
+                line=dict(color=sample_colorscale("Viridis", [0.6 * (1 - k / n)])[0], width=1.5),  # readable on white
                 hovertemplate=f"<b>{block}</b> (index {li})<br>step %{{x}}: α = %{{y:.4g}}<extra>{rid}</extra>"),
                 row=1, col=c)
         fig.update_xaxes(title_text=STEP_AXIS, row=1, col=c)

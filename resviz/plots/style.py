@@ -11,39 +11,39 @@ import math
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import sample_colorscale
 
+from resviz.plots.words import MISSING, SOURCES, is_resviz
 from resviz.schema import LOG_METRICS, METRIC_TABLE
 
 STEP_AXIS = "iteration (optimiser steps)"
-FIG7_CAPTION = (
-    "Reference, He et al. 2015 Fig. 7 (trained on CIFAR-10, eval mode): ResNet responses are smaller than plain-net "
-    "responses, and smaller the deeper the ResNet."
-)
-# The value a metric has at initialisation, drawn as a reference line (a BN layer's output std is 1 at init).
-REFERENCE = {"response_std": 1.0, "response_std_eval": 1.0}
 HEIGHT = 500  # px, every figure's default height
 DASHES = ("solid", "dash", "dot", "dashdot")  # the k-th part of a profile (see selection.split_parts)
 
-# One colour per depth of the paper's list, neighbours apart in hue AND lightness (colour-blind safe families:
-# Okabe-Ito and Paul Tol): plain nets warm, ResNets cool, darker towards the deepest. Other depths take the
-# nearest depth's colour on a log scale.
+# One colour per depth of the paper's list, neighbours apart in hue AND lightness, every one at least 4:1
+# against white (WCAG contrast, so a thin line reads on the page): plain nets warm, ResNets cool, darker towards
+# the deepest. Other depths take the nearest depth's colour on a log scale. Plain and residual nets (and each
+# model family) differ by marker symbol too (`SYMBOLS`), not by hue alone.
 _SHADE_DEPTHS = (8, 14, 20, 32, 44, 56, 110, 1202)
 _PALETTES = {
-    "plain": ("#F0C05A", "#D55E00", "#E69F00", "#AA3377", "#CC6677", "#882255", "#993404", "#4D0E0E"),
-    "resnet": ("#88CCEE", "#0072B2", "#44AA99", "#332288", "#009E73", "#6A3D9A", "#117733", "#1B1F5E"),
+    "plain": ("#B35C00", "#D0301F", "#8C6D00", "#AA3377", "#E8304A", "#882255", "#A04A0E", "#4D0E0E"),
+    "resnet": ("#1F78B4", "#0B456C", "#1A8573", "#332288", "#118733", "#6A3D9A", "#0B6B45", "#1B1F5E"),
 }
-_OTHER_SCALE = "Purples"
+# Models that are not resviz nets: a colour per model name (a hash, so figures agree), as dark as the above.
+_OTHER = ("#0F6E8C", "#7A3E9D", "#2E7D32", "#B5470B", "#5D4037", "#C2185B", "#455A64", "#1A237E")
+# Marker symbol by kind of net: plain and residual resviz nets, and each source of other models.
+SYMBOLS = {"plain": "square", "resnet": "circle", "timm": "diamond", "hf": "triangle-up", "torchvision": "cross",
+           "other": "star"}
+MIN_CONTRAST = 3.0  # WCAG non-text contrast against white every series colour keeps
 
 # Lab figures: fixed colours for named normalisations and residual variants, a palette for any other label.
 NORM_COLORS = {"batch": "#d62728", "layer": "#1f77b4", "group": "#2ca02c", "none": "#7f7f7f", "weight": "#9467bd",
                "rms": "#8c564b"}
 VARIANT_COLORS = {"BN-ResNet": "#2166ac", "ResNet, no norm": "#d6604d", "SkipInit": "#1b9e77", "ReZero": "#7570b3",
-                  "Fixup": "#e6ab02", "plain, BN": "#a50f15", "plain, no norm": "#fdb863"}
+                  "Fixup": "#9A7400", "plain, BN": "#a50f15", "plain, no norm": "#C26A00"}
 VARIANT_DASHES = {"ReZero": "dash", "Fixup": "dot"}  # SkipInit, ReZero and Fixup coincide at init: keep all visible
-_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
-_ARCH_NORM_STYLE = {("plain", "batch"): ("#d7301f", "solid"), ("plain", "none"): ("#fdb863", "dash"),
-                    ("resnet", "batch"): ("#2166ac", "solid"), ("resnet", "none"): ("#66c2a5", "dash")}
+_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#4D7F17", "#9A7400", "#a6761d", "#666666")
+_ARCH_NORM_STYLE = {("plain", "batch"): ("#d7301f", "solid"), ("plain", "none"): ("#C26A00", "dash"),
+                    ("resnet", "batch"): ("#2166ac", "solid"), ("resnet", "none"): ("#1A8573", "dash")}
 
 
 # ---- per-metric words, from the metric table ----------------------------------------------------------------
@@ -70,15 +70,6 @@ def is_log(metric: str) -> bool:
     return metric in LOG_METRICS
 
 
-def x_title(metric: str) -> str:
-    """x-axis title of a depth profile: layers for responses and gradients, blocks for block metrics."""
-    if metric in ("response_std", "response_std_eval", "response_channel_std"):
-        return "layer index (0 = stem conv)"
-    if metric == "grad_norm":
-        return "parameter index along depth (0 = stem)"
-    return "block index along depth (0 = first block)"
-
-
 # ---- runs: order, names, colours ----------------------------------------------------------------------------
 def arch_rank(arch: str) -> int:
     """Sort key of an architecture: plain nets first, then ResNets, then anything else."""
@@ -89,41 +80,79 @@ def arch_name(arch: str) -> str:
     return {"resnet": "ResNet", "plain": "plain"}.get(str(arch), str(arch))
 
 
-def run_label(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", seed: int = 0) -> str:
-    """Legend label of a run, e.g. "ResNet-56" or "plain-20 (norm=layer, seed=1)"; defaults are left out."""
+def source(family: str) -> str:
+    """The source of a model in `SYMBOLS`' terms: "timm", "hf", "torchvision" or "other" (first word of family)."""
+    first = str(family).split(" ", 1)[0]
+    return first if first in SYMBOLS else "other"
+
+
+def run_symbol(arch: str, family: str = "") -> str:
+    """The marker symbol of a run: plain and residual resviz nets apart, each source of other models apart."""
+    return SYMBOLS[str(arch)] if is_resviz(str(family), str(arch)) else SYMBOLS[source(family)]
+
+
+def run_label(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", seed: int = 0, *,
+              model: str = "", family: str = "") -> str:
+    """Legend label of a run, e.g. "ResNet-56", "plain-20 (norm=layer, seed=1)", "gpt2 (Hugging Face)";
+    defaults and anything unknown (a seed of -1, norm "unknown") are left out."""
+    if not is_resviz(str(family), str(arch)):
+        name = str(model) if str(model) not in MISSING else str(arch)
+        where = SOURCES.get(str(family).split(" ", 1)[0], "")
+        extra = [where] if where else []
+        if int(seed) > 0:
+            extra.append(f"seed={seed}")
+        return name + (f" ({', '.join(extra)})" if extra else "")
     base = f"{arch_name(arch)}-{depth}" if int(depth) > 0 else arch_name(arch)
-    extra = [f"norm={norm}"] if str(norm) != "batch" else []
-    if str(arch) != "plain" and str(shortcut) != "A":
+    extra = [f"norm={norm}"] if str(norm) not in ("batch", *MISSING) else []
+    if str(arch) != "plain" and str(shortcut) not in ("A", *MISSING):
         extra.append(f"shortcut={shortcut}")
     if int(seed) > 0:  # 0 is the default, -1 unknown (an ad-hoc Recorder)
         extra.append(f"seed={seed}")
     return base + (f" ({', '.join(extra)})" if extra else "")
 
 
+def _rgb(color: str) -> tuple[int, int, int]:
+    if color.startswith("rgb"):
+        return tuple(int(v) for v in color[color.index("(") + 1:-1].split(",")[:3])
+    return tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def contrast(color: str, background: str = "#ffffff") -> float:
+    """WCAG contrast ratio of two colours (hex or "rgb(r, g, b)"): 1 (none) to 21."""
+    def lum(c):
+        ch = [v / 255 for v in _rgb(c)]
+        ch = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in ch]
+        return 0.2126 * ch[0] + 0.7152 * ch[1] + 0.0722 * ch[2]
+    hi, lo = sorted((lum(color), lum(background)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
 def _mix(color: str, towards: str, amount: float) -> str:
     """`color` moved `amount` (0..1) of the way to `towards` (hex colours), as "rgb(r, g, b)"."""
-    (r, g, b), (r2, g2, b2) = (tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in (color, towards))
+    (r, g, b), (r2, g2, b2) = (_rgb(c) for c in (color, towards))
     return "rgb({}, {}, {})".format(*(round(x + (y - x) * amount) for x, y in ((r, r2), (g, g2), (b, b2))))
 
 
-def run_color(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", seed: int = 0) -> str:
-    """The colour of a run in every figure: plain warm, ResNet cool, one clearly different colour per depth.
+def run_color(arch: str, depth: int, norm: str = "batch", shortcut: str = "A", seed: int = 0, *,
+              model: str = "", family: str = "") -> str:
+    """The colour of a run in every figure: plain warm, ResNet cool, one clearly different colour per depth;
+    any other model a dark colour of its own (by its name).
 
     Depends only on the run itself (not on the other runs drawn), so figures agree. Runs that differ
-    only in norm, shortcut or seed get a small deterministic lighter or darker shift (figures that aggregate
-    seeds draw them in the depth's own colour).
+    only in norm, shortcut or seed get a small deterministic lighter or darker shift that keeps the colour
+    readable on white (`MIN_CONTRAST`; figures that aggregate seeds draw them in the depth's own colour).
     """
+    if not is_resviz(str(family), str(arch)):
+        name = str(model) if str(model) not in MISSING else str(arch)
+        return _OTHER[hashlib.sha1(name.encode()).digest()[0] % len(_OTHER)]
     d = max(int(depth), 1)
     rank = float(np.interp(math.log(d), np.log(_SHADE_DEPTHS), np.arange(len(_SHADE_DEPTHS))))
-    palette = _PALETTES.get(str(arch))
-    if palette is None:
-        return sample_colorscale(_OTHER_SCALE, [0.4 + 0.5 * rank / (len(_SHADE_DEPTHS) - 1)])[0]
-    color, shift = palette[int(round(rank))], 0.0
-    if not (str(norm) == "batch" and str(shortcut) in ("A", "none") and int(seed) <= 0):
-        h = hashlib.sha1(f"{norm}|{shortcut}|{seed}".encode()).digest()[0] / 255
-        color, shift = ("#ffffff" if h < 0.5 else "#000000"), 0.15 + 0.2 * abs(h - 0.5)
-        return _mix(palette[int(round(rank))], color, shift)
-    return _mix(color, color, shift)
+    color = _PALETTES[str(arch)][int(round(rank))]
+    if str(norm) in ("batch", *MISSING) and str(shortcut) in ("A", "none", *MISSING) and int(seed) <= 0:
+        return _mix(color, color, 0.0)
+    h = hashlib.sha1(f"{norm}|{shortcut}|{seed}".encode()).digest()[0] / 255
+    shifted = _mix(color, "#ffffff" if h < 0.5 else "#000000", 0.15 + 0.2 * abs(h - 0.5))
+    return shifted if contrast(shifted) >= MIN_CONTRAST else _mix(color, "#000000", 0.15 + 0.2 * abs(h - 0.5))
 
 
 def label_color(label: str, known: dict[str, str] = VARIANT_COLORS) -> str:
@@ -169,6 +198,7 @@ def hover(metric: str) -> str:
 # FigureWidget sends them as binary buffers (an object array of (name, index, step) travels as JSON).
 WIDGET_HOVER = "<b>%{text}</b><br>index %{customdata}<br>%{meta} = %{y:.5g}<extra>%{fullData.name}</extra>"
 MIN_HALF_SPAN = 0.05  # a linear axis spans at least ±5 % of its centre: noise is not blown up to fill the figure
+HEATMAP_HALF_SPAN = 0.01  # a heatmap's own colour scale spans at least ±1 % of its centre: structure shows, noise not
 
 
 def value_axis(values, log: bool, reference: float | None = None) -> dict:
@@ -194,10 +224,10 @@ def value_axis(values, log: bool, reference: float | None = None) -> dict:
     return dict(type="linear", range=[lo, hi], exponentformat="power")
 
 
-def widened(lo: float, hi: float) -> tuple[float, float]:
-    """[lo, hi] padded by 10 %, and at least ±MIN_HALF_SPAN of its centre wide."""
+def widened(lo: float, hi: float, least: float = MIN_HALF_SPAN) -> tuple[float, float]:
+    """[lo, hi] padded by 10 %, and at least ±`least` (a fraction) of its centre wide."""
     mid = (lo + hi) / 2
-    half = max((hi - lo) / 2, MIN_HALF_SPAN * abs(mid), 1e-12)
+    half = max((hi - lo) / 2, least * abs(mid), 1e-12)
     return mid - 1.1 * half, mid + 1.1 * half
 
 
@@ -224,7 +254,7 @@ def base_layout(fig: go.Figure, title: str, x: str | None = None, y: str | None 
     """The layout every figure shares (template, height, legend, margins), plus its title and axis titles."""
     fig.update_layout(
         template="plotly_white", title=dict(text=title), height=HEIGHT, hovermode="closest",
-        legend=dict(title=dict(text="run")), margin=dict(t=70, b=60),
+        legend=dict(title=dict(text="run")), margin=dict(t=70, b=60), showlegend=True,
     )
     if x is not None:
         fig.update_xaxes(title_text=x)

@@ -11,24 +11,28 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from resviz import reference
 from resviz.plots.selection import by_run, training_rows
 from resviz.plots.style import STEP_AXIS, arch_name, arch_rank, base_layout, run_color
+from resviz.plots.words import add_caption, count_text, facts
 
 METRICS_HINT = "pass RunSet.metrics (metrics.parquet rows)"
-# Published CIFAR-10 test errors (%) of ResNets by depth, drawn on the error-vs-depth figure for reference.
-PAPER_ERRORS = {
-    "He et al. 2015, Table 6 (CIFAR-10)": {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93},
-    "akamaster/pytorch_resnet_cifar10 (CIFAR-10)": {20: 8.27, 32: 7.37, 44: 6.90, 56: 6.61, 110: 6.32},
-}
-PAPER_STYLE = {"He et al. 2015, Table 6 (CIFAR-10)": ("#555555", "x"),
-               "akamaster/pytorch_resnet_cifar10 (CIFAR-10)": ("#999999", "cross")}
+# Published CIFAR-10 test errors (%) of ResNets by depth (resviz.reference: each labelled as its source states
+# it), drawn on the error-vs-depth figure for reference.
+PAPER_ERRORS = {f"{source} ({reference.DATA})": reference.published_errors(source) for source in reference.PUBLISHED}
+PAPER_STYLE = {reference.HE_2015: ("#555555", "x"), reference.AKAMASTER: ("#999999", "cross")}
 CURVES = (  # column, legend suffix, dash, width: what Fig. 6 draws per net
     ("train_error", "train", "dash", 1.5),
     ("clean_train_error", "clean train", "dot", 2.0),
     ("test_error", "test", "solid", 3.5),
 )
-CURVE_MODES = ("train: running mini-batch error, train mode, augmented batches; clean train: eval mode, "
-               "un-augmented fixed training subset;<br>test: eval mode, test split")
+CURVE_WORDS = (("train_error", "training", "dashed"), ("clean_train_error", "clean training", "dotted"),
+               ("test_error", "test", "bold"))  # the title names the curves drawn
+CURVE_MODES = {  # what each curve measured, said for the curves drawn
+    "train_error": "train: running mini-batch error, train mode, augmented batches",
+    "clean_train_error": "clean train: eval mode, un-augmented fixed training subset",
+    "test_error": "test: eval mode, the held-out split",
+}
 
 
 def final_errors(rows: pd.DataFrame) -> pd.DataFrame:
@@ -90,7 +94,7 @@ def plot_training_curves(
     rows = training_rows(metrics, ("step", "train_error", "test_error"), METRICS_HINT,
                          runs=runs, arch=arch, depth=depth)
     fig = go.Figure()
-    seeds = 1
+    seeds, drawn = 1, set()
     for label, color, members in seed_groups(rows):
         seeds = max(seeds, len(members))
         for column, suffix, dash, width in CURVES:
@@ -99,6 +103,7 @@ def plot_training_curves(
             band = seed_band(members, column)
             if band.empty:
                 continue  # no legend entry for a curve that draws nothing
+            drawn.add(column)
             x = band.index.to_numpy()
             if len(members) > 1:
                 fig.add_traces(_band_traces(x, band["lo"], band["hi"], color, label))
@@ -109,40 +114,52 @@ def plot_training_curves(
                               "<extra>%{fullData.name}</extra>"))
     if step is not None:
         fig.add_vline(x=step, line=dict(color="#888", dash="dot", width=1))
-    clean = "clean_train_error" in rows.columns and rows["clean_train_error"].notna().any()
-    title = "Training (dashed), clean training (dotted) and test (bold) error" if clean else \
-        "Training (dashed) and test (bold) error"
+    names = [f"{word} ({look})" for column, word, look in CURVE_WORDS if column in drawn] or ["training and test"]
+    title = (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]) + " error"
+    title = title[0].upper() + title[1:]
     if arch is not None:  # figures of one family each get their own title (and export name)
         title = f"{', '.join(arch_name(a) for a in ([arch] if isinstance(arch, str) else arch))} nets: {title[0].lower()}{title[1:]}"
     fig = base_layout(fig, title, STEP_AXIS, "error (%)", False)
-    agg = f"mean of up to {seeds} seeds, band min–max" if seeds > 1 else "one seed per net"
-    modes = CURVE_MODES if clean else CURVE_MODES.replace(
-        "clean train: eval mode, un-augmented fixed training subset;", "")
-    return _caption(fig, f"{modes}; {agg}")
-
-
-def _caption(fig: go.Figure, text: str) -> go.Figure:
-    fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=-0.16, xanchor="left", yanchor="top",
-                       showarrow=False, font=dict(size=11, color="#555"), align="left")
-    return fig.update_layout(margin=dict(b=110))
+    agg = f"Each net: the mean over {count_text(seeds, 'seed')}, band from min to max." if seeds > 1 else \
+        "One seed per net."
+    modes = "; ".join(text for column, text in CURVE_MODES.items() if column in drawn)
+    return add_caption(fig, f"{modes[0].upper()}{modes[1:]}.<br>{agg}" if modes else agg)
 
 
 def _paper_traces(fig: go.Figure) -> None:
-    for name, errors in PAPER_ERRORS.items():
-        color, symbol = PAPER_STYLE[name]
+    """Each source's ResNet test errors as printed, every point's hover saying what kind of number it is; He et
+    al.'s ResNet-110 also as the mean ± std of its 5 runs (the printed 6.43 % is the best of them)."""
+    for source, points in reference.PUBLISHED.items():
+        color, symbol = PAPER_STYLE[source]
         fig.add_trace(go.Scatter(
-            x=list(errors), y=list(errors.values()), mode="lines+markers", name=f"{name} ResNet test",
-            legendgroup="paper", line=dict(color=color, width=1, dash="dot"), marker=dict(symbol=symbol, size=8),
-            hovertemplate="ResNet-%{x}: %{y:.2f} % test error<extra>" + name + "</extra>"))
+            x=[p.depth for p in points], y=[p.error for p in points], mode="lines+markers",
+            name=f"{source}: ResNet test error, {reference.DATA}", legendgroup="paper",
+            line=dict(color=color, width=1, dash="dot"), marker=dict(symbol=symbol, size=8),
+            customdata=[p.label for p in points], hovertemplate="%{customdata}<extra>" + source + "</extra>"))
+        for p in points:
+            if p.mean is not None:
+                fig.add_trace(go.Scatter(
+                    x=[p.depth], y=[p.mean], mode="markers", legendgroup="paper",
+                    name=f"{source}: ResNet-{p.depth} mean ± std of {p.runs} runs",
+                    marker=dict(symbol="circle-open", size=9, color=color),
+                    error_y=dict(type="constant", value=p.std, thickness=1, color=color),
+                    hovertemplate=f"ResNet-{p.depth}: mean {p.mean:.2f} ± {p.std:.2f} % over {p.runs} runs "
+                                  f"(best {p.error:.2f} %)<extra>{source}</extra>"))
 
 
-def plot_error_vs_depth(metrics: pd.DataFrame, *, runs=None, arch=None, depth=None, paper: bool = True) -> go.Figure:
+def plot_error_vs_depth(metrics: pd.DataFrame, *, runs=None, arch=None, depth=None,
+                        paper: bool | None = None) -> go.Figure:
     """He et al.'s degradation at a glance: each run's final training (dashed) and test (bold) error
     against depth, one line per architecture: the mean over seeds, each seed a small point. Training error is
-    the last logged interval's; test error the last evaluation's. `paper=True` overlays the published
-    CIFAR-10 ResNet test errors (He et al. Table 6, akamaster), labelled with their data set."""
+    the last logged interval's; test error the last evaluation's. `paper` (default: when every run is a
+    BatchNorm CIFAR net) overlays the published CIFAR-10 ResNet test errors (He et al. Table 6, akamaster),
+    labelled with their data set."""
     rows = training_rows(metrics, ("step", "train_error", "test_error", "arch", "depth"), METRICS_HINT,
                          runs=runs, arch=arch, depth=depth)
+    rows = rows[(rows["depth"] > 0).to_numpy()]
+    if rows.empty:
+        raise ValueError("error against depth needs runs of known depth (resviz's 6n+2 nets); these runs have none")
+    paper = facts(rows).bn_cifar if paper is None else paper
     table = final_errors(rows)
     fig = go.Figure()
     for a in sorted(pd.unique(table["arch"]), key=arch_rank):
@@ -166,12 +183,14 @@ def plot_error_vs_depth(metrics: pd.DataFrame, *, runs=None, arch=None, depth=No
     depths = sorted(set(map(int, pd.unique(table["depth"]))))
     if paper:
         _paper_traces(fig)
-        depths = sorted(set(depths) | {d for e in PAPER_ERRORS.values() for d in e})
+        depths = sorted(set(depths) | {p.depth for ps in reference.PUBLISHED.values() for p in ps})
     fig.update_xaxes(type="log", tickvals=depths, ticktext=[str(d) for d in depths])
     fig = base_layout(fig, "Final training (dashed) and test (bold) error against depth", "depth (layers)",
                       "error (%)", False)
     seeds = int(table.groupby(["arch", "depth"]).size().max())
-    note = (f"Runs: mean over up to {seeds} seed(s){', dots per seed' if seeds > 1 else ''}; train = running "
-            "mini-batch error, test = eval mode on the test split."
-            + ("<br>Grey: published ResNet test errors on CIFAR-10, not these runs' data." if paper else ""))
-    return _caption(fig.update_layout(legend=dict(title=dict(text="architecture"))), note)
+    runs_line = (f"Each point: the mean over {count_text(seeds, 'seed')}, a dot per seed." if seeds > 1
+                 else "One seed per net.")
+    note = (f"{runs_line} Train = running mini-batch error, test = eval mode on the test split."
+            + ("<br>Grey: published ResNet test errors on the CIFAR-10 test set, not these runs' data; He et al.'s "
+               "ResNet-110 point is the best of 5 runs (open circle: their mean ± std)." if paper else ""))
+    return add_caption(fig.update_layout(legend=dict(title=dict(text="architecture"))), note)

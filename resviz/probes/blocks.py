@@ -23,12 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from resviz.models import NoNorm, Probe, ShortcutA
+from resviz.models import NORM_NAME, NoNorm, Probe, ShortcutA
 
 PROBE_NAMES = ("probe_branch", "probe_skip", "probe_sum", "probe_out")
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm,
               nn.RMSNorm, NoNorm)
-_NORM_NAME = re.compile(r"layer_?norm|rms_?norm", re.IGNORECASE)  # HF LlamaRMSNorm, T5LayerNorm, timm RmsNorm
 SKIP_PATH_NAMES = frozenset({"shortcut", "downsample"})
 _BLOCK_NAME = re.compile(r"block|bottleneck|residual", re.IGNORECASE)
 
@@ -279,7 +278,7 @@ def width(module: nn.Module) -> int | None:
 def is_norm(module: nn.Module) -> bool:
     """A normalisation layer: BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm (torch's, timm's, any
     class named *LayerNorm* / *RMSNorm* such as Hugging Face's LlamaRMSNorm), or resviz's NoNorm."""
-    return isinstance(module, NORM_TYPES) or bool(_NORM_NAME.search(type(module).__name__))
+    return isinstance(module, NORM_TYPES) or bool(NORM_NAME.search(type(module).__name__))
 
 
 def features_last(module: nn.Module) -> bool:

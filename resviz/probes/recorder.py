@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ from torch import nn
 
 from resviz import schema
 from resviz.models import model_identity, unwrap
+from resviz.probes.blocks import find_blocks
+from resviz.probes import distributed
+from resviz.probes.distributed import local
 from resviz.probes.plan import BLOCK_ROWS, BlockRow, HookSpec, build_plan
 from resviz.probes.reductions import SENTINEL, derive, write_moments
 from resviz.schema import RUN_INFO_KEYS  # the one list of run-metadata keys (from schema.RUN_COLUMNS)
@@ -93,8 +97,6 @@ def _watched_points(plan, root: nn.Module) -> list[tuple[str, str, str, str, int
     """(block, its class, "branch" or "skip", the point as register_block spells it, the point's count slot, the
     count slots of the block's other sites) for every branch and skip point: a point whose hook never runs
     while the rest of its block does is reported (`_report_silent_points`), not dropped without a word."""
-    from resviz.probes.blocks import find_blocks
-
     classes = {name: type(m).__name__ for name, _, m in find_blocks(root)[0]}
     hooks = {h.site: h for h in plan.hooks}
     slot = [site.offset + 2 * site.channels for site in plan.sites]  # elements per channel: SENTINEL if unwritten
@@ -135,6 +137,10 @@ class Recorder:
     (defaults from model.spec for resviz models). flush_every: recorded steps kept on the device per host copy.
     block_rows: which rows a block gives (default plan.BLOCK_ROWS; an analysis may ask for moments at other
     points with plan.moment_rows).
+
+    Under torch.distributed (a default process group of several ranks) every rank must record: each flush sums
+    the ranks' partial sums in one collective (`distributed.py`), and frame() / drain() return the global table,
+    the same on every rank; write it from rank 0 (docs/distributed.md).
     """
 
     def __init__(
@@ -159,6 +165,7 @@ class Recorder:
         self._info = _run_info(self._root, run_info or {})
         self._plan = build_plan(self._root, self._metrics, block_rows)
         self._central = False
+        self._dist: distributed.Sync | None = None  # under torch.distributed: the ranks' one collective per flush
         self._step = 0
         self._ended = -1  # the last step end_step finished: steps must increase (each step's rows written once)
         self._recording = True
@@ -219,10 +226,12 @@ class Recorder:
                 )
         device = next((t.device for t in [*self._root.parameters(), *self._root.buffers()]), torch.device("cpu"))
         self._central = device.type == "cuda"
-        self._stage = torch.full((self._plan.size,), SENTINEL, device=device)  # (K,) this step's numbers
-        self._buf = torch.empty((self._flush_every, self._plan.size), device=device)  # (rows, K)
-        self._minus_one = torch.full((), SENTINEL, device=device)
         named = dict(self._root.named_parameters())
+        self._dist = distributed.connect(self._plan, self._every, self._flush_every, named)  # None: one process
+        size = self._plan.size + (self._dist.extra if self._dist is not None else 0)
+        self._stage = torch.full((size,), SENTINEL, device=device)  # (K,) this step's numbers
+        self._buf = torch.empty((self._flush_every, size), device=device)  # (rows, K)
+        self._minus_one = torch.full((), SENTINEL, device=device)
         self._param_objects = [named[name] for name, _ in self._plan.params]
         self._rel_objects = [named[name] for name, _ in self._plan.rel_params]
         if self._plan.params and self._plan.rel_params:
@@ -439,7 +448,7 @@ class Recorder:
     def _grad_norms(self, params: list[nn.Parameter], out: torch.Tensor) -> None:
         """||p.grad|| of each parameter into out (P,) with one foreach_norm; the sentinel where p.grad is None
         (out keeps it when no parameter has a gradient)."""
-        grads = [p.grad for p in params]
+        grads = [local(p.grad) for p in params]  # an FSDP2 shard's own part: no communication
         present = [g for g in grads if g is not None]
         if present:
             norms = iter(torch._foreach_norm(present, 2, dtype=torch.float32))
@@ -461,8 +470,12 @@ class Recorder:
             else:
                 self._grad_norms(self._rel_objects, rel_slots)
                 g = rel_slots.clone()
-            w = torch.stack(torch._foreach_norm([p.detach() for p in self._rel_objects], 2, dtype=torch.float32))
-            torch.where(g >= 0, g / w, self._minus_one, out=rel_slots)
+            w = torch.stack(torch._foreach_norm([local(p.detach()) for p in self._rel_objects], 2, dtype=torch.float32))
+            if self._dist is not None:  # this rank's ||g|| and ||W||: the ratio is taken after the ranks' sums
+                rel_slots.copy_(g)
+                self._dist.weight_slots(stage).copy_(w)
+            else:
+                torch.where(g >= 0, g / w, self._minus_one, out=rel_slots)
 
     def _commit(self, step: int, epoch: float) -> None:
         plan, stage = self._plan, self._stage
@@ -470,7 +483,7 @@ class Recorder:
             self._param_metrics(stage)
             if plan.scales:
                 first = plan.scales[0][1]
-                scales = [p.detach().float().reshape(()) for p in self._scale_objects]
+                scales = [local(p.detach()).float().sum() for p in self._scale_objects]  # one element (or a shard)
                 torch.stack(scales, out=stage[first : first + len(scales)])
             self._buf[self._rows].copy_(stage)
             stage.fill_(SENTINEL)
@@ -486,6 +499,9 @@ class Recorder:
         """Start the device-to-host copy of the buffered rows; on CUDA non-blocking into pinned memory."""
         self._collect(wait=False)
         rows = self._rows
+        if self._dist is not None and self._buf is not None:  # every rank flushes here: one collective, even empty
+            self._flush_global(rows)
+            return
         if rows == 0 or self._buf is None:
             return
         meta = (self._row_steps[:rows].copy(), self._row_epochs[:rows].copy())
@@ -494,14 +510,24 @@ class Recorder:
             host.copy_(self._buf[:rows], non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            self._pending.append((host, event, meta))
-        else:
-            self._pending.append((self._buf[:rows].cpu().numpy().astype(np.float64), None, meta))  # other devices: sync
+            self._pending.append((host, event, meta, self._central))
+        else:  # other devices: sync
+            self._pending.append((self._buf[:rows].cpu().numpy().astype(np.float64), None, meta, self._central))
         self._rows = 0
+
+    def _flush_global(self, rows: int) -> None:
+        """Under torch.distributed: the rows' host copy (waited for), then the ranks' partial sums combined by one
+        collective (distributed.Sync.reduce); rows in sums form. Dropped while an exception propagates."""
+        steps, epochs = self._row_steps[:rows].copy(), self._row_epochs[:rows].copy()
+        raw = self._buf[:rows].cpu().numpy().astype(np.float64)
+        self._rows = 0
+        total = self._dist.reduce(raw, steps, self._central)
+        if total is not None and rows:
+            self._pending.append((total, None, (steps, epochs), False))
 
     def _collect(self, wait: bool) -> None:
         while self._pending:
-            host, event, (steps, epochs) = self._pending[0]
+            host, event, (steps, epochs), central = self._pending[0]
             if event is not None:
                 if not event.query():  # the copy is still in flight
                     if not wait:
@@ -510,14 +536,12 @@ class Recorder:
                 host = host.numpy().astype(np.float64)
             self._pending.pop(0)
             self._report_silent_points(host, steps)
-            values, valid = derive(host, self._plan, self._central)
+            values, valid = derive(host, self._plan, central)
             self._chunks.append(_Chunk(steps, epochs, values, valid))
 
     def _report_silent_points(self, raw: np.ndarray, steps: np.ndarray) -> None:
         """One warning line per branch or skip point that never ran in a recorded step while its block's other
         points did (e.g. a registered skip submodule that the block's forward never calls), once per point."""
-        import warnings
-
         level, frame = 1, sys._getframe(0)
         while frame is not None and frame.f_globals.get("__name__", "").startswith("resviz."):
             level, frame = level + 1, frame.f_back  # the warning names the user's line (rec.frame(), end_step)

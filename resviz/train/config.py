@@ -11,6 +11,7 @@ from pathlib import Path
 from resviz import schema
 from resviz.io import safe_name
 from resviz.models import check_depth, cifar_resnet
+from resviz.train.recipe import PARAM_GROUPS
 
 PAPER_STEPS = 64_000  # He et al.: 64k iterations at batch 128 ...
 PAPER_MILESTONES = (32_000, 48_000)  # ... lr / 10 at 32k and 48k
@@ -51,6 +52,8 @@ class TrainConfig:
     lr: float = 0.1  # peak learning rate
     momentum: float = 0.9
     weight_decay: float = 1e-4  # L2 on every parameter, as in the paper
+    param_groups: str = "auto"  # "auto": Fixup nets get their official groups (biases, scales at lr/10), others one
+    mixup_alpha: float = 0.0  # mixup's Beta(α, α); 0: none (Fixup's official trainer uses 1.0); train/recipe.py
     milestones: tuple[int, ...] = PAPER_MILESTONES  # iterations of a `schedule_steps`-long run where lr /= 10
     schedule_steps: int = PAPER_STEPS  # length the milestones refer to: they scale by steps / schedule_steps
     lr_decay: float = 0.1  # factor applied at each milestone
@@ -99,6 +102,8 @@ class TrainConfig:
             )
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode={self.compile_mode!r} is unknown; use one of: {', '.join(COMPILE_MODES)}")
+        if self.param_groups not in PARAM_GROUPS:
+            raise ValueError(f"param_groups={self.param_groups!r} is unknown; use one of: {', '.join(PARAM_GROUPS)}")
         if self.warmup not in ("auto", "on", "off"):
             raise ValueError(f"warmup={self.warmup!r} is unknown; use 'auto', 'on' or 'off'")
         self._validate_numbers()
@@ -111,6 +116,7 @@ class TrainConfig:
         checks = (("lr", self.lr > 0, "a positive number, e.g. 0.1"),
                   ("momentum", 0 <= self.momentum < 1, "in [0, 1), e.g. 0.9"),
                   ("weight_decay", self.weight_decay >= 0, "zero or positive, e.g. 1e-4"),
+                  ("mixup_alpha", self.mixup_alpha >= 0, "zero (no mixup) or positive, e.g. 1.0"),
                   ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1], e.g. 0.1"),
                   ("warmup_lr", self.warmup_lr > 0, "a positive number, e.g. 0.01"),
                   ("warmup_error", 0 < self.warmup_error <= 1, "a fraction in (0, 1], e.g. 0.8"))
@@ -144,6 +150,8 @@ class TrainConfig:
             parts.append(self.branch_init)
         if self.width != 16:
             parts.append(f"w{self.width}")
+        if self.mixup_alpha:
+            parts.append(f"mixup{self.mixup_alpha:g}")
         parts.append(f"s{self.seed}")
         return "-".join(parts)
 

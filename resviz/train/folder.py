@@ -26,6 +26,7 @@ from resviz.runfolder import (
     read_table,
 )
 from resviz.train.config import TrainConfig
+from resviz.train.recipe import groups_rule
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,20 @@ class RunResult:
     extra: dict = field(default_factory=dict)
 
 
+# keys TrainConfig gained after runs were written, and what a config.json without them trained with
+ADDED_KEYS = {"mixup_alpha": 0.0, "param_groups": "single"}
+
+
 def _config_diff(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ in a way that changes the run; param_groups compared as the rule it resolves
+    to ("auto" is "single" for every net but Fixup), keys a config.json predates as what they meant then."""
+    old = {**ADDED_KEYS, **old}
     keys = sorted((set(old) | set(new)) - set(TrainConfig.RESUME_SAFE) - {"run_id", "versions"})
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+    def value(d: dict, k: str):
+        return groups_rule(d[k], d.get("branch_init")) if k == "param_groups" else d.get(k)
+
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if value(old, k) != value(new, k)]
 
 
 def prepare_folder(config: TrainConfig, out: str | os.PathLike, run_id: str | None = None) -> Path:

@@ -27,7 +27,14 @@ from resviz.errors import Interrupted, UserError, os_error_line
 from resviz.evaluate import evaluate
 from resviz.io import make_folder
 from resviz.loader import DeviceLoader
-from resviz.measure import CLEAN_TRAIN_IMAGES, HELDOUT_IMAGES, clean_train_error, fixed_subset, heldout_response_std
+from resviz.measure import (
+    CALIBRATION_BATCHES,
+    CLEAN_TRAIN_IMAGES,
+    HELDOUT_IMAGES,
+    clean_train_error,
+    fixed_subset,
+    heldout_response_std,
+)
 from resviz.models import cifar_resnet
 from resviz.modes import train_mode
 from resviz.probes import Recorder
@@ -36,6 +43,7 @@ from resviz.train import folder as run_folder
 from resviz.train.config import TrainConfig
 from resviz.train.folder import Progress, RunResult
 from resviz.train.interrupts import StopNow, StopSignals, describe
+from resviz.train.recipe import groups_rule, mixup_batch, param_groups, soft_wrong
 from resviz.train.speed import SyncCheck, TrainStep, check_fits, cudnn_benchmark, largest_batch
 
 
@@ -85,7 +93,7 @@ class _Interval:
 
     def add(self, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
         self.loss += loss.detach() * len(y)
-        self.wrong += (logits.detach().argmax(1) != y).sum()
+        self.wrong += soft_wrong(logits, y) if y.ndim == 2 else (logits.detach().argmax(1) != y).sum()
         self.images += len(y)
 
     def restart(self) -> None:
@@ -238,8 +246,8 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    groups = param_groups(model, groups_rule(config.param_groups, config.branch_init))  # train/recipe.py
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     loader = DeviceLoader(images, labels, batch_size=config.batch_size, train=True, mean=data.mean, std=data.std,
                           device=device, seed=config.seed, augment=config.augment,
                           channels_last=config.channels_last)
@@ -266,10 +274,16 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
 
 
 def _heldout_stats(run: _Run, done: int):
-    """Fig. 7 as the paper measures it: eval mode, running statistics, the fixed held-out test images."""
+    """Fig. 7 as the paper measures it: eval mode, running statistics, the fixed held-out test images. At step 0
+    the running statistics were never estimated: a copy of the net is measured with them set from the first
+    training batches (`measure.CALIBRATION_BATCHES`; batches are a pure function of (seed, step), so drawing them
+    changes nothing of the training stream)."""
+    calibrate = None
+    if done == 0:
+        calibrate = torch.cat([run.loader.batch(k)[0] for k in range(min(CALIBRATION_BATCHES, len(run.loader)))])
     return heldout_response_std(run.model, run.heldout, run.data.mean, run.data.std,
                                 run_info={"run_id": run.folder.name, "seed": run.config.seed}, step=done,
-                                epoch=run.loader.epoch_of(done))
+                                epoch=run.loader.epoch_of(done), calibrate=calibrate)
 
 
 def _run_steps(run: _Run, bar, sync_check: SyncCheck) -> RunResult:
@@ -305,8 +319,10 @@ def _train_step(run: _Run, step: int) -> float:
     """One optimiser step at the scheduled learning rate, recorded; no host sync. Returns the learning rate."""
     lr = learning_rate(run.config, step, run.progress.warmup_until)  # a Python float: no device tensor involved
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_factor", 1.0)  # Fixup's biases and scales: lr / 10 (train/recipe.py)
     x, y = run.loader.batch(step)
+    if run.config.mixup_alpha:  # soft targets (B, K): cross-entropy is then mixup's loss
+        x, y = mixup_batch(x, y, run.config.mixup_alpha, len(run.data.classes), seed=run.config.seed, step=step)
     logits, loss = run.step_fn(run.rec, step, x, y)
     run.rec.end_step(step, epoch=run.loader.epoch_of(step))
     run.optimizer.step()
