@@ -109,6 +109,12 @@ def to_html(fig: go.Figure, plotlyjs: str = "embed") -> bytes:
     return pio.to_html(fig, include_plotlyjs=include, full_html=True, include_mathjax=False).encode()
 
 
+# Kaleido asks its page for its render function before the page has defined it when Chromium starts slowly (a
+# busy machine): the render then fails with this message although nothing is wrong; a fresh browser succeeds.
+KALEIDO_NOT_READY = "kaleido_scopes is not defined"
+KALEIDO_ATTEMPTS = 3
+
+
 def _run_in_thread(coro_fn):
     """Run an async function to completion in its own thread and event loop (safe inside Jupyter)."""
     box: dict[str, object] = {}
@@ -140,7 +146,13 @@ def render_static(jobs: list[tuple[dict, str]], *, width: int | None = None, hei
         async with kaleido.Kaleido(n=1, mathjax=False) as k:
             return [await k.calc_fig(fig, opts=opts(fig, fmt)) for fig, fmt in jobs]
 
-    return _run_in_thread(run)
+    for attempt in range(KALEIDO_ATTEMPTS):
+        try:
+            return _run_in_thread(run)
+        except Exception as err:  # noqa: BLE001 - only Kaleido's start-up race is tried again
+            if KALEIDO_NOT_READY not in str(err) or attempt == KALEIDO_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def export(

@@ -190,6 +190,7 @@ def test_akamaster_batch_statistics_exact(akamaster):
     assert summary["log_r"].min() > 0.9999
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_akamaster_running_statistics_on_cifar10_agree(akamaster, cifar_jpeg_archive):
     """Measured (eval mode, 500 CIFAR-10 test images of the JPEG copy) against the γ/β prediction.
 

@@ -125,6 +125,7 @@ def lab(tmp_path_factory):
             proc.wait()
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_depth_slider_changes_the_dashboard_in_jupyterlab(lab):
     from playwright.sync_api import expect, sync_playwright
 

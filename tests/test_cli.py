@@ -57,6 +57,7 @@ def test_sweep_lists_are_checked(capsys):
     assert "resviz: error: --depths='x' must be an integer" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_cli_train_and_sweep_summary(tmp_path, data_root):
     r = run_cli("sweep", "--dataset", "digits", "--root", data_root, "--depths", "8", "--arch", "plain,resnet",
             "--width", "8", "--steps", "10", "--batch-size", "32", "--log-every", "5", "--checkpoint-every", "10",
@@ -132,6 +133,7 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, data_r
         main(["train", "--dataset", "digits", "--root", data_root, "--out", str(tmp_path)])
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_a_bug_prints_its_traceback_in_a_subprocess(tmp_path):
     code = ("import sys, resviz.train\n"
             "def bug(config, out, run_id=None):\n"
@@ -145,6 +147,7 @@ def test_a_bug_prints_its_traceback_in_a_subprocess(tmp_path):
     assert "resviz: error:" not in r.stderr
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_debug_env_shows_the_traceback_of_a_user_error(tmp_path):
     r = run_cli("train", "--depth", "21", "--out", str(tmp_path), env={"RESVIZ_DEBUG": "1"})
     assert r.returncode == 1 and "Traceback" in r.stderr and "depth=21 must be 6n+2" in r.stderr

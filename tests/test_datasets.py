@@ -343,6 +343,7 @@ def test_imagefolder_bad_input(tmp_path):
         load(f"imagefolder:{tree4}", root=tmp_path / "data")
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_real_cifar10_jpeg_tree(cifar_jpeg_tree, tmp_path):
     d = load(f"imagefolder:{cifar_jpeg_tree}", root=tmp_path, progress=False)
     assert (len(d.train_labels), len(d.test_labels)) == (50_000, 10_000)

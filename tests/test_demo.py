@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from resviz import export, runfolder, runs, schema
 from resviz.demo import DEMO, DEMO_DEPTHS, DEMO_OUT, SMOKE_OUT, demo_configs, trained_only
 
@@ -37,6 +39,7 @@ def _demo(tmp_path, *extra, path=None):
                           timeout=600, cwd=tmp_path)
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_demo_smoke_without_a_browser_exits_0_and_writes_the_report(tmp_path):
     r = _demo(tmp_path, path=os.path.dirname(sys.executable))  # `make demo`'s command, no chromium on PATH
     assert r.returncode == 0, r.stderr

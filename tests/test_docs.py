@@ -56,6 +56,7 @@ def test_docs_run_elsewhere_are_run_there():
 
 
 @pytest.mark.parametrize("doc", [d for d in DOCS if d not in NOT_YET and d not in RUN_ELSEWHERE])
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_every_python_block_of_the_doc_runs(doc, tmp_path, monkeypatch):
     import plotly.io as pio
 
@@ -80,6 +81,7 @@ def test_every_python_block_of_the_doc_runs(doc, tmp_path, monkeypatch):
         assert sorted(df["step"].unique()) == [0, 20, 40]
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_the_hf_example_config_does_not_warn_about_token_ids():
     """docs/integrations.md's tiny GPT-2 config, built as written: transformers says nothing about token ids
     outside the vocabulary (its defaults, 50256, are outside a 64-token one)."""
@@ -173,6 +175,7 @@ def _sizes_in(env: dict[str, str], names) -> dict[str, dict]:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_every_documented_size_resolves_as_documented(tmp_path):
     """RESVIZ_SIZE=smoke|medium|full and RESVIZ_SMOKE=1, read from notebooks/README.md and run in a fresh process
     (as a kernel started with them): smoke is the seconds-long version, medium sits between smoke and full for
@@ -207,6 +210,7 @@ def test_every_documented_size_resolves_as_documented(tmp_path):
     assert "RESVIZ_SIZE='large' is not a size; use one of smoke, medium, full" in bad.stderr  # "refused by name"
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_a_notebook_runs_in_smoke_size_from_resviz_size(tmp_path):
     """The documented setting, end to end in a real kernel: RESVIZ_SIZE=smoke (and no RESVIZ_SMOKE) runs 07 at
     its smoke size (it used to be ignored, and a notebook ran at full size)."""

@@ -126,6 +126,7 @@ def test_cli_cuda_without_cuda(resnet8_file, tmp_path, capsys):
     )
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_cli_subprocess_prints_no_traceback(tmp_path):
     truncated = tmp_path / "broken.th"
     truncated.write_bytes(b"PK\x03\x04 not a whole zip")
@@ -141,6 +142,7 @@ def test_cli_subprocess_prints_no_traceback(tmp_path):
     assert "broken.th is not a readable checkpoint" in proc.stderr
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_resnet20_accuracy_floor_on_the_jpeg_copy(akamaster_dir, cifar_jpeg_tree):
     """ResNet-20 on every 5th image of the JPEG test set (2,000): above 75 % (about 81 % on all 10,000)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset

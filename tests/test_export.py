@@ -27,6 +27,7 @@ def assert_offline_html(text: str) -> None:
 
 
 @needs_browser
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_batch_export_every_format_with_one_browser(figs, tmp_path):
     paths = export.export(figs, tmp_path / "out", formats=("html", "png", "svg", "pdf"), width=640, height=400,
                           plotlyjs="embed")
@@ -49,8 +50,8 @@ def test_batch_export_every_format_with_one_browser(figs, tmp_path):
 
 def test_html_writes_plotlyjs_once_per_folder_by_default(figs, tmp_path):
     paths = export.export(list(figs.values()), tmp_path, formats="html")
-    assert paths[0].name.startswith("response-std-of-each-3-3-layer-after-norm") and len(paths[0].name) <= 65
-    assert paths[1].name == "gradient-norm-per-parameter-step-100.html"  # names from the titles
+    assert paths[0].name.startswith("response-std-of-each-norm-layer") and len(paths[0].name) <= 65
+    assert paths[1].name == "gradient-norm-per-parameter-tensor-step-100.html"  # names from the titles
     js = tmp_path / "plotly.min.js"
     assert js.stat().st_size > 1_000_000
     for p in paths:
@@ -141,6 +142,7 @@ def test_report_command_html(tmp_path, capsys):
 
 
 @needs_browser
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_report_command_png(tmp_path, capsys):
     write_run(tmp_path, "r20", "resnet", 20)
     out = tmp_path / "png"

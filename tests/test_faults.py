@@ -108,6 +108,7 @@ class _SignalAt:
                                          # eval-mode forward is the held-out Fig. 7 measurement at step 0
     ("forward", 25, signal.SIGINT, 2),   # a second Ctrl-C stops at once: resume from the last checkpoint
 ])
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_signal_in_any_phase_resumes_exactly(tmp_path, data_root, reference, phase, nth, signum, times):
     config = _config(data_root)
     with _SignalAt(phase, nth, signum, times) as hook, pytest.raises(KeyboardInterrupt) as caught:
@@ -121,6 +122,7 @@ def test_signal_in_any_phase_resumes_exactly(tmp_path, data_root, reference, pha
     assert_same_run(reference, folder)
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_a_step_that_outlasts_the_grace_is_abandoned_for_the_last_checkpoint(tmp_path, data_root, reference,
                                                                             monkeypatch):
     """SIGTERM inside a step that goes on far longer than the grace (a 30 s sleep in a forward hook stands for a
@@ -155,6 +157,7 @@ def test_a_step_that_outlasts_the_grace_is_abandoned_for_the_last_checkpoint(tmp
     assert_same_run(reference, folder)
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_a_signal_while_setting_up_stops_at_once(tmp_path, data_root, reference):
     """The first eval-mode forward is the held-out measurement in setup: SIGTERM there stops before any step,
     nothing is trained or lost, and the same command then trains the whole run."""
@@ -170,6 +173,7 @@ def test_a_signal_while_setting_up_stops_at_once(tmp_path, data_root, reference)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_signal_at_a_random_moment_resumes_exactly(tmp_path, data_root, reference, seed):
     config = _config(data_root)
     delay = random.Random(seed).uniform(0.05, 1.5)
@@ -204,6 +208,7 @@ def _wait_running(folder: Path, proc, min_step: int = 0, timeout: float = 90) ->
     raise AssertionError(f"the run did not start: {proc.poll()} {proc.stderr.read() if proc.poll() else ''}")
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_sigterm_saves_and_exits_143_and_a_second_writer_is_refused(tmp_path, data_root, capsys):
     proc, args = _popen_train(data_root, tmp_path)
     folder = tmp_path / TINY.run_id
@@ -223,6 +228,7 @@ def test_sigterm_saves_and_exits_143_and_a_second_writer_is_refused(tmp_path, da
     assert torch.load(folder / "checkpoint.pt", weights_only=True)["step"] == status["step"]
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_kill_9_leaves_no_running_status_and_a_lock_that_is_taken_over(tmp_path, data_root):
     proc, _ = _popen_train(data_root, tmp_path)
     folder = tmp_path / TINY.run_id
@@ -263,6 +269,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_sweep_workers_die_with_their_parent(tmp_path, data_root):
     args = ["sweep", "--dataset", "digits", "--root", data_root, "--depths", "8", "--seeds", "0,1", "--width", "8",
             "--steps", "100000", "--batch-size", "32", "--log-every", "10", "--checkpoint-every", "10",
@@ -339,6 +346,7 @@ def test_out_that_is_a_file(tmp_path, data_root, capsys):
         assert code == 2 and "is an existing file, not a folder" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_one_corrupt_table_skips_that_run_only(tmp_path, data_root):
     for seed in (0, 1):
         train(tiny(data_root, steps=10, seed=seed), tmp_path)
@@ -374,6 +382,7 @@ def test_evaluate_accepts_a_runs_checkpoint_file(tmp_path, data_root, capsys):
     assert json.loads(capsys.readouterr().out)["n"] == 360
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_checkpoint_of_another_depth_is_named(tmp_path, data_root):
     a = train(tiny(data_root, steps=20), tmp_path / "a").folder
     b_config = tiny(data_root, depth=14, steps=20, checkpoint_every=10)
@@ -400,6 +409,7 @@ def test_sweep_summary_shows_each_reason_whole_once():
     assert text.count(reason) == 1 and "[1] a, b:" in text
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_log_file_gets_plain_lines_and_files_follow_the_umask(tmp_path, data_root):
     args = ["train", "--dataset", "digits", "--root", data_root, "--depth", "8", "--width", "8", "--steps", "20",
             "--batch-size", "32", "--log-every", "10", "--checkpoint-every", "10", "--eval-every", "20",
@@ -418,6 +428,7 @@ def test_log_file_gets_plain_lines_and_files_follow_the_umask(tmp_path, data_roo
         assert path.stat().st_mode & 0o777 == 0o640, path
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_signal_before_the_first_step_resumes_exactly(tmp_path, data_root, reference):
     """SIGINT inside the held-out Fig. 7 measurement at initialisation (the first eval-mode forward, before step
     0): the run is saved at step 0 and the resumed run measures the initial value once, not twice."""

@@ -65,6 +65,7 @@ def crafted_copy(trained: Path, tmp_path: Path) -> tuple[Path, Path]:
     return folder, marker
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_payload_is_live(trained, tmp_path):
     """The control: a loader that runs code does create the marker from the crafted checkpoint."""
     folder, marker = crafted_copy(trained, tmp_path)
@@ -451,6 +452,7 @@ def test_export_tb_keeps_a_crafted_run_id_inside_the_logdir(trained, tmp_path, c
     assert "run_id in" in capsys.readouterr().err and not (tmp_path / "escaped").exists()
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_export_wandb_without_a_login_is_one_line(trained, tmp_path):
     pytest.importorskip("wandb")
 

@@ -50,6 +50,7 @@ def docs_run(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_import_resviz_imports_no_optional_library():
     code = ("import sys, resviz, resviz.integrations, resviz.cli; "
             f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))")
@@ -57,6 +58,7 @@ def test_import_resviz_imports_no_optional_library():
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_docs_examples_run_and_write_run_folders(docs_run):
     assert len(doc_blocks()) == 4
     rs = runs.load(docs_run / "runs")

@@ -125,6 +125,7 @@ def test_bf16_mixed_and_timm_model(tmp_path):
     assert not all_hooks_empty(net)
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_compiled_module_records_like_eager(tmp_path):
     frames = {}
     for compiled in (False, True):

@@ -122,6 +122,7 @@ def test_model_is_unchanged_after_the_with_even_after_an_error():
     assert all("forward" not in b.__dict__ for _, _, _, b in iter_blocks(model))
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_error_rate_matches_a_direct_count(trained, digits):
     _, _, xte, yte, mean, std = digits
     model = trained["resnet"]
@@ -173,6 +174,7 @@ def test_bad_blocks_name_the_valid_range():
         lesion_random(model, x, torch.zeros(2), mean=(0, 0, 0), std=(1, 1, 1), ks=[10])
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_akamaster_resnet20_downsampling_blocks_cost_most(akamaster_dir, cifar_jpeg_tree):
     """Veit et al. 2016 on real weights and images (500 JPEG test images): the two downsampling blocks are the
     costliest removals; a typical other block costs far less. (At depth 20 a typical removal still costs ~18

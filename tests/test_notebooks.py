@@ -71,6 +71,7 @@ def smoke_out(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_notebook_executes(path: Path, smoke_out: Path, monkeypatch, dev_copies):
     monkeypatch.setenv("RESVIZ_SMOKE", "1")
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # the kernel's `import sizes` leaves no __pycache__ here

@@ -177,6 +177,7 @@ def test_zero_initialised_branches_are_explained_where_they_show(run_root):
     assert "exactly 0" not in bn and "zero_init_last" not in bn  # nothing zero-initialised: nothing said
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_report_of_five_models_reads_as_a_document(run_root, tmp_path):
     done = subprocess.run([sys.executable, "-m", "resviz.cli", "report", str(run_root), "--out", str(tmp_path / "r"),
                            "--formats", "html"], capture_output=True, text=True, timeout=600)

@@ -483,6 +483,7 @@ def test_no_graph_kept_alive():
         h.remove()
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_memory_flat_over_1000_recorded_steps():
     model = net(8)
     x, y = batch(2)

@@ -209,6 +209,7 @@ def _script(tmp_path, name: str, source: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_the_unknown_block_call_pastes_into_a_script_and_a_silent_skip_point_is_reported(tmp_path):
     """In a script the block's class is __main__.PreActBlock: the message's call must not say `__main__.` (a
     NameError when pasted). Pasted, it records; the identity blocks' `shortcut` never runs, which is reported in
@@ -229,6 +230,7 @@ def test_the_unknown_block_call_pastes_into_a_script_and_a_silent_skip_point_is_
                 "passes through, e.g. skip=':in'") in line, line
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_the_unknown_block_call_pastes_into_a_notebook_kernel(tmp_path):
     """The same in a real Jupyter kernel (nbclient, as tests/test_notebooks.py runs the notebooks): the printed
     call, pasted into the next cell as printed, registers the block; the silent points show as a warning."""

@@ -51,6 +51,7 @@ def _data(page: str) -> dict:
     return json.loads(m.group(1))
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_report_writes_one_offline_page_and_one_plotlyjs(run_dir, tmp_path):
     out = tmp_path / "report"
     r = subprocess.run([sys.executable, "-m", "resviz.cli", "report", str(run_dir), "--out", str(out),
@@ -79,6 +80,7 @@ def test_report_writes_one_offline_page_and_one_plotlyjs(run_dir, tmp_path):
     assert str(out / "index.html") in r.stdout
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_explicit_static_format_without_a_browser_fails_in_one_line(run_dir, tmp_path):
     env = {**os.environ, "PATH": "/nonexistent", "BROWSER_PATH": str(tmp_path / "no-chrome")}
     r = subprocess.run([sys.executable, "-m", "resviz.cli", "report", str(run_dir), "--out", str(tmp_path / "r"),
@@ -108,6 +110,7 @@ def _slider_moves(page, slider: str) -> tuple[list, list, str]:
 
 
 @pytest.mark.browser
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_both_sliders_work_in_chromium_without_jupyter(run_dir, tmp_path):
     if not CHROMIUM.is_file():
         pytest.skip(f"no chromium at {CHROMIUM} (Debian/Ubuntu: apt-get install chromium)")

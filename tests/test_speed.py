@@ -64,6 +64,7 @@ def assert_same_records(a, b, rtol: float, atol: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------- CPU
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_compiled_training_records_like_eager(tmp_path, data_root, monkeypatch):
     """train(compile=True): the Recorder's hooks are traced into the compiled graphs (one with statistics, one
     without), with no graph break, and record what eager training records. Tolerance rtol 1e-4: measured 0
@@ -85,6 +86,7 @@ def test_compiled_training_records_like_eager(tmp_path, data_root, monkeypatch):
     assert_same_records(eager, compiled, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_compile_without_a_cxx_compiler_falls_back_to_eager(tmp_path, data_root):
     """A real missing compiler: inductor reads the C++ compiler from $CXX and fails at the first compiled step
     (compiling is lazy). The run warns in one line, trains eager, and records exactly what an eager run does."""

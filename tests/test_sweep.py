@@ -45,6 +45,7 @@ def test_sweep_skips_finished_runs(tmp_path, data_root):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_sweep_resumes_a_cut_run_and_retries_a_failed_one(tmp_path, data_root):
     configs = grid(tiny(data_root, steps=20, checkpoint_every=10), depths=(8,), archs=("plain", "resnet"))
     reference = train(configs[0], tmp_path / "reference")

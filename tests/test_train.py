@@ -78,6 +78,7 @@ def test_evaluate_a_run_folder(tmp_path, data_root, capsys):
     assert got["accuracy"] == pytest.approx(1 - result.test_error, abs=1e-6)  # the run's own last evaluation
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_same_seed_same_loss_curve(tmp_path, data_root):
     a = train(tiny(data_root), tmp_path / "a")
     b = train(tiny(data_root), tmp_path / "b")
@@ -97,6 +98,7 @@ def test_finished_run_is_not_trained_again(tmp_path, data_root):
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_root):
     args = ["train", "--dataset", "digits", "--root", data_root, "--depth", "8", "--width", "8",
             "--steps", "80", "--batch-size", "32", "--log-every", "10", "--checkpoint-every", "10",
@@ -173,6 +175,7 @@ def test_cuda_without_cuda(capsys):
     assert "CUDA is not available on this machine" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_ctrl_c_checkpoints_and_marks_interrupted(tmp_path, data_root):
     args = ["train", "--dataset", "digits", "--root", data_root, "--depth", "8", "--width", "8",
             "--steps", "100000", "--batch-size", "32", "--log-every", "10", "--checkpoint-every", "1000",
