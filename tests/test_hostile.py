@@ -15,8 +15,10 @@ import resource
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -503,6 +505,70 @@ def test_a_cancelled_run_left_running_reads_interrupted(trained, tmp_path):
     mark_interrupted(folder, "cancelled with the sweep")  # nobody holds it: marked here
     status = runfolder.read_status(folder)
     assert status["status"] == "interrupted" and status["step"] == 10 and status["reason"] == "cancelled with the sweep"
+
+
+def _wait_for_a_checkpoint(folder: Path, proc: subprocess.Popen) -> dict:
+    """Poll the run's status (as `explore` does) until it is running past its first checkpoint."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            if proc.returncode == 99:
+                pytest.skip(f"no user and UTS namespace here: {proc.stderr.read().strip()}")
+            raise AssertionError(f"the run ended ({proc.returncode}) before it was stopped: {proc.stderr.read()}")
+        status = runfolder.read_status(folder) if (folder / "status.json").is_file() else {}
+        if status.get("status") == "running" and status.get("step", 0) >= 10:
+            return status
+        time.sleep(0.02)
+    raise AssertionError("the run did not reach its first checkpoint within 5 minutes")
+
+
+@pytest.mark.slow  # one run started in a process of its own, stopped, killed, then resumed: ~15 s on 2 cores
+def test_a_run_killed_on_another_host_reads_interrupted_and_resumes(tmp_path, data_root):
+    """A joined cluster's worker on another node, left `running` when the driver was killed: its pid cannot be
+    checked from here, its lock can (flock reaches across a shared file system's hosts). `resviz train` runs in
+    a process with a host name of its own (a UTS namespace): to resviz, a process of another machine."""
+    from helpers import cli_on_host
+
+    datasets.load("digits", root=data_root, progress=False)  # the data cache, written before the run starts
+    args = train_args(data_root, tmp_path, "--steps", "100")
+    folder = tmp_path / RUN
+    trainer = cli_on_host("node-b", *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_a_checkpoint(folder, trainer)
+        trainer.send_signal(signal.SIGSTOP)  # frozen mid-run: alive, holding its lock
+        live = runfolder.read_status(folder)
+        assert live["status"] == "running" and live["host"] == "node-b" != socket.gethostname()
+        assert live["pid"] == trainer.pid
+        trainer.kill()  # kill -9, as Ray ends a killed driver's workers
+        trainer.wait(timeout=60)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait(timeout=60)
+    gone = runfolder.read_status(folder)
+    assert gone["status"] == "interrupted" and gone["step"] == live["step"]
+    assert gone["reason"] == (f"the process that ran it (pid {trainer.pid} on node-b) holds no lock on it any more; "
+                              "run the command again to resume")
+    assert runs.load(tmp_path).status["status"].tolist() == ["interrupted"]
+    assert main(args) == 0  # the same command, here: resumed from the checkpoint, to the end
+    assert runfolder.read_status(folder)["status"] == "done" and runfolder.read_status(folder)["step"] == 100
+
+
+def test_a_file_system_without_flock_is_refused_in_one_line(tmp_path, data_root):
+    """Lustre without -o flock answers flock(2) with ENOSYS: re-created by a seccomp filter in the CLI's process.
+    One line naming the lock file and the fix, exit 2, nothing trained."""
+    from helpers import cli_without_flock
+
+    datasets.load("digits", root=data_root, progress=False)
+    done = cli_without_flock(*train_args(data_root, tmp_path))
+    if done.returncode == 99:
+        pytest.skip(f"cannot make flock fail here: {done.stderr.strip()}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"resviz: error: cannot lock {tmp_path / RUN / '.lock'} (Function not implemented): its file system does not "
+        "support flock, which keeps two writers off one run; mount Lustre with -o flock, NFS with locking (not -o "
+        "nolock), or choose an --out on a local disk"]
+    assert sorted(p.name for p in (tmp_path / RUN).iterdir()) == [".lock"]  # no config, status or checkpoint
 
 
 def test_address_auto_naming_a_dead_cluster_is_one_line_in_seconds(tmp_path, data_root, monkeypatch):
