@@ -318,6 +318,38 @@ def test_resume_on_changed_images_is_refused(tmp_path, capsys):
     assert "12 training images then, 12 now, contents differ" in err
 
 
+def test_a_run_with_a_relative_image_folder_resumes_under_its_absolute_spelling(tmp_path, monkeypatch, capsys):
+    """The CLI makes --dataset imagefolder:PATH absolute (a Ray worker resolves a relative path where `ray start`
+    ran); a run whose config.json spells it relative, as before, still resumes when it names the same folder
+    from here, and takes the absolute spelling; another folder is refused as before."""
+    from resviz.train import TrainConfig
+    from resviz.train.folder import prepare_folder
+
+    monkeypatch.chdir(tmp_path)
+    tree = _image_tree(tmp_path / "tree")
+    relative = _tree_args(tmp_path, "tree")  # as a user types it, from tmp_path
+    old = TrainConfig(dataset="imagefolder:tree", root=str(tmp_path / "data"), depth=8, width=4, steps=4,
+                      batch_size=4, log_every=2, checkpoint_every=2, eval_every=2, record_every=2, progress=False)
+    prepare_folder(old, tmp_path / "runs", RUN)  # what the CLI wrote before: the relative spelling, not started yet
+    assert runfolder.read_config(tmp_path / "runs" / RUN)["dataset"] == "imagefolder:tree"
+    assert main(relative) == 0, capsys.readouterr().err
+    assert runfolder.read_status(tmp_path / "runs" / RUN)["status"] == "done"
+    assert runfolder.read_config(tmp_path / "runs" / RUN)["dataset"] == f"imagefolder:{tree}"
+
+    other = _image_tree(tmp_path / "elsewhere" / "tree")
+    capsys.readouterr()
+    assert main(_tree_args(tmp_path, other)) == 2  # a folder of the same name elsewhere: another run
+    err = capsys.readouterr().err.strip()
+    assert err == (f"resviz: error: {tmp_path / 'runs' / RUN} holds run {RUN!r} with a different config (dataset: "
+                   f"'imagefolder:{tree}' -> 'imagefolder:{other}'); use another --out or --run-id, or the same "
+                   "config to resume")
+    prepare_folder(old, tmp_path / "runs", "r2")  # spelled relative again, then resumed from another directory,
+    monkeypatch.chdir(tmp_path / "elsewhere")  # where "tree" is the other folder
+    with pytest.raises(ValueError, match=rf"different config \(dataset: 'imagefolder:tree' -> 'imagefolder:{tree}'\)"):
+        prepare_folder(TrainConfig.from_dict({**old.to_dict(), "dataset": f"imagefolder:{tree}"}), tmp_path / "runs",
+                       "r2")
+
+
 def test_a_one_class_image_folder_is_refused(tmp_path, capsys):
     tree = _image_tree(tmp_path / "tree", classes=("cat",))
     assert main(_tree_args(tmp_path, tree)) == 2

@@ -39,6 +39,7 @@ from resviz.io import make_folder
 from resviz.sweeps.common import run_one, steps_done, summary_row, summary_table
 from resviz.sweeps.private_cluster import confined, run_confined
 from resviz.train import TrainConfig
+from resviz.train.config import absolute_dataset
 from resviz.train.folder import finished_result
 from resviz.train.interrupts import describe
 
@@ -58,7 +59,8 @@ def run_grid_on_ray(configs: list[TrainConfig], out: str | os.PathLike = "runs",
     _check_options(cpus_per_run, gpus_per_run, max_retries)
     ray = _import_ray()
     out = make_folder(Path(out).resolve())  # absolute: workers do not share the driver's working directory
-    rows, todo = _finished_rows(configs, out)
+    configs = [dataclasses.replace(c, dataset=absolute_dataset(c.dataset)) for c in configs]  # an image folder too
+    rows, todo = _finished_rows(configs, out)  # (a run that spelled it relative takes the absolute spelling here)
     if not todo:
         return _table(rows, configs)  # all finished: no cluster needed
     address = address or os.environ.get("RAY_ADDRESS") or None
