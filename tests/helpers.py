@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,19 @@ TINY = TrainConfig(dataset="digits", depth=8, width=8, steps=30, batch_size=32, 
 
 def tiny(data_root, **changes) -> TrainConfig:
     return dataclasses.replace(TINY, root=data_root, **changes)
+
+
+def image_tree(root, classes=("cat", "dog"), per_class=6, seed=0):
+    """An ImageFolder tree `root/{train,test}/<class>/<i>.png` of random 32x32 pictures; `root`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
 
 
 def cli(*args: str, cwd=None, timeout=120, env=None) -> subprocess.CompletedProcess:

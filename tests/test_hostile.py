@@ -28,6 +28,7 @@ import torch
 from resviz import datasets, runfolder, runs
 from resviz.cli import main
 from resviz.io import UnsafeFile, read_plain_pickle
+from helpers import image_tree
 
 RUN = "r"
 
@@ -288,18 +289,6 @@ def test_a_full_disk_fails_the_run_in_one_line_and_the_rerun_continues(tmp_path,
 
 
 # ------------------------------------------------------------------------ silent wrong results
-def _image_tree(root: Path, classes=("cat", "dog"), per_class=6, seed=0) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for split in ("train", "test"):
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
-    return root
-
-
 def _tree_args(tmp_path, tree, *extra):
     return ["train", "--dataset", f"imagefolder:{tree}", "--root", str(tmp_path / "data"), "--depth", "8", "--width",
             "4", "--steps", "4", "--batch-size", "4", "--log-every", "2", "--checkpoint-every", "2", "--eval-every",
@@ -307,10 +296,10 @@ def _tree_args(tmp_path, tree, *extra):
 
 
 def test_resume_on_changed_images_is_refused(tmp_path, capsys):
-    tree = _image_tree(tmp_path / "tree")
+    tree = image_tree(tmp_path / "tree")
     assert main(_tree_args(tmp_path, tree)) == 0
     runfolder.write_status(tmp_path / "runs" / RUN, "interrupted", "cut", step=2)  # as if cut at step 2
-    _image_tree(tree, seed=1)  # the same names, other pictures
+    image_tree(tree, seed=1)  # the same names, other pictures
     capsys.readouterr()
     assert main(_tree_args(tmp_path, tree)) == 2
     err = capsys.readouterr().err.strip()
@@ -326,7 +315,7 @@ def test_a_run_with_a_relative_image_folder_resumes_under_its_absolute_spelling(
     from resviz.train.folder import prepare_folder
 
     monkeypatch.chdir(tmp_path)
-    tree = _image_tree(tmp_path / "tree")
+    tree = image_tree(tmp_path / "tree")
     relative = _tree_args(tmp_path, "tree")  # as a user types it, from tmp_path
     old = TrainConfig(dataset="imagefolder:tree", root=str(tmp_path / "data"), depth=8, width=4, steps=4,
                       batch_size=4, log_every=2, checkpoint_every=2, eval_every=2, record_every=2, progress=False)
@@ -336,7 +325,7 @@ def test_a_run_with_a_relative_image_folder_resumes_under_its_absolute_spelling(
     assert runfolder.read_status(tmp_path / "runs" / RUN)["status"] == "done"
     assert runfolder.read_config(tmp_path / "runs" / RUN)["dataset"] == f"imagefolder:{tree}"
 
-    other = _image_tree(tmp_path / "elsewhere" / "tree")
+    other = image_tree(tmp_path / "elsewhere" / "tree")
     capsys.readouterr()
     assert main(_tree_args(tmp_path, other)) == 2  # a folder of the same name elsewhere: another run
     err = capsys.readouterr().err.strip()
@@ -351,14 +340,14 @@ def test_a_run_with_a_relative_image_folder_resumes_under_its_absolute_spelling(
 
 
 def test_a_one_class_image_folder_is_refused(tmp_path, capsys):
-    tree = _image_tree(tmp_path / "tree", classes=("cat",))
+    tree = image_tree(tmp_path / "tree", classes=("cat",))
     assert main(_tree_args(tmp_path, tree)) == 2
     err = capsys.readouterr().err.strip()
     assert "holds 1 class (cat); a classifier needs at least 2" in err, err
 
 
 def test_evaluate_refuses_a_data_set_of_other_classes(trained, tmp_path, capsys):
-    tree = _image_tree(tmp_path / "tree")
+    tree = image_tree(tmp_path / "tree")
     assert main(["evaluate", "--checkpoint", str(trained), "--dataset", f"imagefolder:{tree}", "--root",
                  str(tmp_path / "data"), "--device", "cpu", "--json"]) == 2
     err = capsys.readouterr().err.strip()
@@ -368,7 +357,7 @@ def test_evaluate_refuses_a_data_set_of_other_classes(trained, tmp_path, capsys)
 
 def test_another_class_count_is_named_on_resume(trained, tmp_path, capsys):
     """The checkpoint of a 10-class run in the folder of a 2-class one: the two descriptions differ in classes."""
-    tree = _image_tree(tmp_path / "tree")
+    tree = image_tree(tmp_path / "tree")
     assert main(_tree_args(tmp_path, tree)) == 0
     folder = tmp_path / "runs" / RUN
     runfolder.write_status(folder, "interrupted", "cut", step=2)
