@@ -230,7 +230,8 @@ def test_relative_paths_on_a_joined_cluster_mean_what_they_mean_where_the_comman
     """A Ray worker runs in the directory where `ray start` ran, not the driver's: a relative --root, --out or
     image folder must be made absolute on the driver, or the runs read and write the wrong places (here: an
     image folder that does not exist where the cluster started). `ray start` turns Ray's token authentication on:
-    joined by address without RAY_AUTH_MODE=token, one line says so (Ray sends no token to a given address)."""
+    joined by address without RAY_AUTH_MODE=token, one line says so (Ray sends no token to a given address);
+    `--address auto` sends it, as Ray's own auto does."""
     address, started_here = started_by_hand
     here = tmp_path / "here"  # where the user types the command
     image_tree(here / "imgs")
@@ -253,4 +254,9 @@ def test_relative_paths_on_a_joined_cluster_mean_what_they_mean_where_the_comman
     assert config["dataset"] == f"imagefolder:{here / 'imgs'}" and config["root"] == str((here / "data").resolve())
     assert len(list((here / "data").glob("resviz-imagefolder-imgs-*.pt"))) == 1  # the cache where --root says
     assert list(started_here.iterdir()) == []  # nothing read or written where the cluster started
+    seed_1 = [*command[:command.index("--address") + 1], "auto", *command[command.index("--address") + 2:]]
+    seed_1[seed_1.index("--seeds") + 1] = "1"  # another run: a finished one needs no cluster
+    auto = subprocess.run(seed_1, cwd=here, capture_output=True, text=True, timeout=600,
+                          env={**env, "RAY_ADDRESS": address})  # what Ray's search for auto reads first
+    assert auto.returncode == 0, auto.stdout[-3000:] + auto.stderr[-3000:]  # the token sent as Ray's auto does
 
