@@ -35,7 +35,7 @@ from resviz.sweeps import format_summary, grid
 from resviz.sweeps.command import add_sweep_arguments, dispatch
 from resviz.sweeps.common import GRID_FIELDS
 from resviz.train import TrainConfig, train
-from resviz.train.config import parse_number
+from resviz.train.config import absolute_dataset, parse_number
 
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)  # one line, exit 2
 
@@ -96,7 +96,8 @@ def _config_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()):
     """TrainConfig from --config (if any) overlaid with the flags given on the command line."""
     values = _read_config_file(args.config) if getattr(args, "config", None) else {}
     given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig) if f.name not in skip}
-    return TrainConfig.from_text({k: v for k, v in given.items() if v is not None}, base=values).validate()
+    config = TrainConfig.from_text({k: v for k, v in given.items() if v is not None}, base=values).validate()
+    return dataclasses.replace(config, dataset=absolute_dataset(config.dataset))  # as here, wherever it trains
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -75,17 +75,31 @@ def read_status(folder: str | os.PathLike) -> dict:
         return {"status": "failed", "reason": f"unreadable {path}: {err}"}
     if not isinstance(record, dict) or record.get("status") not in STATUSES:
         return {"status": "failed", "reason": f"{path} is not a run status; delete it to resume"}
-    if record["status"] == "running" and _dead(record.get("pid"), record.get("host")):
+    return _running_or_gone(Path(folder), record) if record["status"] == "running" else record
+
+
+def _running_or_gone(folder: Path, record: dict) -> dict:
+    """A `running` record as it stands: `interrupted` once its process is gone. A pid of this host is checked
+    directly; one of another host cannot be, so the run's lock tells (flock works across the hosts of a shared
+    file system): nobody holds it, nobody writes the run. Where neither can tell, it stays `running`."""
+    pid, host = record.get("pid"), record.get("host")
+    if _dead(pid, host):
         return {**record, "status": "interrupted",
-                "reason": f"the process that ran it (pid {record['pid']}) is gone; run the command again to resume"}
+                "reason": f"the process that ran it (pid {pid}) is gone; run the command again to resume"}
+    if host is not None and host != socket.gethostname() and _lock_is_free(folder) is True:
+        return {**record, "status": "interrupted",
+                "reason": f"the process that ran it (pid {pid} on {host}) holds no lock on it any more; run the "
+                          "command again to resume"}
     return record
 
 
 def _no_status(folder: Path) -> dict:
-    """A run folder without status.json: `running` while the process in its .lock lives (it is starting),
-    else `interrupted` (it never started, or was killed before its first status)."""
-    holder = _lock_holder_of(folder)
-    if holder is not None and not _dead(holder, None):
+    """A run folder without status.json: `running` while a process holds its .lock (it is starting), else
+    `interrupted` (it never started, or was killed before its first status). Where the lock cannot be probed,
+    the pid its last holder wrote in it is checked on this machine."""
+    holder, free = _lock_holder_of(folder), _lock_is_free(folder)
+    alive = (holder is not None and not _dead(holder, None)) if free is None else not free
+    if alive:
         return {"status": "running", "reason": "no status.json yet", "step": 0, "pid": holder}
     return {"status": "interrupted", "reason": "never started (no status.json); run the command again to start it",
             "step": 0}
@@ -105,20 +119,65 @@ def _dead(pid, host) -> bool:
 
 
 # ------------------------------------------------------------------------------ the lock
+LOCK_WAIT_S = 1.0  # how long a writer retries a lock that a reader's probe (`_lock_is_free`) may hold an instant
+_HELD: set[str] = set()  # the folders whose lock this process holds (`run_lock`): never probed from here
+
+
+def _key(folder: Path) -> str:
+    return os.path.realpath(folder)
+
+
+def _lock_is_free(folder: Path) -> bool | None:
+    """Whether no process holds `folder/.lock`: a shared flock taken without waiting and released at once. None
+    where it cannot be told (no lock file, a file system without flock). Never probed in the process that holds
+    it: where flock is emulated by fcntl locks (NFS), closing the probe would drop the holder's own lock."""
+    if _key(folder) in _HELD:
+        return False
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOSYS, ENOLCK, EOPNOTSUPP: no flock here
+        return None
+    finally:
+        os.close(fd)  # releases the shared lock
+    return True
+
+
+def _lock_exclusively(fd: int) -> None:
+    """flock(LOCK_EX) without blocking, retried for LOCK_WAIT_S: a reader's probe holds a shared lock for an
+    instant. BlockingIOError when another process still holds it."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def run_lock(folder: str | os.PathLike):
     """Own the run folder for the `with` block: an OS lock (flock) on `folder/.lock`, released when the block
-    ends or the process dies (so a stale lock of a killed process is simply taken over). Another live holder:
-    `RunBusy` naming the folder and its pid, before anything in the folder is touched."""
+    ends or the process dies (so a stale lock of a killed process is simply taken over). Another live holder
+    (still there after LOCK_WAIT_S: a reader's probe lets go at once): `RunBusy` naming the folder and its pid,
+    before anything in the folder is touched."""
     folder = Path(folder)
     try:
         fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     except (IsADirectoryError, NotADirectoryError) as err:  # a folder where the lock file goes: not resviz's
         raise UserError(f"{folder / LOCK_FILE} cannot be the run's lock file ({err.strerror}); delete it and run "
                         "again") from None
+    key = None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusively(fd)
         except BlockingIOError:
             holder = _lock_holder(fd)
             raise RunBusy(f"run folder {folder} is in use by process {holder if holder else '(unknown pid)'}; "
@@ -130,8 +189,12 @@ def run_lock(folder: str | os.PathLike):
                             "with locking (not -o nolock), or choose an --out on a local disk") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        key = _key(folder)
+        _HELD.add(key)
         yield folder
     finally:
+        if key is not None:
+            _HELD.discard(key)
         os.close(fd)  # releases the lock
 
 

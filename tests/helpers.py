@@ -4,7 +4,9 @@
   digits (`TINY`, `tiny`), and the command line run in a subprocess (`cli`);
 - an independent reference for the Recorder tests: a resviz net run layer by layer (without its forward), every
   statistic computed directly with torch in float64 (`by_hand`, `std`, `norm`, ...);
-- `all_hooks_empty`: the one check that a Recorder left no hook behind.
+- `all_hooks_empty`: the one check that a Recorder left no hook behind;
+- the command line in a process that stands for another machine (`cli_on_host`: its own host name) or for a
+  file system without flock (`cli_without_flock`: flock(2) answers ENOSYS, as on Lustre without -o flock).
 (Fixtures live in conftest.py.)
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,9 +33,101 @@ def tiny(data_root, **changes) -> TrainConfig:
     return dataclasses.replace(TINY, root=data_root, **changes)
 
 
+def image_tree(root, classes=("cat", "dog"), per_class=6, seed=0):
+    """An ImageFolder tree `root/{train,test}/<class>/<i>.png` of random 32x32 pictures; `root`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
 def cli(*args: str, cwd=None, timeout=120, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "resviz.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+# The prelude of `cli_on_host`, run before anything but the standard library is imported (unshare needs one thread):
+# a new user namespace (mapping the user to themselves: its files keep their owner) and UTS namespace, so the
+# process has a host name of its own and is, to resviz, a process of another machine.
+ON_HOST = """
+import ctypes, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+uid, gid = os.getuid(), os.getgid()
+if libc.unshare(0x10000000 | 0x04000000) != 0:  # CLONE_NEWUSER | CLONE_NEWUTS
+    print(f"unshare: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
+    sys.exit(99)
+open("/proc/self/setgroups", "w").write("deny")
+open("/proc/self/uid_map", "w").write(f"{uid} {uid} 1")
+open("/proc/self/gid_map", "w").write(f"{gid} {gid} 1")
+socket.sethostname(sys.argv[1])
+from resviz.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def cli_on_host(host: str, *args: str, **popen) -> subprocess.Popen:
+    """`resviz ARGS` started in a process whose host name is `host` (exit 99: no namespaces here, skip)."""
+    return subprocess.Popen([sys.executable, "-c", ON_HOST, host, *args],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)
+
+
+# The prelude of `cli_without_flock`: a seccomp filter (classic BPF) that makes flock(2) fail with ENOSYS, as on a
+# Lustre mount without -o flock; every other system call is allowed. x86_64 only (exit 99 elsewhere, or where
+# prctl is refused).
+WITHOUT_FLOCK = """
+import ctypes, errno, platform, sys
+if platform.machine() != "x86_64":
+    print(f"the flock filter is written for x86_64, not {platform.machine()}", file=sys.stderr)
+    sys.exit(99)
+
+class Instruction(ctypes.Structure):  # struct sock_filter
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+class Program(ctypes.Structure):  # struct sock_fprog
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
+
+LOAD, JUMP_IF_EQUAL, RETURN = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+AUDIT_ARCH_X86_64, NR_FLOCK = 0xC000003E, 73
+ALLOW, ERRNO = 0x7FFF0000, 0x00050000  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | errno
+code = [
+    (LOAD, 0, 0, 4),                          # seccomp_data.arch
+    (JUMP_IF_EQUAL, 0, 3, AUDIT_ARCH_X86_64),  # another ABI: allow
+    (LOAD, 0, 0, 0),                          # seccomp_data.nr
+    (JUMP_IF_EQUAL, 0, 1, NR_FLOCK),
+    (RETURN, 0, 0, ERRNO | errno.ENOSYS),
+    (RETURN, 0, 0, ALLOW),
+]
+instructions = (Instruction * len(code))(*[Instruction(*i) for i in code])
+program = Program(len(code), instructions)
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or \
+        libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) != 0:
+    print(f"prctl: {errno.errorcode.get(ctypes.get_errno())}", file=sys.stderr)
+    sys.exit(99)
+import fcntl, tempfile
+with tempfile.TemporaryFile() as probe:
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX)
+    except OSError as err:
+        assert err.errno == errno.ENOSYS, err  # the filter is in force
+    else:
+        print("the seccomp filter did not stop flock", file=sys.stderr)
+        sys.exit(99)
+from resviz.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cli_without_flock(*args: str, timeout=300) -> subprocess.CompletedProcess:
+    """`resviz ARGS` in a process where flock(2) fails with ENOSYS (exit 99: the filter cannot be installed)."""
+    return subprocess.run([sys.executable, "-c", WITHOUT_FLOCK, *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def by_hand(model, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -15,8 +15,10 @@ import resource
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ import torch
 from resviz import datasets, runfolder, runs
 from resviz.cli import main
 from resviz.io import UnsafeFile, read_plain_pickle
+from helpers import image_tree
 
 RUN = "r"
 
@@ -286,18 +289,6 @@ def test_a_full_disk_fails_the_run_in_one_line_and_the_rerun_continues(tmp_path,
 
 
 # ------------------------------------------------------------------------ silent wrong results
-def _image_tree(root: Path, classes=("cat", "dog"), per_class=6, seed=0) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for split in ("train", "test"):
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
-    return root
-
-
 def _tree_args(tmp_path, tree, *extra):
     return ["train", "--dataset", f"imagefolder:{tree}", "--root", str(tmp_path / "data"), "--depth", "8", "--width",
             "4", "--steps", "4", "--batch-size", "4", "--log-every", "2", "--checkpoint-every", "2", "--eval-every",
@@ -305,10 +296,10 @@ def _tree_args(tmp_path, tree, *extra):
 
 
 def test_resume_on_changed_images_is_refused(tmp_path, capsys):
-    tree = _image_tree(tmp_path / "tree")
+    tree = image_tree(tmp_path / "tree")
     assert main(_tree_args(tmp_path, tree)) == 0
     runfolder.write_status(tmp_path / "runs" / RUN, "interrupted", "cut", step=2)  # as if cut at step 2
-    _image_tree(tree, seed=1)  # the same names, other pictures
+    image_tree(tree, seed=1)  # the same names, other pictures
     capsys.readouterr()
     assert main(_tree_args(tmp_path, tree)) == 2
     err = capsys.readouterr().err.strip()
@@ -316,15 +307,47 @@ def test_resume_on_changed_images_is_refused(tmp_path, capsys):
     assert "12 training images then, 12 now, contents differ" in err
 
 
+def test_a_run_with_a_relative_image_folder_resumes_under_its_absolute_spelling(tmp_path, monkeypatch, capsys):
+    """The CLI makes --dataset imagefolder:PATH absolute (a Ray worker resolves a relative path where `ray start`
+    ran); a run whose config.json spells it relative, as before, still resumes when it names the same folder
+    from here, and takes the absolute spelling; another folder is refused as before."""
+    from resviz.train import TrainConfig
+    from resviz.train.folder import prepare_folder
+
+    monkeypatch.chdir(tmp_path)
+    tree = image_tree(tmp_path / "tree")
+    relative = _tree_args(tmp_path, "tree")  # as a user types it, from tmp_path
+    old = TrainConfig(dataset="imagefolder:tree", root=str(tmp_path / "data"), depth=8, width=4, steps=4,
+                      batch_size=4, log_every=2, checkpoint_every=2, eval_every=2, record_every=2, progress=False)
+    prepare_folder(old, tmp_path / "runs", RUN)  # what the CLI wrote before: the relative spelling, not started yet
+    assert runfolder.read_config(tmp_path / "runs" / RUN)["dataset"] == "imagefolder:tree"
+    assert main(relative) == 0, capsys.readouterr().err
+    assert runfolder.read_status(tmp_path / "runs" / RUN)["status"] == "done"
+    assert runfolder.read_config(tmp_path / "runs" / RUN)["dataset"] == f"imagefolder:{tree}"
+
+    other = image_tree(tmp_path / "elsewhere" / "tree")
+    capsys.readouterr()
+    assert main(_tree_args(tmp_path, other)) == 2  # a folder of the same name elsewhere: another run
+    err = capsys.readouterr().err.strip()
+    assert err == (f"resviz: error: {tmp_path / 'runs' / RUN} holds run {RUN!r} with a different config (dataset: "
+                   f"'imagefolder:{tree}' -> 'imagefolder:{other}'); use another --out or --run-id, or the same "
+                   "config to resume")
+    prepare_folder(old, tmp_path / "runs", "r2")  # spelled relative again, then resumed from another directory,
+    monkeypatch.chdir(tmp_path / "elsewhere")  # where "tree" is the other folder
+    with pytest.raises(ValueError, match=rf"different config \(dataset: 'imagefolder:tree' -> 'imagefolder:{tree}'\)"):
+        prepare_folder(TrainConfig.from_dict({**old.to_dict(), "dataset": f"imagefolder:{tree}"}), tmp_path / "runs",
+                       "r2")
+
+
 def test_a_one_class_image_folder_is_refused(tmp_path, capsys):
-    tree = _image_tree(tmp_path / "tree", classes=("cat",))
+    tree = image_tree(tmp_path / "tree", classes=("cat",))
     assert main(_tree_args(tmp_path, tree)) == 2
     err = capsys.readouterr().err.strip()
     assert "holds 1 class (cat); a classifier needs at least 2" in err, err
 
 
 def test_evaluate_refuses_a_data_set_of_other_classes(trained, tmp_path, capsys):
-    tree = _image_tree(tmp_path / "tree")
+    tree = image_tree(tmp_path / "tree")
     assert main(["evaluate", "--checkpoint", str(trained), "--dataset", f"imagefolder:{tree}", "--root",
                  str(tmp_path / "data"), "--device", "cpu", "--json"]) == 2
     err = capsys.readouterr().err.strip()
@@ -334,7 +357,7 @@ def test_evaluate_refuses_a_data_set_of_other_classes(trained, tmp_path, capsys)
 
 def test_another_class_count_is_named_on_resume(trained, tmp_path, capsys):
     """The checkpoint of a 10-class run in the folder of a 2-class one: the two descriptions differ in classes."""
-    tree = _image_tree(tmp_path / "tree")
+    tree = image_tree(tmp_path / "tree")
     assert main(_tree_args(tmp_path, tree)) == 0
     folder = tmp_path / "runs" / RUN
     runfolder.write_status(folder, "interrupted", "cut", step=2)
@@ -503,6 +526,70 @@ def test_a_cancelled_run_left_running_reads_interrupted(trained, tmp_path):
     mark_interrupted(folder, "cancelled with the sweep")  # nobody holds it: marked here
     status = runfolder.read_status(folder)
     assert status["status"] == "interrupted" and status["step"] == 10 and status["reason"] == "cancelled with the sweep"
+
+
+def _wait_for_a_checkpoint(folder: Path, proc: subprocess.Popen) -> dict:
+    """Poll the run's status (as `explore` does) until it is running past its first checkpoint."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            if proc.returncode == 99:
+                pytest.skip(f"no user and UTS namespace here: {proc.stderr.read().strip()}")
+            raise AssertionError(f"the run ended ({proc.returncode}) before it was stopped: {proc.stderr.read()}")
+        status = runfolder.read_status(folder) if (folder / "status.json").is_file() else {}
+        if status.get("status") == "running" and status.get("step", 0) >= 10:
+            return status
+        time.sleep(0.02)
+    raise AssertionError("the run did not reach its first checkpoint within 5 minutes")
+
+
+@pytest.mark.slow  # one run started in a process of its own, stopped, killed, then resumed: ~15 s on 2 cores
+def test_a_run_killed_on_another_host_reads_interrupted_and_resumes(tmp_path, data_root):
+    """A joined cluster's worker on another node, left `running` when the driver was killed: its pid cannot be
+    checked from here, its lock can (flock reaches across a shared file system's hosts). `resviz train` runs in
+    a process with a host name of its own (a UTS namespace): to resviz, a process of another machine."""
+    from helpers import cli_on_host
+
+    datasets.load("digits", root=data_root, progress=False)  # the data cache, written before the run starts
+    args = train_args(data_root, tmp_path, "--steps", "100")
+    folder = tmp_path / RUN
+    trainer = cli_on_host("node-b", *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_a_checkpoint(folder, trainer)
+        trainer.send_signal(signal.SIGSTOP)  # frozen mid-run: alive, holding its lock
+        live = runfolder.read_status(folder)
+        assert live["status"] == "running" and live["host"] == "node-b" != socket.gethostname()
+        assert live["pid"] == trainer.pid
+        trainer.kill()  # kill -9, as Ray ends a killed driver's workers
+        trainer.wait(timeout=60)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait(timeout=60)
+    gone = runfolder.read_status(folder)
+    assert gone["status"] == "interrupted" and gone["step"] == live["step"]
+    assert gone["reason"] == (f"the process that ran it (pid {trainer.pid} on node-b) holds no lock on it any more; "
+                              "run the command again to resume")
+    assert runs.load(tmp_path).status["status"].tolist() == ["interrupted"]
+    assert main(args) == 0  # the same command, here: resumed from the checkpoint, to the end
+    assert runfolder.read_status(folder)["status"] == "done" and runfolder.read_status(folder)["step"] == 100
+
+
+def test_a_file_system_without_flock_is_refused_in_one_line(tmp_path, data_root):
+    """Lustre without -o flock answers flock(2) with ENOSYS: re-created by a seccomp filter in the CLI's process.
+    One line naming the lock file and the fix, exit 2, nothing trained."""
+    from helpers import cli_without_flock
+
+    datasets.load("digits", root=data_root, progress=False)
+    done = cli_without_flock(*train_args(data_root, tmp_path))
+    if done.returncode == 99:
+        pytest.skip(f"cannot make flock fail here: {done.stderr.strip()}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"resviz: error: cannot lock {tmp_path / RUN / '.lock'} (Function not implemented): its file system does not "
+        "support flock, which keeps two writers off one run; mount Lustre with -o flock, NFS with locking (not -o "
+        "nolock), or choose an --out on a local disk"]
+    assert sorted(p.name for p in (tmp_path / RUN).iterdir()) == [".lock"]  # no config, status or checkpoint
 
 
 def test_address_auto_naming_a_dead_cluster_is_one_line_in_seconds(tmp_path, data_root, monkeypatch):

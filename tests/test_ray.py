@@ -4,10 +4,18 @@ killed worker's run resumed by Ray's retry, a diverging run recorded and not ret
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import uuid
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,7 +26,7 @@ from resviz.errors import UserError
 from resviz.sweeps import grid, run_grid_on_ray, run_sweep
 from resviz.sweeps.command import add_sweep_arguments, dispatch
 from resviz.train import train
-from helpers import tiny
+from helpers import image_tree, tiny
 
 ray = pytest.importorskip("ray")
 from resviz.sweeps.ray_engine import check_storage, gpus_for_each_run, nodes_that_fit  # noqa: E402
@@ -152,3 +160,103 @@ def test_storage_probe_writes_from_every_node_and_cleans_up(cluster, tmp_path):
     nodes = nodes_that_fit(cluster, 1, 0)
     check_storage(cluster, tmp_path, nodes)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ a cluster the user started
+RAY = Path(sys.executable).with_name("ray")  # the `ray` command of this environment
+MARK = "RESVIZ_TEST_CLUSTER"  # in the environment of every process of the cluster a test starts
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_marked(mark: str) -> list[int]:
+    """The live processes whose environment holds MARK=mark: the cluster a test started, its workers too."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"{MARK}={mark}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+def _stop_marked(mark: str) -> None:
+    """Stop the cluster a test started, and nothing else: `ray stop` stops every Ray instance of the machine
+    (it finds them by process name), other sessions' too. SIGTERM, then SIGKILL to what is left after 5 s."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+        for pid in _processes_marked(mark):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while _processes_marked(mark) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not _processes_marked(mark):
+            return
+
+
+@pytest.fixture
+def started_by_hand(tmp_path):
+    """A one-node Ray cluster started as a user starts one on a head node (`ray start --head`, 1 CPU) in a
+    directory of its own; yields (its address, that directory)."""
+    if not RAY.is_file():
+        pytest.skip(f"no `ray` command beside {sys.executable}")
+    where, mark = tmp_path / "ray-started-here", uuid.uuid4().hex
+    where.mkdir()
+    temp = tempfile.mkdtemp(prefix="rz-")  # short: Ray's socket paths live under it
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, MARK: mark,  # Ray's default auth
+           "RAY_raylet_start_wait_time_s": "120", "OMP_NUM_THREADS": "1"}
+    try:
+        started = subprocess.run([str(RAY), "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                                  "--num-cpus", "1", "--temp-dir", temp, "--include-dashboard", "false",
+                                  "--disable-usage-stats"], cwd=where, env=env, capture_output=True, text=True,
+                                 timeout=300)
+        if "The current node timed out during startup" in started.stdout + started.stderr:
+            pytest.skip("Ray's node did not start on this machine (raylet timed out; a loaded CPU)")
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        yield f"127.0.0.1:{port}", where
+    finally:
+        _stop_marked(mark)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow  # a cluster started with `ray start`, one 4-step run on it: ~40 s on 2 busy cores
+def test_relative_paths_on_a_joined_cluster_mean_what_they_mean_where_the_command_runs(started_by_hand, tmp_path):
+    """A Ray worker runs in the directory where `ray start` ran, not the driver's: a relative --root, --out or
+    image folder must be made absolute on the driver, or the runs read and write the wrong places (here: an
+    image folder that does not exist where the cluster started). `ray start` turns Ray's token authentication on:
+    joined by address without RAY_AUTH_MODE=token, one line says so (Ray sends no token to a given address);
+    `--address auto` sends it, as Ray's own auto does."""
+    address, started_here = started_by_hand
+    here = tmp_path / "here"  # where the user types the command
+    image_tree(here / "imgs")
+    command = [sys.executable, "-m", "resviz.cli", "sweep", "--engine", "ray", "--address", address, "--depths", "8",
+               "--arch", "resnet", "--seeds", "0", "--dataset", "imagefolder:imgs", "--root", "data", "--width", "4",
+               "--steps", "4", "--batch-size", "4", "--log-every", "2", "--eval-every", "2", "--checkpoint-every",
+               "2", "--record-every", "2", "--eval-batch-size", "100", "--no-progress", "--out", "runs"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    refused = subprocess.run(command, cwd=here, capture_output=True, text=True, timeout=600, env=env)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (  # Ray's own lines above it
+        f"resviz: error: the Ray cluster at --address {address} asks for Ray's authentication token, which this "
+        "process does not send; export RAY_AUTH_MODE=token (the cluster's token in ~/.ray/auth_token or "
+        "$RAY_AUTH_TOKEN) and run again"), refused.stderr[-3000:]
+    done = subprocess.run(command, cwd=here, capture_output=True, text=True, timeout=600,
+                          env={**env, "RAY_AUTH_MODE": "token"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status = runs.load(here / "runs").status
+    assert status["status"].tolist() == ["done"] and status["step"].tolist() == [4]
+    config = runfolder.read_config(here / "runs" / status["run_id"].iloc[0])
+    assert config["dataset"] == f"imagefolder:{here / 'imgs'}" and config["root"] == str((here / "data").resolve())
+    assert len(list((here / "data").glob("resviz-imagefolder-imgs-*.pt"))) == 1  # the cache where --root says
+    assert list(started_here.iterdir()) == []  # nothing read or written where the cluster started
+    seed_1 = [*command[:command.index("--address") + 1], "auto", *command[command.index("--address") + 2:]]
+    seed_1[seed_1.index("--seeds") + 1] = "1"  # another run: a finished one needs no cluster
+    auto = subprocess.run(seed_1, cwd=here, capture_output=True, text=True, timeout=600,
+                          env={**env, "RAY_ADDRESS": address})  # what Ray's search for auto reads first
+    assert auto.returncode == 0, auto.stdout[-3000:] + auto.stderr[-3000:]  # the token sent as Ray's auto does
+

@@ -33,9 +33,9 @@ confinable = pytest.mark.skipif(NO_NAMESPACE is not None, reason=f"no network na
 STEPS = 300
 
 
-def _sweep_command(out: Path, root: Path) -> list[str]:
-    return [sys.executable, "-m", "resviz.cli", "sweep", "--engine", "ray", "--depths", "8", "--arch", "plain,resnet",
-            "--seeds", "0", "--dataset", "digits", "--root", str(root), "--width", "8", "--steps", str(STEPS),
+def _sweep_command(out: Path, root: Path, steps: int = STEPS, archs: str = "plain,resnet") -> list[str]:
+    return [sys.executable, "-m", "resviz.cli", "sweep", "--engine", "ray", "--depths", "8", "--arch", archs,
+            "--seeds", "0", "--dataset", "digits", "--root", str(root), "--width", "8", "--steps", str(steps),
             "--batch-size", "32", "--log-every", "10", "--eval-every", "100", "--checkpoint-every", "10",
             "--record-every", "10", "--eval-batch-size", "400", "--no-progress", "--out", str(out)]
 
@@ -156,6 +156,29 @@ def test_tasks_of_the_private_cluster_see_only_loopback(tmp_path):
     placement = table.attrs["placement"][configs[0].run_id]
     assert placement["interfaces"] == ["lo"]  # the namespace has no other interface: nothing listens elsewhere
     assert not ray.is_initialized()  # the cluster lived in the child, and is gone with it
+
+
+@pytest.mark.slow  # one private cluster started and stopped, one 10-step run: ~35 s on 2 cores
+@confinable
+def test_a_stale_current_cluster_file_does_not_hold_up_a_private_sweep(tmp_path, monkeypatch):
+    """Ray's `ray_current_cluster` file names the cluster a plain `ray.init()` joins; naming a dead one (a
+    `ray start` since killed), it made a private sweep retry a GCS connect forever (every 40 s). The private
+    cluster is started with address="local", which never reads it. The file is written where Ray looks for it
+    under a RAY_TMPDIR of the test's own (not /tmp/ray: other Ray instances on the machine would read it)."""
+    from ray._common.utils import get_ray_address_file
+
+    ray_tmp, out, root = tmp_path / "ray-tmpdir", tmp_path / "sweep", tmp_path / "data"
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    stale = Path(get_ray_address_file(None))  # where the installed Ray reads it: $RAY_TMPDIR/ray/ray_current_cluster
+    assert stale == ray_tmp / "ray" / "ray_current_cluster"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("127.0.0.1:1")  # nothing listens there
+    done = subprocess.run(_sweep_command(out, root, steps=10, archs="resnet"), capture_output=True, text=True,
+                          env=_env(), timeout=600)  # (a hang ends here, failing the test)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status = runs.load(out).status
+    assert status["status"].tolist() == ["done"] and status["step"].tolist() == [10]
+    assert stale.read_text() == "127.0.0.1:1"  # read by nobody, rewritten by nobody
 
 
 @pytest.mark.skipif(NO_NAMESPACE is None, reason="this machine makes network namespaces: the confined tests run")

@@ -2,8 +2,11 @@
 without running code. The lock and resume under signals: test_faults.py; the trainer's folder: test_train.py."""
 from __future__ import annotations
 
+import contextlib
 import math
+import multiprocessing
 import os
+import time
 
 import pandas as pd
 import pytest
@@ -29,6 +32,90 @@ def test_status_records(tmp_path):
     (tmp_path / "status.json").write_text("{not json")
     damaged = runfolder.read_status(tmp_path)
     assert damaged["status"] == "failed" and damaged["reason"].startswith(f"unreadable {tmp_path / 'status.json'}")
+
+
+# ------------------------------------------------------------------------------ a run of another host, told by its lock
+FORK = multiprocessing.get_context("fork")  # separate processes without a second start-up of torch
+
+
+def _hold(folder, conn) -> None:
+    with runfolder.run_lock(folder):
+        conn.send("held")
+        conn.recv()  # until the test says go
+
+
+@contextlib.contextmanager
+def lock_held_by_another_process(folder):
+    """A live separate process holds `folder`'s lock (run_lock) inside the block; its pid is yielded."""
+    here, there = FORK.Pipe()
+    holder = FORK.Process(target=_hold, args=(folder, there))
+    holder.start()
+    try:
+        assert here.recv() == "held"
+        yield holder.pid
+    finally:
+        here.send("go")
+        holder.join(60)
+    assert holder.exitcode == 0
+
+
+def test_a_running_status_of_another_host_is_read_by_its_lock(tmp_path):
+    """A pid of another host cannot be checked from here: a live writer anywhere holds the run's lock (flock
+    reaches across the hosts of a shared file system), so a free lock means the run was left `running` by a
+    process that is gone (a killed driver's worker on another node)."""
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "status.json").write_text('{"status": "running", "step": 10, "pid": 4242, "host": "node-b"}')
+    assert runfolder.read_status(folder)["status"] == "running"  # no lock file: nothing tells, as before
+    with lock_held_by_another_process(folder):
+        assert runfolder.read_status(folder)["status"] == "running"  # held by a live process
+    status = runfolder.read_status(folder)  # the lock file stays, nobody holds it
+    assert status["status"] == "interrupted" and status["step"] == 10
+    assert status["reason"] == ("the process that ran it (pid 4242 on node-b) holds no lock on it any more; run the "
+                                "command again to resume")
+    with runfolder.run_lock(folder):  # this process holds it (a rerun taking the run over): not probed, running
+        assert runfolder.read_status(folder)["status"] == "running"
+
+
+def test_a_folder_without_status_is_running_while_its_lock_is_held(tmp_path):
+    """No status.json yet: the lock tells whether a process is starting the run; the pid written in .lock
+    (here a live process that holds no lock: the parent of this test) does not make it `running`."""
+    folder = tmp_path / "r"
+    folder.mkdir()
+    with lock_held_by_another_process(folder) as pid:
+        starting = runfolder.read_status(folder)
+        assert starting["status"] == "running" and starting["pid"] == pid
+    (folder / ".lock").write_text(f"{os.getppid()}\n")
+    assert runfolder.read_status(folder)["status"] == "interrupted"
+
+
+def _probe(folder, stop, probes) -> None:
+    while not stop.is_set():
+        runfolder.read_status(folder)  # a running status of another host: each read probes the lock
+        with probes.get_lock():
+            probes.value += 1
+
+
+def test_a_reader_probing_the_lock_never_makes_a_writer_fail(tmp_path):
+    """Readers probe the lock with a shared flock held for an instant; a writer taking the lock meanwhile waits
+    them out (run_lock retries for LOCK_WAIT_S) instead of reading the run as busy."""
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / ".lock").write_text("")
+    (folder / "status.json").write_text('{"status": "running", "step": 0, "pid": 4242, "host": "node-b"}')
+    stop, probes = FORK.Event(), FORK.Value("q", 0)
+    prober = FORK.Process(target=_probe, args=(folder, stop, probes))
+    prober.start()
+    try:
+        while probes.value == 0:
+            time.sleep(0.01)
+        for _ in range(5000):
+            with runfolder.run_lock(folder):  # RunBusy here would be a probe mistaken for a writer
+                pass
+    finally:
+        stop.set()
+        prober.join(60)
+    assert probes.value > 100  # the writer really ran among the probes
 
 
 # ------------------------------------------------------------------------------ the writer of the callbacks

@@ -39,12 +39,14 @@ from resviz.io import make_folder
 from resviz.sweeps.common import run_one, steps_done, summary_row, summary_table
 from resviz.sweeps.private_cluster import confined, run_confined
 from resviz.train import TrainConfig
+from resviz.train.config import absolute_dataset
 from resviz.train.folder import finished_result
 from resviz.train.interrupts import describe
 
 HEAD_COMMAND = "ray start --head --port 6379 --node-ip-address 127.0.0.1"
 SHARED_CHECK = ("check it from a worker node with `touch OUT/x` and `ls OUT` on the head, or use a shared "
                 "filesystem (NFS, Lustre, a mounted bucket) mounted at the same path on every node")
+AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch for token authentication (`ray start --head` turns it on by default)
 CANCEL_WAIT_S = 60.0  # how long Ctrl-C waits for cancelled runs to checkpoint and mark themselves interrupted
 
 
@@ -58,7 +60,8 @@ def run_grid_on_ray(configs: list[TrainConfig], out: str | os.PathLike = "runs",
     _check_options(cpus_per_run, gpus_per_run, max_retries)
     ray = _import_ray()
     out = make_folder(Path(out).resolve())  # absolute: workers do not share the driver's working directory
-    rows, todo = _finished_rows(configs, out)
+    configs = [dataclasses.replace(c, dataset=absolute_dataset(c.dataset)) for c in configs]  # an image folder too
+    rows, todo = _finished_rows(configs, out)  # (a run that spelled it relative takes the absolute spelling here)
     if not todo:
         return _table(rows, configs)  # all finished: no cluster needed
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -163,13 +166,41 @@ def _connect(ray, address: str | None, temp: str | None = None) -> bool:
                             f"or start it once with `{HEAD_COMMAND}` and pass --address auto") from None
         return True
     target = _resolve_auto(address) if address == "auto" else address  # a UserError of its own, not caught below
+    if address == "auto":
+        _send_token_as_ray_auto_does()
     try:
         ray.init(address=target)
     except (ConnectionError, RuntimeError, ValueError) as err:
+        if _asks_for_a_token(err):
+            raise UserError(f"the Ray cluster at --address {address} asks for Ray's authentication token, which "
+                            f"this process does not send; export {AUTH_MODE}=token (the cluster's token in "
+                            "~/.ray/auth_token or $RAY_AUTH_TOKEN) and run again") from None
         fix = (f"start one with `{HEAD_COMMAND}`, or drop --address to let resviz start a private one"
                if address == "auto" else f"check it with `ray status --address {address}`")
         raise UserError(f"cannot join the Ray cluster at --address {address} ({first_line(err)}); {fix}") from None
     return True
+
+
+def _send_token_as_ray_auto_does() -> None:
+    """`--address auto` joins a cluster of this machine as Ray's own `auto` does: with token authentication on
+    where a token is found (~/.ray/auth_token, $RAY_AUTH_TOKEN) and $RAY_AUTH_MODE does not say otherwise.
+    resviz resolves `auto` to HOST:PORT itself, and Ray never sends its token to an address it was given."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _asks_for_a_token(err: BaseException | None) -> bool:
+    """Whether joining failed because the cluster wants Ray's token (the cause sits deep in Ray's chain)."""
+    while err is not None:
+        if type(err).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _resolve_auto(address: str) -> str:

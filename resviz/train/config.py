@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,14 @@ def dataset_slug(spec: str) -> str:
     if spec.startswith("imagefolder:"):
         return "if-" + safe_name(Path(spec.split(":", 1)[1]).name)  # a 300-character folder name: cut, hashed
     return spec
+
+
+def absolute_dataset(spec):
+    """`spec` with an image folder's path made absolute against this process's working directory (a Ray
+    worker would resolve a relative one where `ray start` ran); any other spec as it is."""
+    if not isinstance(spec, str) or not spec.startswith("imagefolder:") or spec == "imagefolder:":
+        return spec
+    return "imagefolder:" + os.path.abspath(spec.split(":", 1)[1])
 
 
 @dataclass(frozen=True)

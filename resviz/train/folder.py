@@ -25,7 +25,7 @@ from resviz.runfolder import (
     read_status,
     read_table,
 )
-from resviz.train.config import TrainConfig
+from resviz.train.config import TrainConfig, absolute_dataset
 from resviz.train.recipe import groups_rule
 
 
@@ -48,12 +48,15 @@ ADDED_KEYS = {"mixup_alpha": 0.0, "param_groups": "single"}
 
 def _config_diff(old: dict, new: dict) -> list[str]:
     """The keys whose values differ in a way that changes the run; param_groups compared as the rule it resolves
-    to ("auto" is "single" for every net but Fixup), keys a config.json predates as what they meant then."""
+    to ("auto" is "single" for every net but Fixup), keys a config.json predates as what they meant then, an
+    image folder as its absolute path (runs started before the CLI made it absolute spell it relative)."""
     old = {**ADDED_KEYS, **old}
     keys = sorted((set(old) | set(new)) - set(TrainConfig.RESUME_SAFE) - {"run_id", "versions"})
 
     def value(d: dict, k: str):
-        return groups_rule(d[k], d.get("branch_init")) if k == "param_groups" else d.get(k)
+        if k == "param_groups":
+            return groups_rule(d[k], d.get("branch_init"))
+        return absolute_dataset(d.get(k)) if k == "dataset" else d.get(k)
 
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if value(old, k) != value(new, k)]
 
@@ -71,6 +74,7 @@ def prepare_folder(config: TrainConfig, out: str | os.PathLike, run_id: str | No
                 f"{folder} holds run {run_id!r} with a different config ({'; '.join(differ)}); "
                 "use another --out or --run-id, or the same config to resume"
             )
+        _spell_dataset_as_now(folder, old, new["dataset"])
         return folder
     try:
         make_folder(folder)
@@ -80,6 +84,18 @@ def prepare_folder(config: TrainConfig, out: str | os.PathLike, run_id: str | No
     except OSError as err:
         raise ValueError(f"cannot create run folder {folder} ({err.strerror}); choose a writable --out") from None
     return folder
+
+
+def _spell_dataset_as_now(folder: Path, old: dict, dataset: str) -> None:
+    """A run started with its image folder spelled relative, now resumed with the same folder spelled absolute:
+    config.json takes the absolute spelling, so a later check in another working directory (a Ray worker's)
+    finds the same config. Best effort: a folder this process cannot write keeps the old spelling."""
+    if old.get("dataset") == dataset or not os.path.isabs(dataset.partition(":")[2]):
+        return
+    try:
+        RunFolder(folder.parent, folder.name).write_config({**old, "dataset": dataset})
+    except OSError:
+        pass
 
 
 def finished_result(config: TrainConfig, folder: Path) -> RunResult | None:
