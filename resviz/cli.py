@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -31,11 +32,15 @@ from resviz.evaluate import check_classes, evaluate, load_model_for_eval
 from resviz.integrations import tensorboard, wandb
 from resviz.io import make_folder
 from resviz.report import write_report
+from resviz.runfolder import check_run_id
 from resviz.sweeps import format_summary, grid
 from resviz.sweeps.command import add_sweep_arguments, dispatch
 from resviz.sweeps.common import GRID_FIELDS
 from resviz.train import TrainConfig, train
 from resviz.train.config import absolute_dataset, parse_number
+from resviz.train.folder import finished_result
+from resviz.train.launch import launch
+from resviz.train.ranks import Elsewhere, Ranks, check_nproc
 
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)  # one line, exit 2
 
@@ -101,10 +106,23 @@ def _config_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    args.ranks = Ranks.from_environment()  # one of N processes under torchrun (`--nproc N` started them)
     config = _config_from_args(args)
-    result = train(config, args.out, run_id=args.run_id)
-    print(f"{result.run_id}: {result.status} at step {result.step}, train error {100 * result.train_error:.2f} %, "
-          f"test error {100 * result.test_error:.2f} % -> {result.folder}")
+    nproc = check_nproc(None if args.nproc is None else parse_number(args.nproc, int, "nproc"), config.batch_size)
+    if args.ranks is not None and args.nproc is not None:
+        raise ValueError("--nproc starts torchrun itself: drop it from a command that torchrun runs")
+    if nproc > 1:  # checked here, before any process starts: the folder's config, a finished run
+        folder = Path(args.out) / check_run_id(config.run_id if args.run_id is None else args.run_id, args.out)
+        result = finished_result(config, folder)
+        if result is None:
+            return launch(nproc, args.argv, folder)
+    else:
+        result = train(config, args.out, run_id=args.run_id, ranks=args.ranks)
+    if args.ranks is None or args.ranks.writes:
+        print(f"{result.run_id}: {result.status} at step {result.step}, train error {100 * result.train_error:.2f} %, "
+              f"test error {100 * result.test_error:.2f} % -> {result.folder}")
+    if args.ranks is not None:
+        return 0  # the launching process reads done or diverged from the run's status.json
     return 0 if result.status == "done" else 3
 
 
@@ -115,6 +133,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML or JSON file of TrainConfig keys; command-line flags override it")
     p.add_argument("--out", default="runs", help="folder that holds run folders (default: runs)")
     p.add_argument("--run-id", default=None, help="name of the run folder (default: derived from the config)")
+    p.add_argument("--nproc", default=None, metavar="N",
+                   help="train the run in N processes (DDP under torchrun: gloo on the CPU, NCCL on GPUs), each on "
+                   "1/N of every batch; the batch size must be divisible by N (default: 1, this process)")
     _add_config_options(p)
     p.set_defaults(func=_cmd_train)
 
@@ -499,27 +520,52 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` runs it again under torchrun
     shown, warnings.showwarning = warnings.showwarning, _one_line_warning
+    try:
+        code = _run(args)
+    except BaseException:
+        if getattr(args, "ranks", None) is not None:  # a bug in one of `train --nproc`'s processes
+            traceback.print_exc()
+            args.ranks.exit(1)
+        raise
+    finally:
+        warnings.showwarning = shown
+    if getattr(args, "ranks", None) is not None:
+        args.ranks.exit(code)  # one of `train --nproc`'s processes ends here (resviz.train.ranks: why os._exit)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command's exit status; a user's mistake as one line (2), an interrupt as its line (128 + signal)."""
     try:
         result = args.func(args)
     except KeyboardInterrupt as err:  # resviz.errors.Interrupted: the run saved itself at a step boundary
         signum = getattr(err, "signum", 2)
-        print(f"resviz: {err}; run the same command again to resume" if str(err) else "resviz: interrupted",
-              file=sys.stderr)
+        _say(args, f"resviz: {err}; run the same command again to resume" if str(err) else "resviz: interrupted", err)
         return 128 + signum
     except USER_ERRORS as err:
         if os.environ.get("RESVIZ_DEBUG"):
             raise
-        print(f"resviz: error: {first_line(err)}", file=sys.stderr)
+        _say(args, f"resviz: error: {first_line(err)}", err)
         return 2
     except OSError as err:  # a full disk, a long name, a read-only place: the path and the fix; others are bugs
         if os_error_line(err) is None or os.environ.get("RESVIZ_DEBUG"):
             raise
-        print(f"resviz: error: {os_error_line(err)}", file=sys.stderr)
+        _say(args, f"resviz: error: {os_error_line(err)}", err)
         return 2
-    finally:
-        warnings.showwarning = shown
     return int(result or 0)
+
+
+def _say(args: argparse.Namespace, line: str, err: BaseException) -> None:
+    """`line` on stderr. A rank other than 0 of `train --nproc` names itself, and leaves an interrupt, or what
+    another rank reports (`Elsewhere`), to rank 0's line."""
+    ranks = getattr(args, "ranks", None)
+    if ranks is not None and not ranks.writes:
+        if isinstance(err, (KeyboardInterrupt, Elsewhere)):
+            return
+        line = line.replace("resviz: ", f"resviz: rank {ranks.rank}: ", 1)
+    print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -118,14 +118,14 @@ def test_a_download_failure_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, data_root, monkeypatch, capsys):
-    def fail(config, out, run_id=None):
+    def fail(config, out, run_id=None, ranks=None):
         raise UserError("the fix is named here\nsecond line")
 
     monkeypatch.setattr(cli, "train", fail)  # the function `resviz train` calls
     assert main(["train", "--dataset", "digits", "--root", data_root, "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "resviz: error: the fix is named here\n"
 
-    def bug(config, out, run_id=None):
+    def bug(config, out, run_id=None, ranks=None):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(cli, "train", bug)
@@ -136,7 +136,7 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, data_r
 @pytest.mark.slow  # over 3 s on the 2-core machine: outside the quick loop
 def test_a_bug_prints_its_traceback_in_a_subprocess(tmp_path):
     code = ("import sys, resviz.train\n"
-            "def bug(config, out, run_id=None):\n"
+            "def bug(config, out, run_id=None, ranks=None):\n"
             "    raise RuntimeError('an internal error')\n"
             "resviz.train.train = bug\n"
             "from resviz.cli import main\n"

@@ -18,7 +18,10 @@ buffered rows are turned on the host, in float64, into additive partial sums and
 
 The payload has a fixed size, flush_every rows (gloo aborts the process on all_reduce size mismatch), so
 mismatched ranks meet an error, never a crash or a hang: every wait is bounded by RESVIZ_DIST_TIMEOUT
-seconds (default 300). The result equals one process on the concatenated batch up to summation order (and
+seconds (default 300). After each collective the Recorder holds its tensors until gloo's worker thread has let
+go of them (`_let_go`): a worker left holding the last reference to a tensor whose Python object was dropped
+needs the GIL to free it, and if the interpreter is shutting down by then (the Recorder's closing flush is
+often a script's last collective) the process aborts with `terminate called without an active exception`. The result equals one process on the concatenated batch up to summation order (and
 the float64 sum of the ranks' fp32 partial sums).
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -38,6 +42,7 @@ from resviz.probes.plan import Plan
 from resviz.probes.reductions import SENTINEL
 
 TIMEOUT_ENV = "RESVIZ_DIST_TIMEOUT"
+LET_GO_SECONDS = 5.0  # the longest wait for gloo's worker thread to drop a finished collective's tensors
 _GROUP: dict = {}  # the recorder's gloo group, made once per default process group
 
 
@@ -112,6 +117,21 @@ def _absent(seconds: float, what: str, err: BaseException) -> UserError:
         f"drain and close at the same steps (timeout: {TIMEOUT_ENV})")
 
 
+def _let_go(*tensors: torch.Tensor) -> None:
+    """Return once no one but the caller holds `tensors` (at most LET_GO_SECONDS), sleeping meanwhile.
+
+    A gloo collective runs on a worker thread of the process group, which drops its references to the tensors
+    just after the caller's wait has returned. While the caller still holds a tensor's Python object that drop
+    is a plain count; once the caller has dropped it, the worker owns the Python object and must take the GIL to
+    free it, and a worker that asks for the GIL after the interpreter began to shut down ends the process with
+    std::terminate ("terminate called without an active exception", torch 2.14, gloo). Waiting here, with the
+    tensors held, means the worker never needs the GIL for them."""
+    deadline = time.monotonic() + LET_GO_SECONDS
+    held = [t for t in tensors if hasattr(t, "_use_count")]
+    while any(t._use_count() > 1 for t in held) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
 def _plan_hash(plan: Plan) -> int:
     text = repr((plan.sites, plan.hooks, plan.params, plan.rel_params, plan.scales, plan.size))
     return zlib.crc32(text.encode()) & 0x7FFFFFFF
@@ -126,6 +146,8 @@ def _handshake(group, seconds: float, every: int, flush_every: int, plan: Plan) 
         dist.all_gather(got, mine, group=group)
     except Exception as err:  # noqa: BLE001 - a gloo timeout or a peer gone
         raise _absent(seconds, "entered a Recorder", err) from err
+    finally:
+        _let_go(mine, *got)
     table = torch.stack(got).tolist()  # (world, 4)
     for i, name in enumerate(("every", "flush_every", "plan size", "model (plan hash)")):
         values = [row[i] for row in table]
@@ -265,6 +287,8 @@ class Sync:
             dist.all_reduce(tensor, group=self.group)
         except Exception as err:  # noqa: BLE001 - a gloo timeout or a peer gone
             raise _absent(self.seconds, "flushed", err) from err
+        finally:
+            _let_go(tensor)
         if payload[0] != self.size * check or payload[1] != self.size * check * check:
             shown = ", ".join(str(s) for s in steps[:6]) + (", ..." if rows > 6 else "")
             raise UserError(f"Recorder on rank {self.rank}: the ranks flushed different recorded steps (this rank: "

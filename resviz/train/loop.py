@@ -7,10 +7,13 @@ autotunes) under `torch.cuda.set_sync_debug_mode("error")`, so a hidden sync rai
 (channels_last, amp, cudnn_benchmark, compile, compile_mode) and their guards live in `speed.py`; out of GPU
 memory, the run is marked failed with the largest batch that fits (halving probe).
 Batches are a pure function of (seed, step) (`resviz.loader.DeviceLoader.batch`), so a resumed run sees
-exactly the batches an uninterrupted one would.
+exactly the batches an uninterrupted one would. One run spread over N processes (`resviz train --nproc N`) goes
+through the same code; what a rank does differently is `ranks.Ranks`' (each method one process's own act when
+there is one rank).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -25,7 +28,6 @@ from tqdm.auto import tqdm
 from resviz import datasets, schema
 from resviz.errors import Interrupted, UserError, os_error_line
 from resviz.evaluate import evaluate
-from resviz.io import make_folder
 from resviz.loader import DeviceLoader
 from resviz.measure import (
     CALIBRATION_BATCHES,
@@ -38,11 +40,12 @@ from resviz.measure import (
 from resviz.models import cifar_resnet
 from resviz.modes import train_mode
 from resviz.probes import Recorder
-from resviz.runfolder import RunFolder, check_run_id, is_run_folder, read_status, run_lock, write_status
+from resviz.runfolder import RunFolder, check_run_id, is_run_folder, read_status
 from resviz.train import folder as run_folder
 from resviz.train.config import TrainConfig
 from resviz.train.folder import Progress, RunResult
 from resviz.train.interrupts import StopNow, StopSignals, describe
+from resviz.train.ranks import NullFolder, Ranks
 from resviz.train.recipe import groups_rule, mixup_batch, param_groups, soft_wrong
 from resviz.train.speed import SyncCheck, TrainStep, check_fits, cudnn_benchmark, largest_batch
 
@@ -61,7 +64,7 @@ class _Run:
 
     config: TrainConfig
     folder: Path
-    writer: RunFolder  # writes `folder`
+    writer: RunFolder | NullFolder  # writes `folder` (rank 0's; the other ranks' writes nothing)
     data: datasets.Dataset
     device: torch.device
     model: torch.nn.Module
@@ -81,6 +84,7 @@ class _Run:
     heldout: torch.Tensor | None = None  # fixed test images for Fig. 7 in eval mode (resviz.measure), uint8
     clean: tuple | None = None  # fixed training images and labels for the clean (eval-mode) training error
     eval_stats: list = field(default_factory=list)  # response_std_eval frames measured since the last checkpoint
+    ranks: Ranks = field(default_factory=Ranks)  # this process's place among those training the run (one: alone)
 
 
 class _Interval:
@@ -118,46 +122,58 @@ class _Interval:
                 time.perf_counter() - self.start)
 
 
-def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str | None = None) -> RunResult:
+def train(config: TrainConfig, out: str | os.PathLike = "runs", *, run_id: str | None = None,
+          ranks: Ranks | None = None) -> RunResult:
     """Train one run into `out/<run_id>/`, resuming it when it was cut; a finished run is returned as is.
 
     The run folder is locked for the run's life (`runfolder.run_lock`: a second writer is refused by name).
     SIGINT and SIGTERM stop the run at the next step boundary: it is saved there, marked interrupted, and
-    `resviz.errors.Interrupted` (a KeyboardInterrupt) is raised; running it again continues exactly."""
+    `resviz.errors.Interrupted` (a KeyboardInterrupt) is raised; running it again continues exactly.
+    `ranks`: this process's place among several that train the run together (`resviz train --nproc N`,
+    `ranks.Ranks.from_environment()` under torchrun); None: one process."""
     config.validate()
+    ranks = ranks or Ranks()
     run_id = check_run_id(config.run_id if run_id is None else run_id, out)  # a name inside `out`
-    device = datasets.resolve_device(config.device)
+    device = ranks.device(datasets.resolve_device(config.device))
     check_fits(config.depth, config.width, config.batch_size, device)  # before building or writing anything
     sync_check = SyncCheck(device)  # checks $RESVIZ_SYNC_DEBUG before anything is written
+    ranks.start(device)
+    config = config if ranks.writes else dataclasses.replace(config, progress=False)  # one progress bar
     folder = Path(out) / run_id
-    finished = run_folder.finished_result(config, folder)
+    finished = ranks.first(lambda: run_folder.finished_result(config, folder))
     if finished is not None:
         return finished
-    data = datasets.load(config.dataset, root=config.root, progress=config.progress)
+    data = ranks.in_turn(lambda: datasets.load(config.dataset, root=config.root, progress=config.progress))
     images, labels = _training_split(config, data)
-    make_folder(out)
-    make_folder(folder)
-    with run_lock(folder), StopSignals() as stop:
-        stop.phase = "setup"  # a signal stops at once: nothing in memory to save yet
+    with ranks.lock(out, folder), StopSignals() as stop:
+        # a signal stops at once: nothing in memory to save yet (several ranks: at the first log boundary, where
+        # they agree, as later; one rank stopping alone would leave the others waiting in a collective)
+        stop.phase = "boundary" if ranks.many else "setup"
         try:
-            folder = run_folder.prepare_folder(config, out, run_id)  # the very folder locked above
-            finished = run_folder.finished_result(config, folder)  # another process may have finished it meanwhile
+            # the very folder locked above; another process may have finished it meanwhile
+            folder, finished = ranks.first(lambda: _prepared(config, out, run_id))
             if finished is not None:
                 return finished
-            run = _setup(config, folder, data, images, labels, device)
+            run = _setup(config, folder, data, images, labels, device, ranks)
         except StopNow as err:
-            raise _stopped_in_setup(folder, stop, err) from None
+            raise _stopped_in_setup(folder, stop, err, ranks.writes) from None
         run.stop, stop.phase = stop, "boundary"
         return _train_locked(run, sync_check)
 
 
-def _stopped_in_setup(folder: Path, stop: StopSignals, err: StopNow) -> Interrupted:
+def _prepared(config: TrainConfig, out, run_id: str) -> tuple[Path, RunResult | None]:
+    """The run folder, created or checked to hold this config, and its result if it is finished."""
+    folder = run_folder.prepare_folder(config, out, run_id)
+    return folder, run_folder.finished_result(config, folder)
+
+
+def _stopped_in_setup(folder: Path, stop: StopSignals, err: StopNow, writes: bool) -> Interrupted:
     """A signal while setting up: nothing trained, nothing lost; the folder says interrupted at its last step."""
     stop.acted()
     step = int(read_status(folder).get("step", 0) or 0) if is_run_folder(folder) else 0
     reason = f"{err}; run the same command again to resume from step {step}"
-    if is_run_folder(folder):
-        _write_status_if_possible(folder, "interrupted", reason, step)
+    if is_run_folder(folder) and writes:
+        _write_status_if_possible(RunFolder(folder.parent, folder.name), "interrupted", reason, step)
     return Interrupted(err.signum, f"{folder.name}: {reason}")
 
 
@@ -167,38 +183,39 @@ def _train_locked(run: "_Run", sync_check: SyncCheck) -> RunResult:
     bar = _progress_bar(config, run.progress.step, folder.name)
     try:
         with cudnn_benchmark(run.device, config.cudnn_benchmark), bar, sync_check:
-            run.writer.write_status("running", step=run.progress.step, pid=os.getpid())
+            run.writer.write_status("running", step=run.progress.step, pid=os.getpid(),
+                                    **({"ranks": run.ranks.size} if run.ranks.many else {}))
             return _run_steps(run, bar, sync_check)
     except StopNow as err:  # a second signal, or a step that outlasted the grace: the last checkpoint is the
         run.stop.acted()     # consistent state to resume from
         reason = f"{err} (at step {run.step}); run the same command again to resume from step {run.saved_step}"
-        _write_status_if_possible(folder, "interrupted", reason, run.saved_step)
+        _write_status_if_possible(run.writer, "interrupted", reason, run.saved_step)
         raise Interrupted(err.signum, f"{folder.name}: {reason}") from None
     except Interrupted:
         raise  # saved at a step boundary already
     except KeyboardInterrupt:  # a Ctrl-C outside StopSignals' handlers: the last checkpoint is the consistent state
-        _write_status_if_possible(folder, "interrupted", "stopped at once; run again to resume from step "
+        _write_status_if_possible(run.writer, "interrupted", "stopped at once; run again to resume from step "
                                   f"{run.saved_step}", run.saved_step)
         raise
     except torch.cuda.OutOfMemoryError:
         pass  # handled below, once this handler has let go of the failed step's tensors
     except OSError as err:
         if os_error_line(err) is None:
-            _write_status_if_possible(folder, "failed", f"{type(err).__name__}: {err}", run.step)
+            _write_status_if_possible(run.writer, "failed", f"{type(err).__name__}: {err}", run.step)
             raise
         raise _disk_error(run, err) from None
     except Exception as err:
-        _write_status_if_possible(folder, "failed", f"{type(err).__name__}: {err}", run.step)
+        _write_status_if_possible(run.writer, "failed", f"{type(err).__name__}: {err}", run.step)
         raise
     # only an out-of-GPU-memory error gets here: every other path through the loop returns or raises
     raise _out_of_memory(run)
 
 
-def _write_status_if_possible(folder: Path, status: str, reason: str, step: int) -> None:
+def _write_status_if_possible(writer: RunFolder | NullFolder, status: str, reason: str, step: int) -> None:
     """The run's status at `step`; where even status.json cannot be written (a full disk) the status left says
     `running` with this process's pid, which reads `interrupted` once it has exited."""
     try:
-        write_status(folder, status, reason, step=step)
+        writer.write_status(status, reason, step=step)
     except OSError:
         pass
 
@@ -207,7 +224,7 @@ def _disk_error(run: "_Run", err: OSError) -> UserError:
     """A full disk, a read-only folder or a long name while saving: the files of the last checkpoint are whole
     (atomic writes), the run is marked failed, and the line names the file and the fix."""
     line = f"{run.folder.name}: {os_error_line(err)}: the run resumes from its checkpoint at step {run.saved_step}"
-    _write_status_if_possible(run.folder, "failed", line, run.saved_step)
+    _write_status_if_possible(run.writer, "failed", line, run.saved_step)
     return UserError(line)
 
 
@@ -238,7 +255,7 @@ def _training_split(config: TrainConfig, data) -> tuple[torch.Tensor, torch.Tens
     return images, labels
 
 
-def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _Run:
+def _setup(config: TrainConfig, folder: Path, data, images, labels, device, ranks: Ranks) -> _Run:
     """The model (seeded), its optimiser, the loader and the Recorder, resumed from the folder's checkpoint."""
     torch.manual_seed(config.seed)
     model = cifar_resnet(config.depth, plain=config.arch == "plain", shortcut=config.shortcut, norm=config.norm,
@@ -252,16 +269,18 @@ def _setup(config: TrainConfig, folder: Path, data, images, labels, device) -> _
                           device=device, seed=config.seed, augment=config.augment,
                           channels_last=config.channels_last)
     progress = run_folder.resume(folder, config, model, optimizer, device, datasets.fingerprint(images, labels))
-    run = _Run(config, folder, RunFolder(folder.parent, folder.name), data, device, model, optimizer, loader,
+    writer = RunFolder(folder.parent, folder.name) if ranks.writes else NullFolder()
+    run = _Run(config, folder, writer, data, device, model, optimizer, loader,
                progress, step=progress.step, step_done=progress.step,
                last_finite=progress.metrics[-1] if progress.metrics else {}, interval=_Interval(device),
-               saved_step=progress.step)
+               saved_step=progress.step, ranks=ranks)
     tested = [r for r in progress.metrics if math.isfinite(r.get("test_error", math.nan))]
     if tested:  # shown in the progress line until the next evaluation
         run.last_test = (tested[-1]["test_error"], tested[-1]["test_loss"])
-    run.interval.restore(progress.interval)
+    run.interval.restore(progress.interval if ranks.writes else None)  # sums over the ranks: counted once
     progress.interval = None
-    run.step_fn = TrainStep(model, compile=config.compile, mode=config.compile_mode, amp=config.amp, device=device)
+    run.step_fn = TrainStep(ranks.wrap(model, device), compile=config.compile, mode=config.compile_mode, amp=config.amp,
+                            device=device)
     run.rec = Recorder(model, every=config.record_every, metrics=config.record_metrics,
                        run_info={"run_id": folder.name, "seed": config.seed})
     run.heldout = data.test_images[fixed_subset(len(data.test_images), HELDOUT_IMAGES)]
@@ -292,8 +311,9 @@ def _run_steps(run: _Run, bar, sync_check: SyncCheck) -> RunResult:
     with train_mode(run.model), rec, sync_check:  # sync_check leaves first: the Recorder's closing flush syncs
         rec.begin_step(run.step)
         for step in range(run.step, config.steps):
-            if run.stop is not None and run.stop.signum is not None:  # SIGINT/SIGTERM: stop at this boundary
-                raise _interrupted(run, run.stop.signum)
+            signum = run.ranks.stop_signal(run.stop)  # SIGINT/SIGTERM: stop at this boundary (several ranks:
+            if signum is not None:                     # at the log boundary where they agreed to)
+                raise _interrupted(run, signum)
             # no host sync from here to the next boundary (RESVIZ_SYNC_DEBUG=error checks it on CUDA)
             run.step = step
             run.stop.phase = "step"  # a step that outlasts the grace after a signal may be abandoned
@@ -304,6 +324,7 @@ def _run_steps(run: _Run, bar, sync_check: SyncCheck) -> RunResult:
             if done % config.log_every and done != config.steps:
                 continue
             sync_check.disarm()  # SYNC: a log boundary
+            run.ranks.combine(run.interval, run.stop.signum)  # several ranks: the sums of all, a stop agreed
             row = _log_row(run, done, lr, bar)
             if not math.isfinite(row["loss"]):
                 return _diverged(run, done, row)
@@ -323,6 +344,7 @@ def _train_step(run: _Run, step: int) -> float:
     x, y = run.loader.batch(step)
     if run.config.mixup_alpha:  # soft targets (B, K): cross-entropy is then mixup's loss
         x, y = mixup_batch(x, y, run.config.mixup_alpha, len(run.data.classes), seed=run.config.seed, step=step)
+    x, y = run.ranks.part(x, y)  # several ranks: this one's 1/N of the global batch
     logits, loss = run.step_fn(run.rec, step, x, y)
     run.rec.end_step(step, epoch=run.loader.epoch_of(step))
     run.optimizer.step()
@@ -346,6 +368,7 @@ def _log_row(run: _Run, done: int, lr: float, bar) -> dict:
     evaluated = _due(config.eval_every, done, config.steps)
     if evaluated:
         run.phase, run.stop.phase = "evaluation", "step"  # an evaluation may be abandoned as a step may
+        run.ranks.share_buffers(run.model)  # several ranks: each evaluates the net rank 0 saves
         with run.rec.paused():  # SYNC: evaluation boundary (one host copy at its end)
             result = evaluate(run.model, run.data.test_images, run.data.test_labels, mean=run.data.mean,
                               std=run.data.std, batch_size=config.eval_batch_size, device=run.device,
@@ -408,10 +431,14 @@ def _out_of_memory(run: _Run) -> UserError:
         reason = (f"out of GPU memory evaluating depth={config.depth} at eval_batch_size={config.eval_batch_size}; "
                   f"use a smaller --eval-batch-size, e.g. {max(1, config.eval_batch_size // 4)}")
     else:
-        fits = largest_batch(run.model, config.batch_size, amp=config.amp, channels_last=config.channels_last,
-                             device=run.device)
-        fix = (f"the largest batch that fits is {fits}; use --batch-size {fits}" if fits else
-               "not even batch_size=1 fits; use a smaller --depth or --width, or a larger GPU")
+        if run.ranks.many:  # no probe: on one rank alone it would leave the others waiting in a collective
+            fix = (f"each of the {run.ranks.size} GPUs holds {config.batch_size // run.ranks.size}; use a smaller "
+                   "--batch-size")
+        else:
+            fits = largest_batch(run.model, config.batch_size, amp=config.amp, channels_last=config.channels_last,
+                                 device=run.device)
+            fix = (f"the largest batch that fits is {fits}; use --batch-size {fits}" if fits else
+                   "not even batch_size=1 fits; use a smaller --depth or --width, or a larger GPU")
         reason = (f"out of GPU memory for depth={config.depth} at batch_size={config.batch_size} "
                   f"({torch.cuda.get_device_name(run.device)}): {fix}")
     run.writer.write_status("failed", reason, step=run.step)
